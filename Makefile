@@ -1,0 +1,46 @@
+# Two commands: `make serve` (set up, migrate, run the demo) and `make test` (set up, run every test).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+# Demo-only settings for `make serve`; a real deployment sets its own in the environment.
+export GATEWAY_CONFIG      ?= $(CURDIR)/config/demo.toml
+export GATEWAY_SECRET_KEY  ?= demo-only-secret-key-do-not-use-in-production
+export GATEWAY_API_KEYS    ?= demo-api-key
+export DEMO_WEBHOOK_SECRETS ?= whsec_ZGVtby1vbmx5LXNpbXVsYXRvci1zZWNyZXQtMzJi
+export GATEWAY_DEMO_URL    ?= http://$(HOST):$(PORT)
+
+.PHONY: setup serve test migrate bench browser-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+migrate: setup
+	$(VENV)/bin/gateway migrate
+
+serve: migrate
+	@echo "Demo: open http://$(HOST):$(PORT)/  (API key: $$GATEWAY_API_KEYS)"
+	$(VENV)/bin/gateway serve --host $(HOST) --port $(PORT) --workers 2
+
+# Chromium comes from Debian's package; Playwright drives it, it never downloads a browser.
+browser-deps:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser-deps
+	env -u GATEWAY_CONFIG -u DATABASE_URL $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk hyperfine >/dev/null; }
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) gateway.db gateway.db-wal gateway.db-shm .pytest_cache

@@ -1,0 +1,170 @@
+"""The adapter interface: what a provider adapter receives and what it returns.
+
+An adapter does no I/O and touches no database. ``verify`` checks the raw body and headers
+against any of the source's active secrets and raises ``SignatureError``; ``parse`` turns a
+verified body into ``ProviderEvent``s and raises ``PayloadError`` for anything it cannot read.
+Those two errors are the only ones an adapter may let out.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from gateway.errors import PayloadError, SignatureError
+from gateway.states import State
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """One delivery as received: raw body bytes and headers, before anything parsed them."""
+
+    body: bytes
+    headers: Mapping[str, str]  # case-insensitive (werkzeug Headers in the app)
+    url: str = ""  # the URL the provider signed (public URL for sources behind a proxy)
+    query: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = ""
+
+    def header(self, name: str) -> str | None:
+        """A header's value, looked up case-insensitively."""
+        value = self.headers.get(name)
+        if value is None:
+            lowered = name.lower()
+            for key, val in self.headers.items():
+                if key.lower() == lowered:
+                    return val
+        return value
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """One provider event translated to the canonical vocabulary.
+
+    ``state`` is None when the event type maps to no job state (the delivery is then
+    acknowledged as ignored). The optional dicts use the job JSON's shapes:
+    progress ``{current, total, step}``, queue ``{name, position, total}``,
+    error ``{code, message, retryable}``, result ``{...}``.
+    """
+
+    event_id: str
+    external_id: str
+    occurred_at: datetime
+    state: State | None
+    type: str = ""
+    progress: dict[str, Any] | None = None
+    queue: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    label: str | None = None
+    #: the body was too thin to know the state: the gateway records this event, acknowledges,
+    #: then fetches ``Adapter.details_request`` and records what ``parse_details`` returns
+    needs_details: bool = False
+
+
+@dataclass(frozen=True)
+class DetailsRequest:
+    """An HTTP GET the gateway performs for an adapter (adapters do no I/O themselves)."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Adapter(ABC):
+    """A provider's webhook dialect. Subclasses set ``name`` and implement verify and parse.
+
+    ``options`` are the source's own configuration keys (documented by each adapter);
+    ``tolerance`` is the accepted clock skew in seconds, checked both ways.
+    """
+
+    name: ClassVar[str] = ""
+    #: options this adapter accepts besides the common ones; unknown keys are a config error
+    options_schema: ClassVar[Mapping[str, type]] = {}
+
+    def __init__(self, options: Mapping[str, Any] | None = None, *, tolerance: int = 300):
+        self.options = dict(options or {})
+        self.tolerance = tolerance
+
+    @abstractmethod
+    def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
+        """Raise SignatureError unless one of ``secrets`` signed this exact body recently."""
+
+    @abstractmethod
+    def parse(self, request: WebhookRequest) -> list[ProviderEvent]:
+        """The provider events in a verified body; PayloadError if it cannot be read."""
+
+    def details_request(self, event: ProviderEvent, api_key: str | None) -> DetailsRequest | None:
+        """For thin payloads: the provider API call that tells the rest. None: nothing to fetch."""
+        return None
+
+    def parse_details(self, event: ProviderEvent, status: int, body: bytes) -> list[ProviderEvent]:
+        """The events a details response describes; PayloadError if unreadable."""
+        return []
+
+    # -- helpers shared by the built-in adapters -------------------------------------------
+
+    def check_timestamp(self, timestamp: str | int | float | None, now: float | None = None) -> float:
+        """Parse a unix-seconds timestamp and enforce the tolerance both ways (replays and skew)."""
+        try:
+            ts = float(timestamp)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            raise SignatureError("missing or malformed signature timestamp") from None
+        if ts != ts or ts in (float("inf"), float("-inf")):
+            raise SignatureError("missing or malformed signature timestamp")
+        now = time.time() if now is None else now
+        if abs(now - ts) > self.tolerance:
+            raise SignatureError("timestamp outside the tolerance")
+        return ts
+
+
+def json_body(request: WebhookRequest) -> Any:
+    """The body as JSON, or PayloadError: strict UTF-8, no NaN, nesting bounded by the parser."""
+    try:
+        return json.loads(request.body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PayloadError(f"body is not valid JSON: {type(exc).__name__}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def constant_time_in(candidate: str | bytes, expected: Sequence[str | bytes]) -> bool:
+    """True when ``candidate`` equals any of ``expected``, compared in constant time."""
+    cand = candidate.encode() if isinstance(candidate, str) else candidate
+    found = False
+    for item in expected:
+        exp = item.encode() if isinstance(item, str) else item
+        found |= hmac.compare_digest(cand, exp)
+    return found
+
+
+def utc_from_unix(seconds: float) -> datetime:
+    """A UTC datetime, truncated to milliseconds, from unix seconds."""
+    try:
+        dt = datetime.fromtimestamp(float(seconds), tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise PayloadError("timestamp is not a unix time") from None
+    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
+
+
+def utc_from_iso(text: Any) -> datetime:
+    """A UTC datetime, truncated to milliseconds, from an ISO 8601 string (``Z`` allowed)."""
+    if not isinstance(text, str):
+        raise PayloadError("timestamp must be an ISO 8601 string")
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise PayloadError(f"timestamp is not ISO 8601: {text[:40]!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    try:
+        dt = dt.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise PayloadError("timestamp out of range") from None
+    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)

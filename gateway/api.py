@@ -1,0 +1,225 @@
+"""The jobs API: register jobs and mint browser tokens (integrators), read jobs (browsers),
+retry, worker-reported events, next-attempt links, and the trace (support)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, make_response, request
+
+from adapters.base import ProviderEvent
+from adapters.standard import canonical_fields
+from gateway.app import gateway
+from gateway.auth import SCOPES, Principal
+from gateway.config import SOURCE_NAME_RE
+from gateway.errors import BadRequest, NotFound
+from gateway.jobjson import job_json
+from gateway.models import Job
+from gateway.states import Kind
+from gateway.store import API_SOURCE, JOB_ID_RE
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger("gateway.api")
+
+MAX_EXTERNAL_ID = 255
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _string(body: dict[str, Any], key: str, *, required: bool = False, limit: int = 255) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"{key} is required", code=f"missing_{key}")
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise BadRequest(f"{key} must be a string of 1-{limit} characters", code=f"invalid_{key}")
+    return value
+
+
+def _job_id(job_id: str) -> str:
+    if not JOB_ID_RE.match(job_id):
+        raise NotFound("no such job", code="job_not_found")
+    return job_id
+
+
+def _source_name(body: dict[str, Any]) -> str:
+    source = _string(body, "source", required=True, limit=64)
+    assert source is not None
+    if source != API_SOURCE and source not in gateway().sources:
+        known = ", ".join(sorted(gateway().sources)) or "none configured"
+        raise BadRequest(f"unknown source {source!r} (configured: {known}; or 'api' for jobs reported only through the API)", code="unknown_source")
+    return source
+
+
+def etag_of(job: Job) -> str:
+    return f'"{job.id}.{job.version}"'
+
+
+def job_response(job: Job, status: int = 200) -> Response:
+    response = make_response(jsonify(job_json(job)), status)
+    response.headers["ETag"] = etag_of(job)
+    response.headers["Cache-Control"] = "no-cache, private"
+    return response
+
+
+# -- integrator -------------------------------------------------------------------------------
+
+
+@bp.post("/jobs")
+def register_job() -> Any:
+    gw = gateway()
+    who = gw.auth.require_api_key(request)
+    body = _json_body()
+    source = _source_name(body)
+    external_id = _string(body, "external_id", required=True, limit=MAX_EXTERNAL_ID)
+    job_id = _string(body, "id", limit=64)
+    if job_id is not None and not JOB_ID_RE.match(job_id):
+        raise BadRequest("id must be job_ followed by 1-60 of [A-Za-z0-9_-]", code="invalid_id")
+    label = _string(body, "label", limit=200)
+    queue = _string(body, "queue", limit=128)
+    assert external_id is not None
+    with gw.store.transaction() as w:
+        job, created = w.register(source, external_id, job_id, label, queue, who=who.name)
+    token, expires = gw.auth.issue(job.id)
+    log.info("job registered" if created else "job registration repeated", extra={"job_id": job.id, "source": source, "request_id": g.request_id})
+    return jsonify({"job": job_json(job), "token": token, "token_expires_at": expires}), 201 if created else 200
+
+
+@bp.post("/tokens")
+def mint_token() -> Any:
+    gw = gateway()
+    gw.auth.require_api_key(request)
+    body = _json_body()
+    job_id = _string(body, "job", required=True, limit=64)
+    assert job_id is not None
+    if not JOB_ID_RE.match(job_id):
+        raise BadRequest("job must be a job id: job_ followed by 1-60 of [A-Za-z0-9_-]", code="invalid_job")
+    scopes = body.get("scopes", ["read"])
+    if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
+        raise BadRequest(f"scopes must be a non-empty list of {list(SCOPES)}", code="invalid_scopes")
+    ttl = body.get("ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 7 * 86400):
+        raise BadRequest("ttl must be seconds between 1 and 604800", code="invalid_ttl")
+    token, expires = gw.auth.issue(job_id, scopes, ttl)
+    return jsonify({"token": token, "job": job_id, "scopes": sorted(set(scopes)), "expires_at": expires}), 201
+
+
+@bp.post("/jobs/<job_id>/events")
+def worker_event(job_id: str) -> Any:
+    gw = gateway()
+    gw.auth.require_api_key(request)
+    body = _json_body()
+    fields = canonical_fields(body, require_external_id=False)
+    given = body.get("event_id")
+    if given is not None and (not isinstance(given, str) or not given or len(given) > 128):
+        raise BadRequest("event_id must be a string of 1-128 characters", code="invalid_event_id")
+    job_id = _job_id(job_id)
+    event_id = f"{job_id}:{given or uuid.uuid4().hex}"
+    fields["external_id"] = job_id
+    pe = ProviderEvent(event_id=event_id, type=f"job.{fields['state'].value}", **fields)
+    with gw.store.transaction() as w:
+        w.lock_job(job_id)  # 404 before recording anything
+        outcome = w.record_event(API_SOURCE, pe, kind=Kind.WORKER, job_id=job_id)
+    job = gw.store.get_job(job_id)
+    assert job is not None
+    status = "duplicate" if outcome.decision.value == "duplicate" else "accepted"
+    log.info("worker event %s", outcome.decision.value, extra={"job_id": job_id, "state": job.state, "version": job.version, "request_id": g.request_id})
+    return jsonify({"status": status, "decision": outcome.decision.value, "job": job_json(job)})
+
+
+@bp.post("/jobs/<job_id>/attempts")
+def link_attempt(job_id: str) -> Any:
+    gw = gateway()
+    who = gw.auth.require_api_key(request)
+    body = _json_body()
+    source = _source_name(body)
+    external_id = _string(body, "external_id", required=True, limit=MAX_EXTERNAL_ID)
+    assert external_id is not None
+    with gw.store.transaction() as w:
+        job = w.link_attempt(_job_id(job_id), source, external_id, by=who.name)
+    log.info("attempt linked", extra={"job_id": job.id, "source": source, "request_id": g.request_id})
+    return job_response(job)
+
+
+# -- browser ------------------------------------------------------------------------------------
+
+
+def read_principal(job_id: str) -> Principal:
+    return gateway().auth.require_job(request, job_id, "read")
+
+
+def _matches(if_none_match: str | None, job: Job) -> bool:
+    if not if_none_match:
+        return False
+    tag = etag_of(job)
+    return any(part.strip() in (tag, "W/" + tag, "*") for part in if_none_match.split(","))
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Any:
+    gw = gateway()
+    read_principal(job_id)
+    _job_id(job_id)
+    wait = request.args.get("wait")
+    inm = request.headers.get("If-None-Match")
+    if wait is not None and inm and gw.relay is not None:
+        seconds = _wait_seconds(wait, gw.config.long_poll_max)
+        job = gw.relay.wait_for_change(job_id, inm, seconds)
+        kind = "long_poll"
+    else:
+        job = gw.store.get_job(job_id)
+        kind = "poll"
+    if job is None:
+        gw.metrics.polls.labels(kind=kind, status="404").inc()
+        raise NotFound("no such job (yet)", code="job_not_found")
+    if _matches(inm, job):
+        gw.metrics.polls.labels(kind=kind, status="304").inc()
+        response = make_response("", 304)
+        response.headers["ETag"] = etag_of(job)
+        response.headers["Cache-Control"] = "no-cache, private"
+        return response
+    gw.metrics.polls.labels(kind=kind, status="200").inc()
+    return job_response(job)
+
+
+def _wait_seconds(raw: str, ceiling: int) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise BadRequest("wait must be a number of seconds", code="invalid_wait") from None
+    if seconds != seconds or seconds < 0:
+        raise BadRequest("wait must be a number of seconds", code="invalid_wait")
+    return min(seconds, float(ceiling))
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry(job_id: str) -> Any:
+    gw = gateway()
+    who = gw.auth.require_job(request, job_id, "retry")
+    with gw.store.transaction() as w:
+        job = w.retry(_job_id(job_id), by=who.name)
+    log.info("retry requested", extra={"job_id": job.id, "attempt": job.attempt, "request_id": g.request_id})
+    hook = gw.extras.get("on_retry")
+    if hook is not None:
+        hook(job)
+    return job_response(job, 202)
+
+
+@bp.get("/jobs/<job_id>/trace")
+def trace(job_id: str) -> Any:
+    gw = gateway()
+    gw.auth.require_api_key(request)
+    from gateway.trace import build_trace
+
+    data = build_trace(gw.store, _job_id(job_id))
+    if data is None:
+        raise NotFound("no such job", code="job_not_found")
+    return jsonify(data)

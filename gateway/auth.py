@@ -1,0 +1,102 @@
+"""Credentials: integrator API keys, and job-scoped browser tokens signed with itsdangerous.
+
+A job token names its job and scopes (``read``, ``retry``), expires, and is useless for any
+other job. Both travel as ``Authorization: Bearer …``; on GET routes the job token is also
+accepted as ``?token=`` because EventSource cannot set headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from flask import Request
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from gateway.errors import Forbidden, Unauthorized
+
+SCOPES = ("read", "retry")
+MAX_TOKEN_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: an integrator (API key) or a browser holding one job's token."""
+
+    kind: str  # "api_key" | "job_token"
+    job_id: str | None = None
+    scopes: tuple[str, ...] = ()
+    name: str = ""  # a fingerprint safe to log, never the credential
+
+    def can(self, job_id: str, scope: str) -> bool:
+        return self.kind == "api_key" or (self.job_id == job_id and scope in self.scopes)
+
+
+def fingerprint(secret: str) -> str:
+    """A short, non-reversible name for a credential, for logs and the trace."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:10]
+
+
+class Auth:
+    def __init__(self, secret_key: str, api_keys: Sequence[str], token_ttl: int):
+        self._serializer = URLSafeSerializer(secret_key, salt="gateway.job-token.v1")
+        self._api_keys = [k.encode() for k in api_keys]
+        self.token_ttl = token_ttl
+
+    def issue(self, job_id: str, scopes: Iterable[str] = SCOPES, ttl: int | None = None) -> tuple[str, int]:
+        """A browser token for one job and its expiry (unix seconds)."""
+        expires = int(time.time()) + (ttl or self.token_ttl)
+        token = self._serializer.dumps({"j": job_id, "s": sorted(set(scopes)), "x": expires})
+        return token, expires
+
+    def _is_api_key(self, credential: str) -> bool:
+        given = credential.encode()
+        found = False
+        for key in self._api_keys:
+            found |= hmac.compare_digest(given, key)
+        return found
+
+    def _job_token(self, credential: str) -> Principal:
+        if len(credential) > MAX_TOKEN_LENGTH:
+            raise Unauthorized("invalid token", code="invalid_token")
+        try:
+            data = self._serializer.loads(credential)
+        except (BadSignature, ValueError, TypeError, UnicodeError):
+            raise Unauthorized("invalid token", code="invalid_token") from None
+        if not isinstance(data, dict) or not isinstance(data.get("j"), str) or not isinstance(data.get("x"), int):
+            raise Unauthorized("invalid token", code="invalid_token")
+        if data["x"] < time.time():
+            raise Unauthorized("token expired", code="token_expired")
+        scopes = tuple(s for s in data.get("s", []) if s in SCOPES)
+        return Principal("job_token", data["j"], scopes, name="token:" + data["j"])
+
+    def principal(self, credential: str | None) -> Principal:
+        """The principal for a presented credential; Unauthorized when missing or invalid."""
+        if not credential:
+            raise Unauthorized("missing credentials: Authorization: Bearer <api key or job token>")
+        if self._is_api_key(credential):
+            return Principal("api_key", name="key:" + fingerprint(credential))
+        return self._job_token(credential)
+
+    def from_request(self, request: Request) -> Principal:
+        """Bearer header first; ``?token=`` only on GET (EventSource, long-poll)."""
+        header = request.headers.get("Authorization", "")
+        credential = header[7:].strip() if header[:7].lower() == "bearer " else None
+        if not credential and request.method in ("GET", "HEAD"):
+            credential = request.args.get("token") or None
+        return self.principal(credential)
+
+    def require_api_key(self, request: Request) -> Principal:
+        who = self.from_request(request)
+        if who.kind != "api_key":
+            raise Forbidden("this action needs an API key", code="api_key_required")
+        return who
+
+    def require_job(self, request: Request, job_id: str, scope: str = "read") -> Principal:
+        who = self.from_request(request)
+        if not who.can(job_id, scope):
+            raise Forbidden("these credentials do not cover this job or action")
+        return who

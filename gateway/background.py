@@ -1,0 +1,64 @@
+"""Periodic work inside each server process (relay resync, outbox delivery, stall watchdog).
+
+Started by the app factory in the process that serves requests (after gunicorn forks, since
+the app is not preloaded). Under gevent, threads are greenlets. Each task runs in its own
+loop and survives its own exceptions; a task that needs cluster-wide exclusivity (claiming
+outbox rows) takes it from the database, not from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("gateway.background")
+
+
+@dataclass
+class Task:
+    name: str
+    interval: float
+    fn: Callable[[], object]
+
+
+@dataclass
+class Background:
+    tasks: list[Task] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _started_pid: int | None = None
+
+    def every(self, seconds: float, name: str) -> Callable[[Callable[[], object]], Callable[[], object]]:
+        """Decorator: run ``fn`` every ``seconds`` once started."""
+
+        def register(fn: Callable[[], object]) -> Callable[[], object]:
+            self.tasks.append(Task(name, seconds, fn))
+            if self._started_pid == os.getpid():
+                self._spawn(self.tasks[-1])
+            return fn
+
+        return register
+
+    def start(self) -> None:
+        """Start every task once per process (a forked child starts its own)."""
+        if self._started_pid == os.getpid():
+            return
+        self._started_pid = os.getpid()
+        self._stop.clear()
+        for task in self.tasks:
+            self._spawn(task)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _spawn(self, task: Task) -> None:
+        def loop() -> None:
+            while not self._stop.wait(task.interval):
+                try:
+                    task.fn()
+                except Exception:  # a failing task logs and tries again next interval
+                    log.exception("background task failed", extra={"task": task.name})
+
+        threading.Thread(target=loop, name=f"gateway-{task.name}", daemon=True).start()

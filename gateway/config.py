@@ -1,0 +1,190 @@
+"""Configuration: a TOML file (path in GATEWAY_CONFIG) plus environment variables.
+
+Secrets come only from the environment. Every problem raises ConfigError naming the key,
+so a broken configuration stops start-up with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.db import default_database_url
+from gateway.errors import ConfigError
+
+SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+RESERVED_SOURCES = {"gateway", "api"}  # used for events the gateway records itself
+
+#: keys every source takes; anything else is the adapter's own (checked by the adapter)
+COMMON_SOURCE_KEYS = {
+    "adapter": str,
+    "secrets_env": str,
+    "callback_url": str,
+    "callback_secret_env": str,
+    "stall_after": int,
+    "public_url": str,
+    "api_base": str,
+    "api_key_env": str,
+    "auto_register": bool,
+}
+
+GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
+    "allowed_origins": (list, []),
+    "max_body_bytes": (int, 1024 * 1024),
+    "signature_tolerance": (int, 300),
+    "token_ttl": (int, 3600),
+    "ws_ping_interval": (int, 25),
+    "ws_max_subscriptions": (int, 100),
+    "ws_max_message_bytes": (int, 8192),
+    "sse_heartbeat": (int, 15),
+    "long_poll_max": (int, 30),
+    "resync_interval": (int, 30),
+    "retention_days": (int, 30),
+    "bus": (str, "auto"),
+    "redis_url": (str, "redis://127.0.0.1:6379/0"),
+    "support_email": (str, "support@example.com"),
+    "demo": (bool, False),
+}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A named webhook endpoint bound to an adapter and its active secrets."""
+
+    name: str
+    adapter: str
+    secrets_env: str
+    secrets: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)  # the adapter's own keys
+    callback_url: str | None = None
+    callback_secret_env: str | None = None
+    stall_after: int | None = None
+    public_url: str | None = None
+    api_base: str | None = None
+    api_key_env: str | None = None
+    auto_register: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the app factory needs; build with ``load_config`` or directly in tests."""
+
+    secret_key: str
+    database_url: str = field(default_factory=default_database_url)
+    api_keys: tuple[str, ...] = ()
+    sources: Mapping[str, SourceConfig] = field(default_factory=dict)
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1024 * 1024
+    signature_tolerance: int = 300
+    token_ttl: int = 3600
+    ws_ping_interval: int = 25
+    ws_max_subscriptions: int = 100
+    ws_max_message_bytes: int = 8192
+    sse_heartbeat: int = 15
+    long_poll_max: int = 30
+    resync_interval: int = 30
+    retention_days: int = 30
+    bus: str = "auto"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    support_email: str = "support@example.com"
+    demo: bool = False
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"Config(database={self.database_url.split('@')[-1]!r}, sources={sorted(self.sources)!r})"
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _typed(key: str, value: Any, kind: type) -> Any:
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if kind is int and value < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    if kind is not int and not isinstance(value, kind):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True) -> Config:
+    """Read GATEWAY_CONFIG and the environment. ``strict=False`` tolerates unset secrets (CLI listings)."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    path = env.get("GATEWAY_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"GATEWAY_CONFIG: no such file {path!r}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"GATEWAY_CONFIG: {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"gateway", "sources"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown section (expected [gateway] and [sources.<name>])")
+
+    gw = data.get("gateway", {})
+    settings: dict[str, Any] = {}
+    for key, value in gw.items():
+        if key not in GATEWAY_KEYS:
+            raise ConfigError(f"gateway.{key}: unknown setting")
+        settings[key] = _typed(f"gateway.{key}", value, GATEWAY_KEYS[key][0])
+    origins = settings.pop("allowed_origins", [])
+    if not all(isinstance(o, str) for o in origins):
+        raise ConfigError("gateway.allowed_origins: expected a list of origins like 'https://app.example.com'")
+    if settings.get("bus", "auto") not in ("auto", "local", "postgres", "sqlite", "redis"):
+        raise ConfigError("gateway.bus: expected one of auto, local, postgres, sqlite, redis")
+
+    sources = {}
+    for name, raw in (data.get("sources") or {}).items():
+        sources[name] = _source(name, raw, env, strict)
+
+    secret_key = env.get("GATEWAY_SECRET_KEY", "")
+    if strict and len(secret_key) < 16:
+        raise ConfigError("GATEWAY_SECRET_KEY: not set or shorter than 16 characters (it signs browser tokens)")
+    return Config(
+        secret_key=secret_key,
+        database_url=env.get("DATABASE_URL") or default_database_url(),
+        api_keys=_split(env.get("GATEWAY_API_KEYS")),
+        sources=sources,
+        allowed_origins=tuple(origins),
+        env=env,
+        **settings,
+    )
+
+
+def _source(name: str, raw: Any, env: Mapping[str, str], strict: bool) -> SourceConfig:
+    where = f"sources.{name}"
+    if not SOURCE_NAME_RE.match(name) or name in RESERVED_SOURCES:
+        raise ConfigError(f"{where}: a source name is lowercase letters, digits, _ and - (and not {sorted(RESERVED_SOURCES)})")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    common: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in COMMON_SOURCE_KEYS:
+            common[key] = _typed(f"{where}.{key}", value, COMMON_SOURCE_KEYS[key])
+        else:
+            options[key] = value
+    for required in ("adapter", "secrets_env"):
+        if not common.get(required):
+            raise ConfigError(f"{where}.{required}: required")
+    secrets = _split(env.get(common["secrets_env"]))
+    if strict and not secrets:
+        raise ConfigError(f"{where}.secrets_env: environment variable {common['secrets_env']} is not set or empty")
+    if common.get("stall_after") == 0:
+        raise ConfigError(f"{where}.stall_after: must be positive")
+    return SourceConfig(name=name, secrets=secrets, options=options, **common)
+
+
+def source_secrets(source: SourceConfig, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The source's active secrets, re-read from the environment given (rotation by reload)."""
+    if env is None:
+        return source.secrets
+    return _split(env.get(source.secrets_env))

@@ -1,0 +1,152 @@
+"""``POST /webhooks/<source>``: verify, dedup, fold, commit, then acknowledge.
+
+Checks run in the contract's order, and the body is never parsed before it is verified:
+unknown source 404, too large 413, bad signature or stale timestamp 401 (a rejected-delivery
+record without the body), verified but unreadable 400, no job state 200 ignored, accepted or
+duplicate 200 only after commit, database down 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from adapters.base import WebhookRequest
+from gateway.app import Source, error_response, gateway
+from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
+from gateway.states import Decision
+from gateway.store import utcnow
+
+bp = Blueprint("ingest", __name__)
+log = logging.getLogger("gateway.ingest")
+
+
+def _read_body(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body over the limit of {limit} bytes")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"body over the limit of {limit} bytes")
+    return body
+
+
+def _public_url(source: Source) -> str:
+    """The URL the provider signed: configured for sources behind a proxy, else as received."""
+    base = source.config.public_url
+    if not base:
+        return request.url
+    query = request.query_string.decode("latin-1")
+    return f"{base}?{query}" if query else base
+
+
+def _reject(source_name: str, status: int, reason: str, size: int, code: str) -> Any:
+    """Keep a rejected delivery (never its body) and answer with the contract's error."""
+    gw = gateway()
+    gw.metrics.webhooks.labels(source=source_name[:64], outcome="rejected").inc()
+    log.info("webhook rejected", extra={"source": source_name[:64], "status": status, "reason": reason, "request_id": g.request_id})
+    try:
+        with gw.store.transaction() as w:
+            w.add_delivery(
+                source=source_name[:64], status=status, outcome="rejected", reason=reason[:500], size=size,
+                remote_addr=request.remote_addr, request_id=g.request_id,
+            )
+    except SQLAlchemyError:
+        log.warning("could not record a rejected delivery: database unavailable", extra={"request_id": g.request_id})
+    return error_response(status, code, reason)
+
+
+@bp.post("/webhooks/<source_name>")
+def receive(source_name: str) -> Any:
+    gw = gateway()
+    started = time.perf_counter()
+    source = gw.sources.get(source_name)
+    size = request.content_length or 0
+    if source is None:
+        return _reject(source_name, 404, f"unknown source {source_name[:64]!r}", size, "unknown_source")
+    try:
+        body = _read_body(gw.config.max_body_bytes)
+    except PayloadTooLarge as exc:
+        return _reject(source.name, 413, exc.message, size, exc.code)
+    wreq = WebhookRequest(
+        body=body,
+        headers=request.headers,
+        url=_public_url(source),
+        query=request.args.to_dict(),
+        content_type=request.content_type or "",
+    )
+    try:
+        source.adapter.verify(wreq, source.config.secrets)
+    except SignatureError as exc:
+        return _reject(source.name, 401, exc.message, len(body), exc.code)
+    except Exception as exc:  # an adapter bug must not turn bad input into a 500
+        log.exception("adapter verify raised an undeclared error", extra={"source": source.name})
+        return _reject(source.name, 401, f"signature check failed ({type(exc).__name__})", len(body), "invalid_signature")
+    received_at = utcnow()
+    try:
+        events = source.adapter.parse(wreq)
+    except GatewayError as exc:
+        return _invalid(source, exc, len(body), received_at)
+    except Exception as exc:
+        log.exception("adapter parse raised an undeclared error", extra={"source": source.name})
+        return _invalid(source, PayloadError(f"unreadable body ({type(exc).__name__})"), len(body), received_at)
+
+    with gw.store.transaction() as w:
+        outcomes = []
+        for pe in events:
+            outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at)
+            w.finish_changes()
+            outcomes.append((pe, outcome))
+            w.add_delivery(
+                received_at=received_at, source=source.name, status=200,
+                outcome=_outcome_name(outcome.decision, pe.state is None), event_id=pe.event_id[:255],
+                event_type=(pe.type or "")[:255] or None, external_id=pe.external_id[:255], job_id=outcome.job_id,
+                decision=outcome.decision.value, state_before=outcome.state_before, state_after=outcome.state_after,
+                version=w.version_of(outcome.job_id), size=len(body), remote_addr=request.remote_addr, request_id=g.request_id,
+            )
+    versions = {c.job_id: c.version for c in w.changes}
+    for pe, outcome in outcomes:
+        log.info(
+            "webhook %s", outcome.decision.value,
+            extra={"job_id": outcome.job_id, "source": source.name, "event_id": pe.event_id, "event_type": pe.type,
+                   "state": outcome.state_after, "version": versions.get(outcome.job_id or ""), "request_id": g.request_id},
+        )
+    status = _status(outcomes)
+    gw.metrics.webhooks.labels(source=source.name, outcome=status).inc()
+    gw.metrics.ingest_seconds.labels(source=source.name).observe(time.perf_counter() - started)
+    return jsonify({"status": status})
+
+
+def _outcome_name(decision: Decision, no_state: bool) -> str:
+    if decision is Decision.DUPLICATE:
+        return "duplicate"
+    return "ignored" if no_state else "accepted"
+
+
+def _status(outcomes: list[Any]) -> str:
+    if not outcomes:
+        return "ignored"
+    decisions = [o.decision for _, o in outcomes]
+    if all(d is Decision.DUPLICATE for d in decisions):
+        return "duplicate"
+    if all(pe.state is None or o.decision is Decision.DUPLICATE for pe, o in outcomes):
+        return "ignored"
+    return "accepted"
+
+
+def _invalid(source: Source, exc: GatewayError, size: int, received_at: Any) -> Any:
+    """A verified body we cannot read: 400, recorded so the trace shows why."""
+    gw = gateway()
+    gw.metrics.webhooks.labels(source=source.name, outcome="invalid").inc()
+    log.info("webhook unparseable", extra={"source": source.name, "reason": exc.message, "request_id": g.request_id})
+    with gw.store.transaction() as w:
+        w.add_delivery(
+            received_at=received_at, source=source.name, status=400, outcome="invalid", reason=exc.message[:500],
+            event_id=(request.headers.get("webhook-id") or "")[:255] or None, size=size,
+            remote_addr=request.remote_addr, request_id=g.request_id,
+        )
+    return error_response(400, exc.code, exc.message)

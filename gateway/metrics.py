@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry per app (multiprocess-aware under gunicorn)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.webhooks = Counter("gateway_webhooks", "Webhook deliveries by source and outcome", ["source", "outcome"], registry=r)
+        self.ingest_seconds = Histogram(
+            "gateway_ingest_seconds", "Time from request to acknowledgement", ["source"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.polls = Counter("gateway_polls", "Job status reads by kind (poll, long_poll) and answer", ["kind", "status"], registry=r)
+        self.ws_connections = Gauge("gateway_ws_connections", "Open WebSocket connections", registry=r, multiprocess_mode="livesum")
+        self.ws_subscriptions = Gauge("gateway_ws_subscriptions", "Active WebSocket subscriptions", registry=r, multiprocess_mode="livesum")
+        self.sse_streams = Gauge("gateway_sse_streams", "Open SSE streams", registry=r, multiprocess_mode="livesum")
+        self.fanout_lag = Histogram(
+            "gateway_fanout_lag_seconds", "From commit to send to a watcher", registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+        )
+        self.jobs_by_state = Gauge("gateway_jobs", "Jobs by state (sampled at scrape)", ["state"], registry=r, multiprocess_mode="mostrecent")
+
+    def render(self) -> bytes:
+        """The exposition text; in multiprocess mode, merged over every worker's files."""
+        if self.multiprocess:
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
+        return generate_latest(self.registry)

@@ -1,0 +1,133 @@
+"""The schema, in SQLAlchemy 2.0 typed style. Alembic migrations create it; nothing else does."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; stored naive UTC so SQLite and PostgreSQL agree."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Job(Base):
+    """The derived state of one job: a cache of the fold over its events, plus identity."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(255))
+    label: Mapped[str | None] = mapped_column(Text)
+    queue_name: Mapped[str] = mapped_column(String(128), default="default")
+    registered_label: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    progress: Mapped[dict[str, Any] | None]
+    queue: Mapped[dict[str, Any] | None]  # {name, position, total} as shown
+    error: Mapped[dict[str, Any] | None]
+    result: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    state_changed_at: Mapped[datetime]
+    queued_since: Mapped[datetime]
+    fold: Mapped[dict[str, Any]] = mapped_column(JSON)  # the fold's bookkeeping (see states.JobView)
+
+    __table_args__ = (Index("ix_jobs_queue", "queue_name", "state", "queued_since"),)
+
+
+class JobKey(Base):
+    """(source, external_id) pairs that drive a job: the registration's and each linked attempt's."""
+
+    __tablename__ = "job_keys"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(255))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    linked_at: Mapped[datetime | None]  # None: the registration's own key
+
+    __table_args__ = (UniqueConstraint("source", "external_id", name="uq_job_keys_source_external"),)
+
+
+class Event(Base):
+    """Every verified event, unique on (source, provider event id); the fold's input."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(255))
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str | None] = mapped_column(String(16))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    data: Mapped[dict[str, Any] | None]  # progress / queue / error / result / label as given
+
+    __table_args__ = (
+        UniqueConstraint("source", "event_id", name="uq_events_source_event"),
+        Index("ix_events_key", "source", "external_id"),
+    )
+
+
+class Delivery(Base):
+    """One HTTP delivery to a webhook endpoint, accepted or not. Never holds a rejected body."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))  # accepted / duplicate / ignored / rejected / invalid
+    reason: Mapped[str | None] = mapped_column(Text)
+    event_id: Mapped[str | None] = mapped_column(String(255))
+    event_type: Mapped[str | None] = mapped_column(String(255))
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    decision: Mapped[str | None] = mapped_column(String(16))
+    state_before: Mapped[str | None] = mapped_column(String(16))
+    state_after: Mapped[str | None] = mapped_column(String(16))
+    version: Mapped[int | None] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class TraceEntry(Base):
+    """Job-level happenings that are not deliveries: registration, retries, links, callbacks."""
+
+    __tablename__ = "trace"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime]
+    what: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any] | None]

@@ -1,0 +1,509 @@
+"""The one writer path: every change to a job goes through ``Store.transaction()`` and ``Writer``.
+
+A writer records an event (deduplicated on (source, event id) by the database itself), then
+folds it into its job under the job's row lock: incrementally when it is the newest event,
+by a full re-fold of the job's events when it arrived late. Queue positions of the jobs
+behind are recomputed in the same transaction. The changed (job id, version) pairs are handed
+to the bus inside the transaction (PostgreSQL NOTIFY is transactional) and after commit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as pysecrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters.base import ProviderEvent
+from gateway import states
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.models import Delivery, Event, Job, JobKey, TraceEntry
+from gateway.states import Decision, Kind, State
+
+GATEWAY_SOURCE = "gateway"  # events the gateway itself records: retries, links, watchdog
+API_SOURCE = "api"  # events reported through POST /api/jobs/<id>/events
+JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{1,60}$")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, truncated to milliseconds like every stored event time."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_job_id() -> str:
+    """``job_`` + a ULID: sortable by creation time, unguessable, safe in URLs."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "job_" + "".join(reversed(chars))
+
+
+@dataclass(frozen=True)
+class Change:
+    """A job whose JSON changed, and its new version: what watchers are told."""
+
+    job_id: str
+    version: int
+
+
+class Bus(Protocol):
+    """Carries changes to watchers in every process; see gateway.relay."""
+
+    def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None: ...
+
+    def published(self, changes: Sequence[Change]) -> None: ...
+
+
+class NullBus:
+    def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None:
+        pass
+
+    def published(self, changes: Sequence[Change]) -> None:
+        pass
+
+
+@dataclass
+class Outcome:
+    """What happened to one recorded event: the decision and the job before and after."""
+
+    decision: Decision
+    job_id: str | None = None
+    state_before: str | None = None
+    state_after: str | None = None
+    version: int | None = None
+
+
+class Store:
+    """Owns the session factory; hands out one transaction per webhook or API call."""
+
+    def __init__(self, engine: Engine, bus: Bus | None = None):
+        self.engine = engine
+        self.bus: Bus = bus or NullBus()
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.postgres = engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Writer]:
+        """One database transaction; changes reach the bus with the commit, never before."""
+        with self.sessions() as session:
+            writer = Writer(session, self.postgres)
+            with session.begin():
+                yield writer
+                writer.finish_changes()
+                if writer.changes:
+                    self.bus.publish_in_transaction(session, writer.changes)
+        if writer.changes:
+            self.bus.published(writer.changes)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A short read-only session."""
+        with self.sessions() as session:
+            yield session
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self.reading() as session:
+            return session.get(Job, job_id)
+
+
+class Writer:
+    """The operations that change jobs, inside one transaction."""
+
+    def __init__(self, session: Session, postgres: bool):
+        self.session = session
+        self.postgres = postgres
+        self.changes: list[Change] = []
+        self._before: dict[str, tuple[Any, ...]] = {}
+        self._touched: dict[str, Job] = {}
+
+    # -- events -----------------------------------------------------------------------------
+
+    def record_event(
+        self,
+        source: str,
+        pe: ProviderEvent,
+        *,
+        kind: Kind = Kind.PROVIDER,
+        job_id: str | None = None,
+        auto_register: bool = False,
+        received_at: datetime | None = None,
+    ) -> Outcome:
+        """Record one event exactly once and apply it to its job, if the job is known yet."""
+        received_at = received_at or utcnow()
+        if job_id is None:
+            job_id = self._job_for_key(source, pe.external_id)
+            if job_id is None and auto_register and pe.state is not None:
+                job_id = self.register(source, pe.external_id, None, pe.label, _queue_name(pe.queue), who="auto")[0].id
+        data = {k: v for k, v in (("progress", pe.progress), ("queue", pe.queue), ("error", pe.error), ("result", pe.result), ("label", pe.label)) if v is not None}
+        inserted = self._insert_ignore(
+            Event,
+            dict(
+                source=source,
+                event_id=pe.event_id,
+                external_id=pe.external_id,
+                job_id=job_id,
+                kind=kind.value,
+                type=pe.type or None,
+                state=pe.state.value if pe.state else None,
+                occurred_at=pe.occurred_at,
+                received_at=received_at,
+                data=data or None,
+            ),
+            conflict=("source", "event_id"),
+        )
+        if not inserted:
+            return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id))
+        if job_id is None:
+            return Outcome(Decision.HELD)
+        event = states.Event(
+            uid=f"{source}:{pe.event_id}",
+            occurred_at=pe.occurred_at,
+            state=pe.state,
+            kind=kind,
+            key=(source, pe.external_id) if kind is Kind.PROVIDER else None,
+            progress=pe.progress,
+            queue=pe.queue,
+            error=pe.error,
+            result=pe.result,
+            label=pe.label,
+        )
+        return self._apply(job_id, event, may_queue=pe.state is State.QUEUED)
+
+    def _apply(self, job_id: str, event: states.Event, *, may_queue: bool) -> Outcome:
+        job = self._lock_job(job_id, queue_lock=may_queue)
+        before = job.state
+        view = view_of(job)
+        links = self._links(job_id)
+        if view.last is None or event.sort_key() > view.last:
+            view, decision = states.apply(view, event, links)
+        else:
+            old = view
+            view, decision = self._refold(job, links, event.uid)
+            if decision is Decision.APPLIED and view.public() == old.public() and view.queue == old.queue:
+                decision = Decision.STALE  # arrived late: history absorbs it, the job does not move
+        self._store_view(job, view)
+        return Outcome(decision, job_id, before, job.state, None)
+
+    def _refold(self, job: Job, links: list[states.Link], uid: str | None) -> tuple[states.JobView, Decision]:
+        rows = self.session.scalars(select(Event).where(Event.job_id == job.id)).all()
+        view, decisions = states.fold(job.created_at, [event_of(r) for r in rows], links, job.registered_label)
+        return view, decisions.get(uid or "", Decision.APPLIED)
+
+    # -- registration, retry, attempts ------------------------------------------------------
+
+    def register(
+        self,
+        source: str,
+        external_id: str,
+        job_id: str | None,
+        label: str | None,
+        queue_name: str | None,
+        *,
+        who: str,
+    ) -> tuple[Job, bool]:
+        """The job for (source, external_id), created if new; events that came first are adopted."""
+        existing = self._job_for_key(source, external_id)
+        if existing is not None:
+            job = self.session.get(Job, existing)
+            assert job is not None
+            if job_id is not None and job_id != job.id:
+                raise Conflict(f"{source}/{external_id} is already registered as another job", code="id_mismatch")
+            return job, False
+        if job_id is not None:
+            if not JOB_ID_RE.match(job_id):
+                raise BadRequest("id must be job_ followed by 1-60 of [A-Za-z0-9_-]", code="invalid_id")
+            if self.session.get(Job, job_id) is not None:
+                raise Conflict("this id is already used by another job", code="id_taken")
+        job_id = job_id or new_job_id()
+        now = utcnow()
+        view = states.initial(now, label)
+        job = Job(
+            id=job_id,
+            source=source,
+            external_id=external_id,
+            label=label,
+            registered_label=label,
+            queue_name=queue_name or "default",
+            state=view.state.value,
+            version=0,
+            attempt=1,
+            created_at=now,
+            updated_at=now,
+            state_changed_at=now,
+            queued_since=now,
+            fold={},
+        )
+        try:
+            with self.session.begin_nested():
+                self.session.add(job)
+                self.session.add(JobKey(source=source, external_id=external_id, job_id=job_id, linked_at=None))
+        except IntegrityError:
+            # lost a race for the same key or id: the other registration wins
+            winner = self._job_for_key(source, external_id)
+            if winner is None:
+                raise Conflict("this id is already used by another job", code="id_taken") from None
+            found = self.session.get(Job, winner)
+            assert found is not None
+            return found, False
+        self._before[job_id] = ()
+        self._touched[job_id] = job
+        self.trace(job_id, "registered", {"source": source, "external_id": external_id, "label": label, "queue": job.queue_name, "by": who}, at=now)
+        self._adopt(job, source, external_id)
+        return job, True
+
+    def retry(self, job_id: str, *, by: str) -> Job:
+        """Open the next attempt of a failed, retryable job in `queued`; one attempt however many clicks."""
+        job = self._lock_job(job_id, queue_lock=True)
+        if job.state != State.FAILED.value:
+            raise Conflict(f"job is {job.state}, only a failed job can be retried", code="not_failed")
+        if not (job.error or {}).get("retryable", True):
+            raise Conflict("the provider marked this failure as not retryable", code="not_retryable")
+        at = states.retry_time(view_of(job), utcnow())
+        pe = ProviderEvent(event_id=f"retry:{job.id}:{job.attempt}", external_id=job.external_id, occurred_at=at, state=State.QUEUED, type="retry")
+        outcome = self.record_event(GATEWAY_SOURCE, pe, kind=Kind.RETRY, job_id=job.id)
+        if outcome.decision is not Decision.APPLIED:
+            raise Conflict("job is no longer failed", code="not_failed")
+        self.trace(job.id, "retry", {"by": by, "attempt": job.attempt}, at=at)
+        return job
+
+    def link_attempt(self, job_id: str, source: str, external_id: str, *, by: str) -> Job:
+        """Bind the next attempt's (source, external_id) to the job; its events drive the job from now on."""
+        job = self._lock_job(job_id, queue_lock=True)
+        owner = self._job_for_key(source, external_id)
+        if owner == job.id:
+            return job
+        if owner is not None:
+            raise Conflict(f"{source}/{external_id} already drives another job", code="key_taken")
+        if job.state == State.COMPLETE.value:
+            raise Conflict("job is complete", code="job_complete")
+        now = utcnow()
+        self.session.add(JobKey(source=source, external_id=external_id, job_id=job.id, linked_at=now))
+        self.session.flush()
+        pe = ProviderEvent(event_id=f"link:{job.id}:{source}:{external_id}", external_id=external_id, occurred_at=now, state=None, type="attempt.linked")
+        self._insert_ignore(
+            Event,
+            dict(source=GATEWAY_SOURCE, event_id=pe.event_id, external_id=external_id, job_id=job.id, kind=Kind.LINK.value, type=pe.type, state=None, occurred_at=now, received_at=now, data={"key": [source, external_id]}),
+            conflict=("source", "event_id"),
+        )
+        self.trace(job.id, "attempt_linked", {"source": source, "external_id": external_id, "by": by}, at=now)
+        self._adopt(job, source, external_id)
+        return job
+
+    def _adopt(self, job: Job, source: str, external_id: str) -> None:
+        """Claim events and deliveries that arrived for this key before the job knew it, and re-fold."""
+        self.session.execute(
+            update(Event).where(Event.source == source, Event.external_id == external_id, Event.job_id.is_(None)).values(job_id=job.id)
+        )
+        self.session.execute(
+            update(Delivery).where(Delivery.source == source, Delivery.external_id == external_id, Delivery.job_id.is_(None)).values(job_id=job.id)
+        )
+        self.session.flush()
+        view, _ = self._refold(job, self._links(job.id), None)
+        self._store_view(job, view)
+
+    # -- trace and deliveries -----------------------------------------------------------------
+
+    def trace(self, job_id: str, what: str, detail: dict[str, Any] | None = None, *, at: datetime | None = None) -> None:
+        self.session.add(TraceEntry(job_id=job_id, at=at or utcnow(), what=what, detail=detail))
+
+    def add_delivery(self, **values: Any) -> None:
+        values.setdefault("received_at", utcnow())
+        self.session.add(Delivery(**values))
+
+    # -- versions and queue positions ------------------------------------------------------------
+
+    def finish_changes(self) -> None:
+        """Raise each touched job's version once if its JSON changed, and collect the changes."""
+        self.session.flush()
+        for job_id, job in self._touched.items():
+            if _public(job) != self._before.get(job_id):
+                job.version += 1
+                self.changes.append(Change(job_id, job.version))
+        self._touched.clear()
+        self._before.clear()
+        self.session.flush()
+
+    def _store_view(self, job: Job, view: states.JobView) -> None:
+        self._touch(job)
+        was_queued, since = job.state == State.QUEUED.value, job.queued_since
+        job.state = view.state.value
+        job.attempt = view.attempt
+        job.label = view.label
+        job.progress = view.progress
+        job.error = view.error
+        job.result = view.result
+        job.state_changed_at = view.state_changed_at
+        job.updated_at = view.updated_at
+        job.queued_since = view.queued_since
+        job.fold = fold_of(view)
+        now_queued = view.state is State.QUEUED
+        reported = view.queue or {}
+        if now_queued:
+            shown = dict(job.queue or {}) if was_queued else {}
+            shown["name"] = reported.get("name") or job.queue_name
+            for k in ("position", "total"):
+                if reported.get(k) is not None:
+                    shown[k] = reported[k]
+                else:
+                    shown.setdefault(k, None)
+            job.queue = shown
+        else:
+            job.queue = None
+        if was_queued != now_queued or (now_queued and (since != view.queued_since or job.queue.get("position") is None)):
+            self.session.flush()
+            self._recompute_queue(job.queue_name)
+
+    def _recompute_queue(self, queue_name: str) -> None:
+        """Positions among the queued jobs of one queue, in the order they entered it."""
+        rows = self.session.scalars(
+            select(Job).where(Job.queue_name == queue_name, Job.state == State.QUEUED.value).order_by(Job.queued_since, Job.id)
+        ).all()
+        total = len(rows)
+        for position, job in enumerate(rows, start=1):
+            reported = (job.fold or {}).get("queue") or {}
+            shown = dict(job.queue or {})
+            new_pos = reported.get("position") if reported.get("position") is not None else position
+            new_total = reported.get("total") if reported.get("total") is not None else total
+            if shown.get("position") != new_pos or shown.get("total") is None:
+                self._touch(job)
+                shown.update(position=new_pos, total=new_total, name=shown.get("name") or reported.get("name") or queue_name)
+                job.queue = shown
+
+    def _touch(self, job: Job) -> None:
+        if job.id not in self._touched:
+            self._touched[job.id] = job
+            self._before.setdefault(job.id, _public(job))
+
+    # -- lookups and locks ------------------------------------------------------------------------
+
+    def version_of(self, job_id: str | None) -> int | None:
+        """The job's version as this transaction sees it."""
+        job = self.session.get(Job, job_id) if job_id else None
+        return job.version if job is not None else None
+
+    def lock_job(self, job_id: str) -> Job:
+        """The job, locked for this transaction; NotFound if there is none."""
+        return self._lock_job(job_id, queue_lock=False)
+
+    def _lock_job(self, job_id: str, *, queue_lock: bool) -> Job:
+        """The job's row, locked for this transaction. Writers that may move a job into or out
+        of a queue first take that queue's lock, so position recomputation never interleaves."""
+        if self.postgres:
+            row = self.session.execute(select(Job.queue_name, Job.state).where(Job.id == job_id)).first()
+            if row is not None and (queue_lock or row.state in (State.QUEUED.value, State.FAILED.value)):
+                self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "gateway.queue:" + row.queue_name})
+        stmt = select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+        job = self.session.scalars(stmt).first()
+        if job is None:
+            raise NotFound("no such job", code="job_not_found")
+        return job
+
+    def _job_for_key(self, source: str, external_id: str) -> str | None:
+        return self.session.scalar(select(JobKey.job_id).where(JobKey.source == source, JobKey.external_id == external_id))
+
+    def _job_of_event(self, source: str, event_id: str) -> str | None:
+        return self.session.scalar(select(Event.job_id).where(Event.source == source, Event.event_id == event_id))
+
+    def _links(self, job_id: str) -> list[states.Link]:
+        rows = self.session.scalars(select(JobKey).where(JobKey.job_id == job_id)).all()
+        return [states.Link(key=(r.source, r.external_id), at=r.linked_at, uid=f"{r.id:012d}") for r in rows]
+
+    def _insert_ignore(self, model: type, values: dict[str, Any], *, conflict: tuple[str, ...]) -> int | None:
+        dialect = postgresql if self.postgres else sqlite
+        stmt = dialect.insert(model).values(**values).on_conflict_do_nothing(index_elements=list(conflict)).returning(model.id)  # type: ignore[attr-defined]
+        return self.session.execute(stmt).scalar()
+
+
+# -- conversions between rows and the pure fold ----------------------------------------------------
+
+
+def _public(job: Job) -> tuple[Any, ...]:
+    queue_pos = (job.queue or {}).get("position") if job.state == State.QUEUED.value else None
+    return (job.state, job.attempt, job.label, job.progress, job.error, job.result, queue_pos)
+
+
+def _queue_name(queue: dict[str, Any] | None) -> str | None:
+    return str(queue["name"]) if queue and queue.get("name") else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def fold_of(view: states.JobView) -> dict[str, Any]:
+    """The fold's bookkeeping as JSON for the job row."""
+    return {
+        "queue": view.queue,
+        "failed_at": view.failed_at.isoformat() if view.failed_at else None,
+        "attempt_key": list(view.attempt_key) if view.attempt_key else None,
+        "attempt_fresh": view.attempt_fresh,
+        "queued_by_event": view.queued_by_event,
+        "last": [view.last[0].isoformat(), view.last[1], view.last[2]] if view.last else None,
+    }
+
+
+def view_of(job: Job) -> states.JobView:
+    """The fold state stored in a job row."""
+    f = job.fold or {}
+    last = f.get("last")
+    key = f.get("attempt_key")
+    return states.JobView(
+        state=State(job.state),
+        attempt=job.attempt,
+        label=job.label,
+        state_changed_at=job.state_changed_at,
+        updated_at=job.updated_at,
+        queued_since=job.queued_since,
+        progress=job.progress,
+        queue=f.get("queue"),
+        error=job.error,
+        result=job.result,
+        failed_at=_dt(f.get("failed_at")),
+        attempt_key=(key[0], key[1]) if key else None,
+        attempt_fresh=f.get("attempt_fresh", True),
+        queued_by_event=f.get("queued_by_event", False),
+        last=(datetime.fromisoformat(last[0]), last[1], last[2]) if last else None,
+    )
+
+
+def event_of(row: Event) -> states.Event:
+    """A stored event as the fold sees it."""
+    data = row.data or {}
+    kind = Kind(row.kind)
+    key: states.Key | None = None
+    if kind is Kind.PROVIDER and row.external_id is not None:
+        key = (row.source, row.external_id)
+    elif kind is Kind.LINK and data.get("key"):
+        key = (data["key"][0], data["key"][1])
+    return states.Event(
+        uid=f"{row.source}:{row.event_id}",
+        occurred_at=row.occurred_at,
+        state=State(row.state) if row.state else None,
+        kind=kind,
+        key=key,
+        progress=data.get("progress"),
+        queue=data.get("queue"),
+        error=data.get("error"),
+        result=data.get("result"),
+        label=data.get("label"),
+    )
+
+
+def random_token(nbytes: int = 16) -> str:
+    return pysecrets.token_urlsafe(nbytes)
