@@ -119,6 +119,9 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     app.register_blueprint(ingest.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    from gateway import limits
+
+    limits.init_app(app, gw)
     try:
         from gateway import relay
     except ImportError:

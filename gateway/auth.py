@@ -52,7 +52,8 @@ class Auth:
         token = self._serializer.dumps({"j": job_id, "s": sorted(set(scopes)), "x": expires})
         return token, expires
 
-    def _is_api_key(self, credential: str) -> bool:
+    def is_api_key(self, credential: str) -> bool:
+        """True when ``credential`` is one of the integrator API keys (constant-time compare)."""
         given = credential.encode()
         found = False
         for key in self._api_keys:
@@ -77,7 +78,7 @@ class Auth:
         """The principal for a presented credential; Unauthorized when missing or invalid."""
         if not credential:
             raise Unauthorized("missing credentials: Authorization: Bearer <api key or job token>")
-        if self._is_api_key(credential):
+        if self.is_api_key(credential):
             return Principal("api_key", name="key:" + fingerprint(credential))
         return self._job_token(credential)
 

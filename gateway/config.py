@@ -23,6 +23,7 @@ RESERVED_SOURCES = {"gateway", "api"}  # used for events the gateway records its
 COMMON_SOURCE_KEYS = {
     "adapter": str,
     "secrets_env": str,
+    "secrets_file": str,
     "callback_url": str,
     "callback_secret_env": str,
     "stall_after": int,
@@ -48,6 +49,12 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "redis_url": (str, "redis://127.0.0.1:6379/0"),
     "support_email": (str, "support@example.com"),
     "demo": (bool, False),
+    # abuse limits (gateway/limits.py): requests per second per worker process, 0 = off
+    "rate_limit_webhooks_per_source": (int, 1000),
+    "rate_limit_webhooks_per_address": (int, 1000),
+    "rate_limit_public_per_address": (int, 100),
+    "max_connections_per_address": (int, 200),
+    "body_timeout": (int, 30),
 }
 
 
@@ -57,9 +64,10 @@ class SourceConfig:
 
     name: str
     adapter: str
-    secrets_env: str
+    secrets_env: str  # "" when the secrets come only from secrets_file
     secrets: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)  # the adapter's own keys
+    secrets_file: str | None = None
     callback_url: str | None = None
     callback_secret_env: str | None = None
     stall_after: int | None = None
@@ -92,6 +100,11 @@ class Config:
     redis_url: str = "redis://127.0.0.1:6379/0"
     support_email: str = "support@example.com"
     demo: bool = False
+    rate_limit_webhooks_per_source: int = 1000
+    rate_limit_webhooks_per_address: int = 1000
+    rate_limit_public_per_address: int = 100
+    max_connections_per_address: int = 200
+    body_timeout: int = 30
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # never print secrets
@@ -172,15 +185,34 @@ def _source(name: str, raw: Any, env: Mapping[str, str], strict: bool) -> Source
             common[key] = _typed(f"{where}.{key}", value, COMMON_SOURCE_KEYS[key])
         else:
             options[key] = value
-    for required in ("adapter", "secrets_env"):
-        if not common.get(required):
-            raise ConfigError(f"{where}.{required}: required")
-    secrets = _split(env.get(common["secrets_env"]))
+    if not common.get("adapter"):
+        raise ConfigError(f"{where}.adapter: required")
+    if not common.get("secrets_env") and not common.get("secrets_file"):
+        raise ConfigError(f"{where}.secrets_env: required (or secrets_file)")
+    common.setdefault("secrets_env", "")
+    secrets = _split(env.get(common["secrets_env"])) if common["secrets_env"] else ()
+    if common.get("secrets_file"):
+        secrets += tuple(s for s in read_secrets_file(common["secrets_file"], f"{where}.secrets_file") if s not in secrets)
     if strict and not secrets:
-        raise ConfigError(f"{where}.secrets_env: environment variable {common['secrets_env']} is not set or empty")
+        named = " / ".join(filter(None, [common["secrets_env"] and f"environment variable {common['secrets_env']}", common.get("secrets_file")]))
+        raise ConfigError(f"{where}.secrets_env: no secret set ({named} is not set or empty)")
     if common.get("stall_after") == 0:
         raise ConfigError(f"{where}.stall_after: must be positive")
     return SourceConfig(name=name, secrets=secrets, options=options, **common)
+
+
+def read_secrets_file(path: str, key: str) -> tuple[str, ...]:
+    """Secrets from a file, one a line (blank lines and ``#`` comments ignored), e.g. a mounted
+    Kubernetes secret. Read at every worker start, so a reload (``kill -HUP`` the gunicorn
+    master) applies a rotation without restarting the server."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: no such file {path!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key}: cannot read {path!r}: {type(exc).__name__}") from None
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
 def source_secrets(source: SourceConfig, env: Mapping[str, str] | None = None) -> tuple[str, ...]:

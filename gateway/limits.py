@@ -1,0 +1,218 @@
+"""Abuse limits: request rates per source and per client address, open connections per client
+address, and a deadline for reading a request body.
+
+Rates are token buckets held **in each worker process** (no shared store is needed, so the
+embedded default works alone): with N workers a client can get up to N times the configured
+rate before every worker refuses it. That is the honest semantics; the limits exist to stop a
+flood from one source or address from starving everyone else, not to meter usage. A refused
+request gets 429 with ``Retry-After`` and the usual JSON error.
+
+- ``POST /webhooks/<source>``: ``rate_limit_webhooks_per_source`` and
+  ``rate_limit_webhooks_per_address`` (requests per second; bursts up to twice that).
+- Browser endpoints (reading, streaming or retrying one job with its token, ``/ws``, the
+  demo page): ``rate_limit_public_per_address``. A request carrying an integrator API key is
+  not a browser and is not counted.
+- ``ConnectionCounter``: at most ``max_connections_per_address`` long-lived connections
+  (WebSocket, SSE) per client address per process; the relay holds one per open stream.
+- ``body_timeout``: the seconds a client has to send its whole body. Under gunicorn's gevent
+  worker a slow client only holds a greenlet, never a worker, but without a deadline it would
+  hold it forever; past the deadline the request ends with 408 and the connection closes.
+  (Slow *headers* are cut by gunicorn's ``--keep-alive`` timeout, which covers the header read.)
+
+Setting a rate to 0 turns that limit off.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import Flask, request
+
+from gateway.errors import GatewayError, RateLimited
+
+MAX_KEYS = 50_000  # buckets kept per limiter; the least recently used are forgotten first
+PUBLIC_PATHS = re.compile(r"^/(?:api/jobs/[^/]+(?:/stream|/retry)?|ws|static/.*)?$")
+
+
+class RequestTimeout(GatewayError):
+    """The client did not send its request body in time."""
+
+    status, code = 408, "request_timeout"
+
+
+class RateLimiter:
+    """Token buckets by key: ``rate`` tokens a second, holding at most ``burst``."""
+
+    def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else 2 * rate)
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """Spend one token for ``key``; 0 when allowed, else the seconds until one is available."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        with self._lock:
+            tokens, seen = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - seen) * self.rate)
+            wait = 0.0
+            if tokens >= 1:
+                tokens -= 1
+            else:
+                wait = (1 - tokens) / self.rate
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > MAX_KEYS:
+                self._buckets.popitem(last=False)
+            return wait
+
+    def check(self, key: str, what: str) -> None:
+        """Raise RateLimited (429, Retry-After) when ``key`` is over its rate."""
+        wait = self.take(key)
+        if wait > 0:
+            raise RateLimited(f"too many requests {what}; retry after the Retry-After seconds",
+                              headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+class ConnectionCounter:
+    """Open long-lived connections per key (client address), capped at ``limit`` (0: no cap)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> bool:
+        """Count one more connection for ``key``; False (and nothing counted) when at the cap."""
+        with self._lock:
+            n = self._open.get(key, 0)
+            if self.limit and n >= self.limit:
+                return False
+            self._open[key] = n + 1
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            n = self._open.get(key, 0) - 1
+            if n > 0:
+                self._open[key] = n
+            else:
+                self._open.pop(key, None)
+
+    def count(self, key: str) -> int:
+        return self._open.get(key, 0)
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Hold a connection slot for the block; RateLimited (429) when the address is at its cap."""
+        if not self.acquire(key):
+            raise RateLimited("too many open connections from this address", code="too_many_connections", headers={"Retry-After": "5"})
+        try:
+            yield
+        finally:
+            self.release(key)
+
+
+class _DeadlineInput:
+    """``wsgi.input`` whose reads must all finish before a deadline (gevent only: a timer
+    interrupts a blocked read; elsewhere reads are plain)."""
+
+    def __init__(self, stream: Any, deadline: float):
+        self._stream = stream
+        self._deadline = deadline
+
+    def _call(self, name: str, *args: Any) -> Any:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimeout("request body not received in time")
+        import gevent
+
+        with gevent.Timeout(remaining, RequestTimeout("request body not received in time")):
+            return getattr(self._stream, name)(*args)
+
+    def read(self, *args: Any) -> bytes:
+        return self._call("read", *args)
+
+    def readline(self, *args: Any) -> bytes:
+        return self._call("readline", *args)
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        return self._call("readlines", *args)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+class Limits:
+    """The app's limiters, built from the configuration; see the module docstring."""
+
+    def __init__(self, config: Any):
+        self.webhooks_per_source = RateLimiter(config.rate_limit_webhooks_per_source)
+        self.webhooks_per_address = RateLimiter(config.rate_limit_webhooks_per_address)
+        self.public_per_address = RateLimiter(config.rate_limit_public_per_address)
+        self.connections = ConnectionCounter(config.max_connections_per_address)
+        self.body_timeout = config.body_timeout
+
+
+def client_address() -> str:
+    """The peer's address as the server saw it (configure the proxy's ProxyFix upstream if any)."""
+    return request.remote_addr or "unknown"
+
+
+def init_app(app: Flask, gw: Any) -> None:
+    """Attach the limiters to the app: checked before each request, body deadline in the WSGI layer."""
+    limits = Limits(gw.config)
+    gw.extras["limits"] = limits
+
+    @app.before_request
+    def _limit() -> None:
+        path = request.path
+        address = client_address()
+        if path.startswith("/webhooks/") and request.method == "POST":
+            source = path[len("/webhooks/"):]
+            if source in gw.sources:
+                _counted(gw, source, lambda: limits.webhooks_per_source.check("source:" + source, "for this source"))
+            _counted(gw, source, lambda: limits.webhooks_per_address.check("addr:" + address, "from this address"))
+        elif PUBLIC_PATHS.match(path) and not _is_api_key(gw):
+            limits.public_per_address.check("addr:" + address, "from this address")
+
+    if limits.body_timeout and _gevent_patched():
+        inner = app.wsgi_app
+        seconds = float(limits.body_timeout)
+
+        def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
+                environ["wsgi.input"] = _DeadlineInput(environ["wsgi.input"], time.monotonic() + seconds)
+            return inner(environ, start_response)
+
+        app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+
+
+def _counted(gw: Any, source: str, check: Callable[[], None]) -> None:
+    try:
+        check()
+    except RateLimited:
+        gw.metrics.webhooks.labels(source=(source if source in gw.sources else "unknown")[:64], outcome="rate_limited").inc()
+        raise
+
+
+def _is_api_key(gw: Any) -> bool:
+    header = request.headers.get("Authorization", "")
+    return header[:7].lower() == "bearer " and gw.auth.is_api_key(header[7:].strip())
