@@ -43,6 +43,8 @@ def migrate() -> None:
 @click.option("--timeout", default=30, show_default=True, type=int)
 def serve(host: str, port: int, workers: int, worker_connections: int, timeout: int) -> None:
     """Run the gateway under gunicorn's gevent worker."""
+    from gateway.logs import ACCESS_LOG_FORMAT
+
     _config()  # fail here, with the key named, before gunicorn forks
     args = [
         sys.executable, "-m", "gunicorn", "wsgi:app",
@@ -54,6 +56,7 @@ def serve(host: str, port: int, workers: int, worker_connections: int, timeout: 
         "--graceful-timeout", "10",
         "--no-control-socket",
         "--access-logfile", "-" if os.environ.get("GATEWAY_ACCESS_LOG") else "/dev/null",
+        "--access-logformat", ACCESS_LOG_FORMAT,
     ]
     from gateway.migrate import ROOT
 

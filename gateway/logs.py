@@ -19,6 +19,11 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 _SECRETISH = re.compile(r"(whsec_[A-Za-z0-9+/=]+|v1[,=][A-Za-z0-9+/=]{16,}|Bearer\s+\S+|[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,})")
 
 
+#: gunicorn's access-log line without the query string or referrer: browsers' job tokens travel
+#: as ``?token=`` (EventSource cannot set headers), and the default ``%(r)s`` would log them
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
+
+
 def redact(text: str) -> str:
     """Mask anything shaped like a secret, signature or token."""
     return _SECRETISH.sub("[redacted]", text)
