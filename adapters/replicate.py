@@ -10,9 +10,11 @@ The tolerance is the gateway's, both ways (Replicate's Python SDK checks none).
 The body is the whole prediction, as ``GET /v1/predictions/{id}`` returns it: ``id`` is the
 external id, ``status`` the state (table below), ``logs`` the progress, ``output`` the result.
 
-Event time: ``created_at`` while starting, ``completed_at`` at the end; while processing, the
-later of ``started_at`` and ``webhook-timestamp``, so successive log webhooks (at most one per
-500 ms) fold in the order they were sent. Replicate retries only the final webhook.
+Event time: ``created_at`` while starting, ``completed_at`` at the end. While processing every
+snapshot has the same ``started_at``; Replicate sends one at most every 500 ms, each with more
+log lines than the one before, so the event time is ``started_at`` plus one millisecond per
+log line (never later than the ``webhook-timestamp`` it was sent at): successive progress folds
+in order and stays before the end. Replicate retries only the final webhook.
 
 Progress: the *last* tqdm bar in ``logs``, as the Replicate SDK reads it
 (``Prediction.Progress.parse``): `` 45%|████▌     | 45/100 [00:03<00:04, 12.1it/s]`` gives
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from adapters.base import Adapter, ProviderEvent, WebhookRequest, json_body, utc_from_iso, utc_from_unix
@@ -138,12 +140,18 @@ class ReplicateAdapter(Adapter):
         created, started, completed = when("created_at"), when("started_at"), when("completed_at")
         if state in (C, F) and completed:
             return completed
-        if state is P:
+        if state is P and started is not None:
+            # snapshots share started_at; each later one has more log lines (tqdm redraws
+            # count): one millisecond per line orders them, never past the time it was sent
+            lines = len((prediction.get("logs") or "").splitlines()) if isinstance(prediction.get("logs"), str) else 0
+            offset = timedelta(milliseconds=min(lines, 10**6))
             sent = request.header(TIMESTAMP_HEADER)
-            sent_at = utc_from_unix(int(sent)) if sent and sent.isdigit() and len(sent) < 12 else None
-            candidates = [t for t in (started, sent_at) if t is not None]
-            if candidates:
-                return max(candidates)
+            if sent and sent.isascii() and sent.isdigit() and len(sent) < 12:
+                offset = max(timedelta(0), min(offset, utc_from_unix(int(sent)) - started))
+            try:
+                return started + offset
+            except OverflowError:
+                raise PayloadError("started_at out of range") from None
         best = started or created or completed
         if best is None:
             raise PayloadError("prediction has no created_at")
