@@ -146,9 +146,9 @@ class RenderAdapter(Adapter):
         return [ProviderEvent(event_id=event_id, external_id=service_id, occurred_at=occurred_at, state=None, type=etype, needs_details=tracked)]
 
     def details_request(self, event: ProviderEvent, api_key: str | None) -> DetailsRequest | None:
-        """``GET {api_base}/events/{id}`` with the API key, for an event whose body was thin."""
-        if not event.needs_details:
-            return None
+        """``GET {api_base}/events/{id}`` with the API key: the event as Render's Events API tells it.
+
+        Needs only ``event.event_id`` (Render's ``evj-…`` id), so an event rebuilt from storage works."""
         base = str(self.options.get("api_base") or DEFAULT_API_BASE).rstrip("/")
         headers = {"Accept": "application/json"}
         if api_key:

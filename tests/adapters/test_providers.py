@@ -237,7 +237,6 @@ def test_render_thin_event_asks_for_details() -> None:
 def test_render_status_in_the_body_needs_no_fetch() -> None:
     event = _render_event("deploy_ended_succeeded")
     assert not event.needs_details and event.state is State.COMPLETE and event.external_id == "dep-d1l6hb8gjchc73d5f2b0"
-    assert RenderAdapter().details_request(event, "rnd_key") is None
 
 
 @pytest.mark.parametrize("name, state, code", [("api_event_deploy_ended", State.COMPLETE, None), ("api_event_deploy_ended_failed", State.FAILED, "deploy_failed")])
