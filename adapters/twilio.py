@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from adapters.base import Adapter, ProviderEvent, WebhookRequest, constant_time_in, form_body
 from gateway.errors import PayloadError, SignatureError
@@ -83,6 +83,7 @@ FAILURE_WORDS: Mapping[str, str] = {
 }
 
 MAX_SID = 64
+URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # reserved characters and existing escapes stay as they are
 
 
 class TwilioAdapter(Adapter):
@@ -166,7 +167,11 @@ def _algorithm(settings: str | None) -> str:
 
 
 def _url_variants(url: str) -> list[str]:
-    """The URL as given, without its port, and with the default port: Twilio signs either."""
+    """The URL as given, without its port, and with the default port: Twilio signs either.
+
+    Non-ASCII characters are percent-encoded first (UTF-8), as they were on the wire: a
+    server may hand over the URL decoded to an IRI."""
+    url = quote(url, safe=URL_SAFE)
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port  # ValueError for a malformed port

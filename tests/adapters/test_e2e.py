@@ -161,6 +161,17 @@ def test_twilio_call_signed_for_the_url_as_received(server: Any) -> None:
     assert job["state_changed_at"] == "2026-11-28T12:01:05.000Z"  # the callback's own Timestamp
 
 
+def test_twilio_url_with_an_encoded_query_string(server: Any) -> None:
+    """The query string is signed as Twilio sent it, percent-escapes and all."""
+    sid = "SM" + d.uid()[:32].ljust(32, "0")
+    job_id = register(server.url, source="twilio-direct", external_id=sid)["job"]["id"]
+    query = "?tenant=caf%C3%A9&note=a%20b&mark=%E2%9C%93"
+    path, body, headers = d.twilio("message_delivered", sid, source="twilio-direct", url=server.url + "/webhooks/twilio-direct" + query)
+    r = requests.post(server.url + path + query, data=body, headers=headers, timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "accepted"}, r.text
+    assert state_of(server.url, job_id)["state"] == "complete"
+
+
 @pytest.mark.parametrize("name, code", [("call_busy", "busy"), ("call_no_answer", "no_answer")])
 def test_twilio_call_failures(server: Any, name: str, code: str) -> None:
     sid = "CA" + d.uid()[:32].ljust(32, "0")
