@@ -37,19 +37,20 @@ from gateway.states import State
 P, C, F = State.PROCESSING, State.COMPLETE, State.FAILED
 DEFAULT_API_BASE = "https://api.render.com/v1"
 
-#: event type -> (what failed, in words; state while it runs or when it ends, by outcome)
-#:   started: the state on start; ended: {outcome: state}
+#: event type -> state when something starts
 STARTED: Mapping[str, State] = {
     "build_started": P,
     "pre_deploy_started": P,
     "deploy_started": P,
 }
+#: event type -> {outcome: state} when it ends
 ENDED: Mapping[str, Mapping[str, State]] = {
     "build_ended": {"succeeded": P, "failed": F, "canceled": F},  # the deploy goes on after a build
     "pre_deploy_ended": {"succeeded": P, "failed": F, "canceled": F},
     "deploy_ended": {"succeeded": C, "failed": F, "canceled": F},
     "job_run_ended": {"succeeded": C, "failed": F, "canceled": F},
 }
+#: event type -> error code, for events that are a failure by themselves
 FAILED_AT_ONCE: Mapping[str, str] = {
     "image_pull_failed": "image_pull_failed",
 }

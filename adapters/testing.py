@@ -58,21 +58,22 @@ JSON_VALUES = st.recursive(
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.differing_executors])
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def key_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every key path in a JSON document (dict keys and list indexes)."""
     out: list[tuple[Any, ...]] = []
     if isinstance(value, dict):
         for key, child in value.items():
             out.append(prefix + (key,))
-            out.extend(_paths(child, prefix + (key,)))
+            out.extend(key_paths(child, prefix + (key,)))
     elif isinstance(value, list):
         for index, child in enumerate(value):
             out.append(prefix + (index,))
-            out.extend(_paths(child, prefix + (index,)))
+            out.extend(key_paths(child, prefix + (index,)))
     return out
 
 
-def _mutate(doc: Any, path: tuple[Any, ...], value: Any, delete: bool) -> Any:
+def mutate(doc: Any, path: tuple[Any, ...], value: Any, delete: bool) -> Any:
+    """A copy of ``doc`` with the item at ``path`` replaced by ``value``, or deleted."""
     doc = copy.deepcopy(doc)
     parent = doc
     for key in path[:-1]:
@@ -233,13 +234,13 @@ class AdapterConformance:
         body = data.draw(st.sampled_from(bodies))
         raw = self.encode(body)
         doc = self.decode(raw)
-        paths = _paths(doc)
+        paths = key_paths(doc)
         if paths:
             path = data.draw(st.sampled_from(paths))
             delete = data.draw(st.booleans())
             value = data.draw(JSON_VALUES if self.body_format == "json" else st.text(max_size=40))
-            doc = _mutate(doc, path, value, delete)
-        self._verify_then_parse(self.encode(doc) if self.body_format == "form" else json.dumps(doc).encode("utf-8"))
+            doc = mutate(doc, path, value, delete)
+        self._verify_then_parse(self.encode(doc))
 
     @FUZZ
     @given(raw=st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
@@ -307,6 +308,7 @@ def check_event(event: ProviderEvent) -> None:
     if event.error is not None:
         assert isinstance(event.error.get("code"), str) and event.error["code"]
         assert isinstance(event.error.get("message"), str)
+        assert isinstance(event.error.get("retryable", True), bool)
     if event.state is not State.FAILED:
         assert event.error is None
     assert event.label is None or (isinstance(event.label, str) and len(event.label) <= 200)

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pytest
 from werkzeug.datastructures import MultiDict
 
 from adapters.fixtures import load
@@ -124,3 +125,21 @@ class TestTwilioConformance(AdapterConformance):
     def sign(self, body: bytes, secret: str, timestamp: int) -> tuple[dict[str, str], str]:
         params = MultiDict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
         return signing.twilio_headers(secret, signing.TWILIO_PUBLIC_URL, params), signing.TWILIO_PUBLIC_URL
+
+
+KITS = {"standard": TestStandardConformance, "stripe": TestStripeConformance, "replicate": TestReplicateConformance,
+        "render": TestRenderConformance, "github": TestGitHubConformance, "mux": TestMuxConformance, "twilio": TestTwilioConformance}
+ALL_FIXTURES = [(provider, name) for provider in sorted(KITS) for name in load(provider) if not name.startswith("api_event_")]
+
+
+@pytest.mark.parametrize("provider, name", ALL_FIXTURES)
+def test_every_fixture_maps_as_it_says(provider: str, name: str) -> None:
+    """Each fixture's stated state and error code, through its adapter, signed by its provider's code."""
+    kit = KITS[provider]()
+    fx = load(provider)[name]
+    req = kit.request(fx["body"])
+    adapter = kit.make_adapter()
+    adapter.verify(req, list(kit.secrets))
+    (event,) = adapter.parse(req)
+    assert event.state == (State(fx["expect"]["state"]) if fx["expect"]["state"] else None)
+    assert (event.error or {}).get("code") == fx["expect"].get("error_code")

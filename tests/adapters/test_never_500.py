@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.fixtures import load
-from adapters.testing import JSON_VALUES, _mutate, _paths
+from adapters.testing import JSON_VALUES, key_paths, mutate
 from tests import signing
 
 CONTRACT_STATUSES = {200, 400, 401, 413}
@@ -42,9 +42,9 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 def test_signed_mutated_samples_never_500(client: Any, source: str, data: st.DataObject) -> None:
     fixtures = load(PROVIDER[source])
     doc = data.draw(st.sampled_from(sorted(fixtures)).map(lambda name: fixtures[name]["body"]))
-    paths = _paths(doc)
+    paths = key_paths(doc)
     if paths:
-        doc = _mutate(doc, data.draw(st.sampled_from(paths)), data.draw(JSON_VALUES), data.draw(st.booleans()))
+        doc = mutate(doc, data.draw(st.sampled_from(paths)), data.draw(JSON_VALUES), data.draw(st.booleans()))
     raw = json.dumps(doc).encode()
     r = client.post(f"/webhooks/{source}", data=raw, headers=_signed(source, raw))
     assert r.status_code in CONTRACT_STATUSES, r.get_data(as_text=True)
