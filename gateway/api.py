@@ -27,7 +27,10 @@ MAX_EXTERNAL_ID = 255
 
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True, force=True)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:  # deeply nested JSON: silent=True only covers decode errors
+        raise BadRequest("the body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     return body
