@@ -13,7 +13,7 @@ export GATEWAY_API_KEYS    ?= demo-api-key
 export DEMO_WEBHOOK_SECRETS ?= whsec_ZGVtby1vbmx5LXNpbXVsYXRvci1zZWNyZXQtMzJi
 export GATEWAY_DEMO_URL    ?= http://$(HOST):$(PORT)
 
-.PHONY: setup serve test migrate bench browser-deps clean
+.PHONY: setup serve test migrate bench browser-deps clean fuzz trust
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ test: setup browser-deps
 bench: setup
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk hyperfine >/dev/null; }
 	$(PY) -m bench
+
+# Trust suite, long form: fuzzing with many more examples, then the crash/outage runs at scale
+# (bench/trust.py; a private PostgreSQL cluster, never the shared one). CI runs the short forms.
+FUZZ_EXAMPLES ?= 1000
+fuzz: setup
+	TRUST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) env -u GATEWAY_CONFIG -u DATABASE_URL $(PY) -m pytest -q -s \
+		tests/test_trust_fuzz.py tests/test_trust_openapi.py tests/test_trust_forgery.py tests/test_trust_isolation.py
+
+trust: fuzz
+	env -u GATEWAY_CONFIG -u DATABASE_URL $(PY) -m bench.trust
 
 clean:
 	rm -rf $(VENV) gateway.db gateway.db-wal gateway.db-shm .pytest_cache

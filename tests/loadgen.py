@@ -225,3 +225,143 @@ def audit(db_url: str, source: str, ledger: Ledger, external_ids: set[str]) -> A
         )
     finally:
         engine.dispose()
+
+
+# -- whole scenarios, shared by the CI tests and bench/trust.py ------------------------------------------
+
+
+@dataclass
+class CrashRun:
+    """A crash run's outcome: the audit, the kills, what re-delivery left, and the rate."""
+
+    audit: Audit
+    kills: int
+    left: list[Delivery]
+    seconds: float
+    planned: int
+
+    def figures(self) -> dict[str, Any]:
+        return {"planned": self.planned, "kills": self.kills, "never_acknowledged": len(self.left), "seconds": round(self.seconds, 2),
+                "deliveries_per_second": round(self.audit.sent / self.seconds, 1) if self.seconds else None, **self.audit.figures()}
+
+
+def crash_run(db_url: str, config_path: Any, *, jobs: int, kills: int, interval: float = 0.4, threads: int = 6,
+              log_path: Any = None, budget: float = 40) -> CrashRun:
+    """Load a fresh gunicorn on ``db_url`` while ``kills`` workers are SIGKILLed; re-deliver; audit."""
+    from tests.conftest import server_env
+    from tests.servers import Server
+
+    srv = Server(server_env(db_url, config_path), log_path=log_path).start()
+    url = f"{srv.url}/webhooks/auto"
+    deliveries = make_deliveries(jobs)
+    ledger = Ledger()
+    killer = Killer(srv.worker_pids, times=kills, interval=interval)
+    started = time.monotonic()
+    try:
+        if kills:
+            killer.start()
+        unacked = send_all(url, deliveries, ledger, threads=threads, deadline=started + budget)
+        # keep the load on until every planned kill has happened, re-sending what was refused
+        while killer.is_alive() and time.monotonic() < started + budget:
+            if unacked:
+                unacked = send_all(url, unacked, ledger, threads=threads)
+            killer.join(0.2)
+        killer.stop_event.set()
+        if kills:
+            killer.join()
+        left = redeliver(url, unacked, ledger, deadline=time.monotonic() + 15)
+        seconds = time.monotonic() - started
+    finally:
+        srv.stop()
+    return CrashRun(audit(db_url, "auto", ledger, {d.external_id for d in deliveries}), len(killer.killed), left, seconds, len(deliveries))
+
+
+@dataclass
+class OutageRun:
+    """An outage run's outcome and what was observed while the database was down and after."""
+
+    audit: Audit
+    left: list[Delivery]
+    planned: int
+    bad_503: list[str]  # 503 answers without a numeric Retry-After or the `unavailable` error
+    readyz_down: int | None
+    healthz_down: int | None
+    probe_down: int | None  # a fresh delivery while down
+    probe_retry_after: str | None
+    acked_at_stop: int
+    acked_at_end: int
+    recovered_after: float  # seconds from start to /readyz 200 again
+
+    def figures(self) -> dict[str, Any]:
+        return {"planned": self.planned, "never_acknowledged": len(self.left), "readyz_while_down": self.readyz_down,
+                "probe_while_down": self.probe_down, "recovered_after_seconds": round(self.recovered_after, 2), **self.audit.figures()}
+
+
+def _status(url: str) -> int | None:
+    try:
+        return requests.get(url, timeout=5).status_code
+    except requests.RequestException:
+        return None
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def outage_run(cluster: Any, config_path: Any, *, jobs: int, down_503s: int = 20, log_path: Any = None,
+               on_down: Callable[[], None] | None = None, on_up: Callable[[], None] | None = None) -> OutageRun:
+    """Load a gunicorn on a private PostgreSQL cluster, stop the cluster (immediate) under load,
+    observe, start it again, let the gateway recover by itself, re-deliver what was refused, audit.
+    ``on_down`` / ``on_up`` run while the database is down / once the gateway is ready again."""
+    from tests.conftest import server_env
+    from tests.servers import Server
+
+    db = cluster.database("gw_" + uuid.uuid4().hex[:8])
+    srv = Server(server_env(db, config_path), log_path=log_path).start()
+    url = f"{srv.url}/webhooks/auto"
+    deliveries = make_deliveries(jobs)
+    ledger = Ledger()
+    bad_503: list[str] = []
+
+    def check(d: Delivery, r: requests.Response) -> None:
+        if r.status_code == 503:
+            try:
+                code = r.json()["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = None
+            if not (r.headers.get("Retry-After", "").isdigit() and code == "unavailable"):
+                bad_503.append(f"{d.event_id}: {dict(r.headers)} {r.text[:200]}")
+
+    unacked: list[Delivery] = []
+    started = time.monotonic()
+    load = threading.Thread(target=lambda: unacked.extend(send_all(url, deliveries, ledger, threads=4, deadline=started + 40, on_response=check)))
+    probe = make_deliveries(1, prefix="probe-" + uuid.uuid4().hex[:6])[0]
+    try:
+        load.start()
+        wait_for(lambda: len(ledger.acked) >= min(50, len(deliveries) // 4), 20, "load to be acknowledged before the outage")
+        cluster.stop(mode="immediate")
+        acked_at_stop = len(ledger.acked)
+        wait_for(lambda: ledger.statuses[503] >= down_503s, 20, "webhooks answered 503 during the outage")
+        readyz_down, healthz_down = _status(srv.url + "/readyz"), _status(srv.url + "/healthz")
+        r = post(requests.Session(), url, probe)
+        probe_down, probe_retry_after = r.status_code, r.headers.get("Retry-After")
+        if on_down:
+            on_down()
+        cluster.start()
+        wait_for(lambda: _status(srv.url + "/readyz") == 200, 20, "the gateway to become ready again by itself")
+        recovered_after = time.monotonic() - started
+        if on_up:
+            on_up()
+        load.join(45)
+        left = redeliver(url, unacked + [probe], ledger, deadline=time.monotonic() + 20)
+    finally:
+        srv.stop()
+    result = audit(db, "auto", ledger, {d.external_id for d in deliveries} | {probe.external_id})
+    return OutageRun(result, left, len(deliveries) + 1, bad_503, readyz_down, healthz_down, probe_down, probe_retry_after,
+                     acked_at_stop, len(ledger.acked), recovered_after)

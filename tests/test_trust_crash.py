@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
-from tests.conftest import ARTIFACTS, server_env, write_config
-from tests.loadgen import Killer, Ledger, audit, make_deliveries, redeliver, send_all
-from tests.servers import Server
+from tests.conftest import ARTIFACTS, write_config
+from tests.loadgen import crash_run
 
 JOBS = int(os.environ.get("TRUST_CRASH_JOBS", "150"))
 KILLS = int(os.environ.get("TRUST_CRASH_KILLS", "4"))
@@ -38,37 +36,20 @@ def crash_db(request: pytest.FixtureRequest, tmp_path) -> str:
 def test_sigkilled_workers_lose_no_acknowledged_delivery(crash_db: str, tmp_path) -> None:
     backend = "pg" if crash_db.startswith("postgresql") else "sqlite"
     ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / f"crash-{backend}-{os.getpid()}.log"
-    srv = Server(server_env(crash_db, write_config(tmp_path / "gateway.toml")), log_path=log).start()
-    url = f"{srv.url}/webhooks/auto"
-    deliveries = make_deliveries(JOBS)
-    ledger = Ledger()
-    killer = Killer(srv.worker_pids, times=KILLS, interval=0.4)
-    try:
-        started = time.monotonic()
-        killer.start()
-        unacked = send_all(url, deliveries, ledger, threads=6, deadline=started + 40)
-        # keep the load on until every planned kill has happened, re-sending what was refused
-        while killer.is_alive() and time.monotonic() < started + 40:
-            unacked = send_all(url, unacked, ledger, threads=6) if unacked else unacked
-            killer.join(0.2)
-        killer.stop_event.set()
-        killer.join()
-        left = redeliver(url, unacked, ledger, deadline=time.monotonic() + 15)
-    finally:
-        srv.stop()
-
-    result = audit(crash_db, "auto", ledger, {d.external_id for d in deliveries})
-    figures = {"backend": backend, "kills": len(killer.killed), **result.figures()}
+    run = crash_run(crash_db, write_config(tmp_path / "gateway.toml"), jobs=JOBS, kills=KILLS,
+                    log_path=ARTIFACTS / f"crash-{backend}-{os.getpid()}.log")
+    result = run.audit
+    figures = {"backend": backend, **run.figures()}
     print("crash-safety figures:", json.dumps(figures))
     (ARTIFACTS / f"crash-{backend}-figures.json").write_text(json.dumps(figures, indent=2))
 
-    assert len(killer.killed) == KILLS, "the killer must have struck during the load"
-    assert not left, f"{len(left)} deliveries never acknowledged after re-delivery"
-    assert result.acked == len(deliveries)
+    assert run.kills == KILLS, "the killer must have struck during the load"
+    assert not run.left, f"{len(run.left)} deliveries never acknowledged after re-delivery"
+    assert result.acked == run.planned, "every delivery is acknowledged in the end"
     assert result.lost == [], f"acknowledged but not stored: {result.lost[:5]}"
     assert result.duplicated == [], f"stored more than once: {result.duplicated[:5]}"
     assert result.stored == result.acked
     assert result.fold_mismatches == [], result.fold_mismatches[:3]
+    assert result.jobs == JOBS
     assert 500 not in result.statuses, result.statuses
     assert all(s in (200, 503) for s in result.statuses), result.statuses
