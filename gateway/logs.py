@@ -118,6 +118,7 @@ def setup_logging(level: str | None = None) -> None:
     handler.addFilter(RequestContext())
     root.addHandler(handler)
     root.setLevel(level or os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin per process
 
 
 #: gunicorn's access line: the path without its query string (``?token=`` stays out of logs),
