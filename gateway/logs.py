@@ -25,7 +25,8 @@ _SECRETISH = re.compile(
     r"|t=\d+,v1=[0-9a-f]+"  # a whole Stripe-Signature header
     r"|Bearer\s+\S+"  # an Authorization header value
     r"|(?i:token=)[^&\s\"']+"  # a token in a query string
-    r"|[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,})"  # itsdangerous job tokens
+    r"|[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}"  # itsdangerous job tokens
+    r"|(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/]{40,}={0,2})"  # a bare HMAC / key: a long opaque base64 or hex run
 )
 
 
