@@ -128,11 +128,9 @@ def worker_event(job_id: str) -> Any:
     with gw.store.transaction() as w:
         w.lock_job(job_id)  # 404 before recording anything
         outcome = w.record_event(API_SOURCE, pe, kind=Kind.WORKER, job_id=job_id)
-        w.finish_changes()
         w.trace(job_id, "worker_event", {
             "source": API_SOURCE, "event_id": event_id, "event_type": pe.type, "decision": outcome.decision.value,
-            "state_before": outcome.state_before, "state_after": outcome.state_after, "version": w.version_of(job_id),
-            "request_id": g.request_id,
+            "state_before": outcome.state_before, "state_after": outcome.state_after, "request_id": g.request_id,
         })
     job = gw.store.get_job(job_id)
     assert job is not None

@@ -26,8 +26,9 @@ from gateway.store import Store, event_of
 #: trace entries the store itself writes; anything else is rendered generically from its detail
 #: the text rendering folds runs of progress updates longer than this into one line
 _RUN = 3
-#: and shows at most this many timeline rows (first and last ones) unless asked for all
-_MAX_ROWS = 40
+#: and keeps the timeline within this many lines (its first and last rows) unless asked for all
+_MAX_LINES = 40
+_HEAD_LINES = 10
 
 
 def build_trace(store: Store, job_id: str) -> dict[str, Any] | None:
@@ -62,6 +63,11 @@ def build_trace(store: Store, job_id: str) -> dict[str, Any] | None:
                 "decision": decisions.get(f"{e.source}:{e.event_id}"),
             })
         timeline.sort(key=lambda e: (e["at"] or "", _ORDER.get(e["what"], 1)))
+        held = sum(1 for e in timeline if e["what"] == "delivery" and e.get("decision") == "held")
+        for entry in timeline:
+            if entry["what"] == "registered" and held:
+                entry["adopted"] = held  # claimed at registration; the job started from them
+                break
         return {
             "job": job_json(job),
             "keys": [
@@ -131,11 +137,7 @@ def render_trace(data: dict[str, Any], *, show_all: bool = False) -> str:
 
     rows = [_row(e) for e in data["timeline"]]
     if not show_all:
-        rows = _fold_progress(rows)
-        if len(rows) > _MAX_ROWS:
-            keep = _MAX_ROWS // 4
-            hidden = len(rows) - _MAX_ROWS + 1
-            rows = rows[:keep] + [_note(f"… {hidden} rows not shown (--all shows every row) …")] + rows[-(_MAX_ROWS - keep - 1):]
+        rows = _fit(_fold_progress(rows))
     return "\n".join(head + [""] + _table(rows, data["timeline"]))
 
 
@@ -206,7 +208,9 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
                    state=f"→ {e['state']}" if e.get("state") else "")
         row["extra"] = f"{e.get('kind')} event, occurred {e.get('occurred_at')}; decision as the fold sees it now"
     elif what == "registered":
-        row.update(source=e.get("source") or "", event=f"external id {_short(e.get('external_id'))}", state="→ queued")
+        held = e.get("adopted") or 0
+        row.update(source=e.get("source") or "", event=f"external id {_short(e.get('external_id'))}",
+                   state=f"+ {held} held event{'s' if held > 1 else ''}" if held else "→ queued")
         row["extra"] = " ".join(f"{k}={v}" for k, v in (("by", e.get("by")), ("queue", e.get("queue")), ("label", e.get("label"))) if v)
     elif what == "retry":
         row.update(source="gateway", event=f"attempt {e.get('attempt')}", decision="applied", state="failed → queued")
@@ -224,6 +228,8 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
         if "version" in detail:
             row["ver"] = f"v{detail.pop('version')}"
         row["extra"] = " ".join(f"{k}={_fmt(v)}" for k, v in detail.items())
+    if what != "delivery" and "version" in e and e["version"] is not None:
+        row["ver"] = f"v{e['version']}"
     return row
 
 
@@ -231,6 +237,31 @@ def _fmt(value: Any) -> str:
     if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and value[10:11] == "T":
         return value[11:23]  # a timestamp: the time of day is enough next to the row's own
     return _short(value, 60)
+
+
+def _cost(row: dict[str, Any]) -> int:
+    return 2 if row.get("extra") else 1
+
+
+def _fit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first and last rows within ``_MAX_LINES`` lines, and a note saying how many are hidden."""
+    if sum(_cost(r) for r in rows) <= _MAX_LINES:
+        return rows
+    head: list[dict[str, Any]] = []
+    used = 0
+    for r in rows:
+        if used + _cost(r) > _HEAD_LINES:
+            break
+        head.append(r)
+        used += _cost(r)
+    tail: list[dict[str, Any]] = []
+    for r in reversed(rows[len(head):]):
+        if used + _cost(r) > _MAX_LINES - 1:
+            break
+        tail.insert(0, r)
+        used += _cost(r)
+    hidden = len(rows) - len(head) - len(tail)
+    return head + [_note(f"… {hidden} rows not shown (--all shows every row) …")] + tail
 
 
 def _is_progress(row: dict[str, Any]) -> bool:

@@ -101,6 +101,10 @@ def test_cli_trace_json_is_the_same_story(client: Any, db_url: str, tmp_path: Pa
     versions = [e["version"] for e in data["timeline"] if e["what"] == "delivery" and e["decision"] == "applied"]
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
     assert [e["what"] for e in data["timeline"]].count("retry") == 1
+    by_what = {e["what"]: e for e in data["timeline"] if e["what"] != "delivery"}
+    assert by_what["registered"]["version"] == 1 and by_what["registered"]["adopted"] == 1
+    failed = next(e for e in data["timeline"] if e.get("event_id") == s["failed"])
+    assert by_what["retry"]["version"] == failed["version"] + 1  # every change has its version
     # the API returns the same data
     r = client.get(f"/api/jobs/{s['job_id']}/trace", headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 200
@@ -180,3 +184,21 @@ def test_missing_job_gives_none(app: Any) -> None:
     from gateway.trace import build_trace
 
     assert build_trace(app.extensions["gateway"].store, "job_nope") is None
+
+
+def test_a_long_history_still_fits_one_screen(client: Any, app: Any) -> None:
+    from gateway.trace import build_trace, render_trace
+
+    ext = "noisy-" + uuid.uuid4().hex[:8]
+    job_id = register(client, external_id=ext)["job"]["id"]
+    first, _ = deliver(client, ext, "processing", offset_ms=-60000)
+    for _ in range(60):  # a provider that redelivers the same event again and again
+        deliver(client, ext, "processing", msg_id=first, offset_ms=-60000)
+    done, _ = deliver(client, ext, "complete")
+    data = build_trace(app.extensions["gateway"].store, job_id)
+    assert data is not None
+    lines = render_trace(data).splitlines()
+    assert len(lines) <= 50
+    assert any("rows not shown" in line for line in lines)
+    assert any("registered" in line for line in lines[:10]) and done in lines[-1]
+    assert len(render_trace(data, show_all=True).splitlines()) > 60
