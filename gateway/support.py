@@ -201,17 +201,14 @@ def _shown(view: states.JobView) -> tuple[Any, ...]:
     return (*view.public(), view.state_changed_at, view.updated_at)
 
 
-def _droppable(session: Any, job: Job) -> list[int] | None:
-    """Ids of the job's events that can go with the fold unchanged; None if no candidate set reproduces it."""
-    rows = session.scalars(select(Event).where(Event.job_id == job.id)).all()
-    links = [states.Link(key=(k.source, k.external_id), at=k.linked_at, uid=f"{k.id:012d}")
-             for k in session.scalars(select(JobKey).where(JobKey.job_id == job.id))]
-    by_uid = {f"{r.source}:{r.event_id}": r for r in rows}
-    events = [event_of(r) for r in rows]
-    full, decisions = states.fold(job.created_at, events, links, job.registered_label)
-    stored = (job.state, job.attempt, job.label, job.progress, job.error, job.result, job.state_changed_at, job.updated_at)
-    if _shown(full)[:6] != stored[:6] or full.state is not states.State.COMPLETE:
-        return None  # the row and its events disagree already: touch nothing
+def thin(
+    created_at: datetime, events: list[states.Event], links: list[states.Link], label: str | None,
+) -> list[states.Event] | None:
+    """The events a complete job's fold needs (pure): the state transitions, else every applied
+    event; None when the job is not complete or neither set folds to exactly the same job."""
+    full, decisions = states.fold(created_at, events, links, label)
+    if full.state is not states.State.COMPLETE:
+        return None
     applied = [e for e in sorted(events, key=states.Event.sort_key) if decisions.get(e.uid) is states.Decision.APPLIED]
     transitions, previous = [], None
     for e in applied:
@@ -219,8 +216,23 @@ def _droppable(session: Any, job: Job) -> list[int] | None:
             transitions.append(e)
         previous = e.state if e.state is not None else previous
     for keep in (transitions, applied):
-        view, _ = states.fold(job.created_at, keep, links, job.registered_label)
-        if _shown(view) == _shown(full):
-            kept = {e.uid for e in keep}
-            return [r.id for uid, r in by_uid.items() if uid not in kept]
+        if _shown(states.fold(created_at, keep, links, label)[0]) == _shown(full):
+            return keep
     return None
+
+
+def _droppable(session: Any, job: Job) -> list[int] | None:
+    """Ids of the job's events that can go with the fold unchanged; None if no candidate set reproduces it."""
+    rows = session.scalars(select(Event).where(Event.job_id == job.id)).all()
+    links = [states.Link(key=(k.source, k.external_id), at=k.linked_at, uid=f"{k.id:012d}")
+             for k in session.scalars(select(JobKey).where(JobKey.job_id == job.id))]
+    events = [event_of(r) for r in rows]
+    full, _ = states.fold(job.created_at, events, links, job.registered_label)
+    if (full.state.value, full.attempt, full.label, full.progress, full.error, full.result) != (
+            job.state, job.attempt, job.label, job.progress, job.error, job.result):
+        return None  # the row and its events disagree already: touch nothing
+    keep = thin(job.created_at, events, links, job.registered_label)
+    if keep is None:
+        return None
+    kept = {e.uid for e in keep}
+    return [r.id for r in rows if f"{r.source}:{r.event_id}" not in kept]
