@@ -202,3 +202,25 @@ def test_a_long_history_still_fits_one_screen(client: Any, app: Any) -> None:
     assert any("rows not shown" in line for line in lines)
     assert any("registered" in line for line in lines[:10]) and done in lines[-1]
     assert len(render_trace(data, show_all=True).splitlines()) > 60
+
+
+def test_linked_attempts_and_superseded_events(client: Any, app: Any) -> None:
+    from gateway.trace import build_trace, render_trace
+
+    ext, ext2 = "first-" + uuid.uuid4().hex[:8], "second-" + uuid.uuid4().hex[:8]
+    job_id = register(client, external_id=ext)["job"]["id"]
+    deliver(client, ext, "failed", offset_ms=-2000)
+    r = client.post(f"/api/jobs/{job_id}/attempts", json={"source": "worker", "external_id": ext2}, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    old, _ = deliver(client, ext, "processing", offset_ms=500)  # the earlier id speaks after the link
+    new, _ = deliver(client, ext2, "processing", offset_ms=600)
+    data = build_trace(app.extensions["gateway"].store, job_id)
+    assert data is not None
+    decisions = {e.get("event_id"): e.get("decision") for e in data["timeline"]}
+    assert decisions[old] == "superseded" and decisions[new] == "applied"
+    assert [k["external_id"] for k in data["keys"]] == [ext, ext2]
+    text = render_trace(data)
+    assert f"attempts linked: worker/{ext2}" in text
+    linked = next(line for line in text.splitlines() if "attempt_linked" in line)
+    assert ext2 in linked and "linked" in linked
+    assert "for an id an attempt link replaced" in text
