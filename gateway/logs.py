@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -35,8 +36,28 @@ def redact(text: str) -> str:
     return _SECRETISH.sub("[redacted]", text)
 
 
+_JOB_PATH = re.compile(r"^/api/jobs/(job_[A-Za-z0-9_-]{1,60})(?:/|$)")
+
+
+def _access_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """gunicorn's access line as fields, from a chosen few of its atoms (never headers, query or referer)."""
+    atoms = record.args
+    if record.name != "gunicorn.access" or not isinstance(atoms, Mapping):
+        return {}
+    path = str(atoms["U"])
+    fields: dict[str, Any] = {
+        "method": atoms["m"], "path": path, "status": atoms["s"], "bytes": atoms["B"], "ms": atoms["M"],
+        "remote_addr": atoms["h"], "request_id": atoms["{x-request-id}o"],
+    }
+    match = _JOB_PATH.match(path)
+    if match:
+        fields["job_id"] = match.group(1)
+    return fields
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")}
+    fields = {k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")}
+    return {**_access_fields(record), **fields}
 
 
 def _safe(value: Any) -> Any:

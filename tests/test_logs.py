@@ -87,6 +87,10 @@ def test_no_secret_signature_or_token_reaches_the_logs(logged_server: Any) -> No
     assert all(line.get("request_id") for line in ours if line["logger"] in ("gateway.ingest", "gateway.api"))
     access = [line for line in lines if line["logger"] == "gunicorn.access"]
     assert any(f"/api/jobs/{job_id}" in line["msg"] and "request_id=" in line["msg"] for line in access)
+    job_reads = [line for line in access if line["path"] == f"/api/jobs/{job_id}"]
+    assert job_reads and all(line["job_id"] == job_id and line["method"] == "GET" and len(line["request_id"]) == 32 for line in job_reads)
+    assert {line["status"] for line in job_reads} == {"200", "401"}
+    assert all(set(line) <= {"ts", "level", "logger", "msg", "method", "path", "status", "bytes", "ms", "remote_addr", "request_id", "job_id"} for line in access)
     assert any("request_id=ticket-4711" in line["msg"] for line in access)
 
 
