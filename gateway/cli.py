@@ -4,10 +4,12 @@ the environment); listings print aligned text for people and ``--json`` for scri
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,24 @@ def _store():  # type: ignore[no-untyped-def]
     from gateway.store import Store
 
     return Store(make_engine(_config(strict=False).database_url))
+
+
+def _database_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """A database that is down or not migrated is a one-line message, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            fn(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            where = _config(strict=False).database_url.split("@")[-1]
+            cause = exc.__cause__ or exc
+            raise click.ClickException(f"database at {where}: {type(cause).__name__}: {str(cause).splitlines()[0][:200]} "
+                                       "(is it reachable, and migrated with `gateway migrate`?)") from None
+
+    return wrapper
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -147,6 +167,7 @@ def sources(as_json: bool) -> None:
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="print the trace as JSON")
 @click.option("--all", "show_all", is_flag=True, help="every row, no folding of progress runs")
+@_database_errors
 def trace(job_id: str, as_json: bool, show_all: bool) -> None:
     """Print everything that happened to a job, in time order."""
     from gateway.support import suggest
@@ -173,6 +194,7 @@ def trace(job_id: str, as_json: bool, show_all: bool) -> None:
 @click.argument("text")
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@_database_errors
 def find(text: str, as_json: bool, limit: int) -> None:
     """Find jobs by job id prefix, external id, provider event id or label."""
     from gateway.support import find_jobs
@@ -211,6 +233,7 @@ def _since(value: str | None) -> Any:
 @click.option("--since", default=None, help="only newer than this, e.g. 30m, 6h, 2d")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
+@_database_errors
 def deliveries(rejected: bool, source: str | None, job_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List recent webhook deliveries, newest first (bodies are never kept)."""
     from gateway.support import list_deliveries
@@ -236,6 +259,7 @@ def deliveries(rejected: bool, source: str | None, job_id: str | None, since: st
 @click.option("--days", type=click.IntRange(1, None), default=None, help="retention in days (default: gateway.retention_days)")
 @click.option("--dry-run", is_flag=True, help="count what would go, delete nothing")
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+@_database_errors
 def prune(days: int | None, dry_run: bool, as_json: bool) -> None:
     """Delete deliveries, trace rows and events older than the retention; never a job's state.
 

@@ -161,18 +161,9 @@ def prune(store: Store, retention_days: int, *, now: datetime | None = None, dry
         raise ValueError("retention_days must be at least 1")
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     report = Pruned(cutoff=iso(cutoff) or "")
-    with store.transaction() as w:
-        s = w.session
-        old_deliveries = Delivery.received_at < cutoff
-        old_trace = and_(TraceEntry.at < cutoff, TraceEntry.what != "registered")
-        held = and_(Event.job_id.is_(None), Event.received_at < cutoff)
-        report.deliveries = s.scalar(select(func.count()).select_from(Delivery).where(old_deliveries)) or 0
-        report.trace = s.scalar(select(func.count()).select_from(TraceEntry).where(old_trace)) or 0
-        report.held_events = s.scalar(select(func.count()).select_from(Event).where(held)) or 0
-        if not dry_run:
-            s.execute(delete(Delivery).where(old_deliveries))
-            s.execute(delete(TraceEntry).where(old_trace))
-            s.execute(delete(Event).where(held))
+    report.deliveries = _delete_in_batches(store, Delivery, Delivery.received_at < cutoff, dry_run, batch * 25)
+    report.trace = _delete_in_batches(store, TraceEntry, and_(TraceEntry.at < cutoff, TraceEntry.what != "registered"), dry_run, batch * 25)
+    report.held_events = _delete_in_batches(store, Event, and_(Event.job_id.is_(None), Event.received_at < cutoff), dry_run, batch * 25)
     candidates = _complete_before(store, cutoff)
     for start in range(0, len(candidates), batch):
         with store.transaction() as w:
@@ -190,6 +181,22 @@ def prune(store: Store, retention_days: int, *, now: datetime | None = None, dry
                     if not dry_run:
                         w.session.execute(delete(Event).where(Event.id.in_(drop)))
     return report
+
+
+def _delete_in_batches(store: Store, model: Any, where: Any, dry_run: bool, size: int) -> int:
+    """Delete matching rows a batch per transaction, so writers beside us wait only briefly; the count."""
+    if dry_run:
+        with store.reading() as session:
+            return session.scalar(select(func.count()).select_from(model).where(where)) or 0
+    total = 0
+    while True:
+        with store.transaction() as w:
+            ids = list(w.session.scalars(select(model.id).where(where).limit(size)))
+            if ids:
+                w.session.execute(delete(model).where(model.id.in_(ids)))
+        total += len(ids)
+        if len(ids) < size:
+            return total
 
 
 def _complete_before(store: Store, cutoff: datetime) -> list[str]:

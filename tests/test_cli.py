@@ -165,3 +165,11 @@ def test_prune_cli_reports_counts(client: Any, db_url: str, tmp_path: Path) -> N
     assert cli(db_url, tmp_path, "prune", "--days", "0").returncode == 2
     out = cli(db_url, tmp_path, "prune", "--days", "3650")
     assert out.returncode == 0 and out.stdout.startswith("deleted history older than")
+
+
+def test_a_database_without_schema_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    for args in (("trace", "job_x"), ("find", "x"), ("deliveries", "--rejected"), ("prune", "--dry-run")):
+        out = cli(empty, tmp_path, *args)
+        assert out.returncode == 1, (args, out.stderr)
+        assert "gateway migrate" in out.stderr and "Traceback" not in out.stderr
