@@ -275,7 +275,8 @@ def prune(days: int | None, dry_run: bool, as_json: bool) -> None:
     click.echo(f"{verb} history older than {report.cutoff}: {report.deliveries} deliveries, {report.trace} trace rows, "
                f"{report.held_events} held events, {report.job_events} events of {report.jobs_thinned} complete jobs")
     if report.jobs_kept_whole:
-        click.echo(f"kept every event of {len(report.jobs_kept_whole)} complete job(s) whose history could not be thinned safely")
+        click.echo(f"kept every event of {report.jobs_kept_whole} complete job(s) whose history could not be thinned safely, "
+                   f"e.g. {', '.join(report.kept_whole_sample[:3])}")
 
 
 if __name__ == "__main__":

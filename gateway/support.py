@@ -4,12 +4,13 @@ list deliveries (above all the rejected ones), and prune old history.
 Pruning rule (``prune``), for rows older than the retention (``retention_days``):
 
 * deliveries (accepted and rejected) and trace entries are deleted, except each job's
-  ``registered`` entry (one small row that says who registered it);
+  ``registered`` entry (one small row that says who registered it) and ``pruned`` entries;
 * held events (no job was ever registered for their (source, external_id)) are deleted;
 * events of a ``complete`` job whose last change is older than the retention are thinned to
   the ones its state needs: a candidate set (the state transitions, then every applied event)
   is kept only if folding it alone reproduces the job exactly as stored; otherwise nothing of
   that job is deleted. ``complete`` is terminal, so no later event can need the dropped ones.
+  A ``pruned`` trace entry says how many went; a job pruned since its last change is skipped.
 * a job's row, its keys, and the events of queued / processing / failed jobs are never
   deleted: they are the current state and what a later re-fold starts from.
 """
@@ -149,7 +150,8 @@ class Pruned:
     held_events: int = 0
     job_events: int = 0
     jobs_thinned: int = 0
-    jobs_kept_whole: list[str] = field(default_factory=list)
+    jobs_kept_whole: int = 0
+    kept_whole_sample: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -162,7 +164,8 @@ def prune(store: Store, retention_days: int, *, now: datetime | None = None, dry
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     report = Pruned(cutoff=iso(cutoff) or "")
     report.deliveries = _delete_in_batches(store, Delivery, Delivery.received_at < cutoff, dry_run, batch * 25)
-    report.trace = _delete_in_batches(store, TraceEntry, and_(TraceEntry.at < cutoff, TraceEntry.what != "registered"), dry_run, batch * 25)
+    kept_entries = TraceEntry.what.in_(("registered", "pruned"))
+    report.trace = _delete_in_batches(store, TraceEntry, and_(TraceEntry.at < cutoff, ~kept_entries), dry_run, batch * 25)
     report.held_events = _delete_in_batches(store, Event, and_(Event.job_id.is_(None), Event.received_at < cutoff), dry_run, batch * 25)
     candidates = _complete_before(store, cutoff)
     for start in range(0, len(candidates), batch):
@@ -173,13 +176,17 @@ def prune(store: Store, retention_days: int, *, now: datetime | None = None, dry
                     continue
                 drop = _droppable(w.session, job)
                 if drop is None:
-                    report.jobs_kept_whole.append(job_id)
-                    continue
-                if drop:
+                    report.jobs_kept_whole += 1
+                    if len(report.kept_whole_sample) < 20:
+                        report.kept_whole_sample.append(job_id)
+                elif drop:
                     report.jobs_thinned += 1
                     report.job_events += len(drop)
-                    if not dry_run:
+                if not dry_run:
+                    if drop:
                         w.session.execute(delete(Event).where(Event.id.in_(drop)))
+                    # says so in the trace, and spares this job the work next time
+                    w.trace(job_id, "pruned", {"events_deleted": len(drop or []), "older_than": report.cutoff, "kept_all": drop is None})
     return report
 
 
@@ -200,8 +207,12 @@ def _delete_in_batches(store: Store, model: Any, where: Any, dry_run: bool, size
 
 
 def _complete_before(store: Store, cutoff: datetime) -> list[str]:
+    """Complete jobs unchanged since before the cutoff and not pruned since their last change."""
+    pruned = select(TraceEntry.id).where(TraceEntry.job_id == Job.id, TraceEntry.what == "pruned", TraceEntry.at >= Job.updated_at)
     with store.reading() as session:
-        return list(session.scalars(select(Job.id).where(Job.state == states.State.COMPLETE.value, Job.updated_at < cutoff).order_by(Job.id)))
+        return list(session.scalars(
+            select(Job.id).where(Job.state == states.State.COMPLETE.value, Job.updated_at < cutoff, ~pruned.exists()).order_by(Job.id)
+        ))
 
 
 def _shown(view: states.JobView) -> tuple[Any, ...]:

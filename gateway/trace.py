@@ -227,15 +227,15 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
         row["state"] = _change(detail.pop("state_before", None), detail.pop("state_after", None))
         if "version" in detail:
             row["ver"] = f"v{detail.pop('version')}"
-        row["extra"] = " ".join(f"{k}={_fmt(v)}" for k, v in detail.items())
+        row["extra"] = " ".join(f"{k}={_fmt(v, row['day'])}" for k, v in detail.items())
     if what != "delivery" and "version" in e and e["version"] is not None:
         row["ver"] = f"v{e['version']}"
     return row
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, day: str) -> str:
     if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and value[10:11] == "T":
-        return value[11:23]  # a timestamp: the time of day is enough next to the row's own
+        return value[11:23] if value[:10] == day else value[:10] + " " + value[11:23]  # the row's day goes without saying
     return _short(value, 60)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -134,7 +135,7 @@ def test_prune_keeps_every_jobs_state_and_what_its_fold_needs(app: Any, client: 
         assert s.scalar(select(func.count()).select_from(Delivery)) == 0
         assert s.scalar(select(func.count()).select_from(Event).where(Event.event_id == orphan_event)) == 0
         whats = set(s.scalars(select(TraceEntry.what).where(TraceEntry.job_id == done["job_id"])))
-        assert whats == {"registered"}
+        assert whats == {"registered", "pruned"}
         # the running job keeps every event; complete jobs keep what reproduces them
         assert s.scalar(select(func.count()).select_from(Event).where(Event.job_id == running)) == 1
         for job_id in (done["job_id"], progress_job):
@@ -143,6 +144,8 @@ def test_prune_keeps_every_jobs_state_and_what_its_fold_needs(app: Any, client: 
             view, _ = states.fold(job.created_at, [event_of(r) for r in rows], [], job.registered_label)
             assert (view.state.value, view.attempt, view.result, view.state_changed_at) == (job.state, job.attempt, job.result, job.state_changed_at)
         assert len(s.scalars(select(Event).where(Event.job_id == progress_job)).all()) < 6
+    again = prune(gw.store, 30, now=later)  # a second run has nothing left to do
+    assert (again.deliveries, again.job_events, again.jobs_thinned, again.jobs_kept_whole) == (0, 0, 0, 0)
     after = {j: client.get(f"/api/jobs/{j}", headers={"Authorization": f"Bearer {API_KEY}"}).get_json() for j in before}
     assert after == before  # no job's JSON moved
 
@@ -155,6 +158,8 @@ def test_prune_keeps_every_jobs_state_and_what_its_fold_needs(app: Any, client: 
     # the trace still tells the story it can: registration and the job as it is
     out = cli(db_url, tmp_path, "trace", done["job_id"])
     assert out.returncode == 0 and "registered" in out.stdout and "now: complete" in out.stdout
+    pruned = next(line for line in out.stdout.splitlines() if "events_deleted=" in line)
+    assert re.search(r"events_deleted=[1-9]", pruned), out.stdout
 
 
 def test_prune_cli_reports_counts(client: Any, db_url: str, tmp_path: Path) -> None:
