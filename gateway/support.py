@@ -56,7 +56,7 @@ class Found:
 def find_jobs(store: Store, text: str, limit: int = FIND_LIMIT) -> list[Found]:
     """Jobs whose id starts with ``text``, whose (linked) external id or a provider event id is
     ``text``, or whose external id or label contains it; exact matches first, newest first."""
-    text = text.strip()
+    text = text.strip()[:255]  # nothing stored is longer
     if not text:
         return []
     pattern = f"%{_like(text.lower())}%"
@@ -85,7 +85,7 @@ def suggest(store: Store, text: str, limit: int = 5) -> list[Found]:
     hits = [f for f in find_jobs(store, text, limit) if f.job_id != text]
     if hits:
         return hits[:limit]
-    core = text.strip()
+    core = text.strip()[:255]
     if not core:
         return []
     with store.reading() as session:

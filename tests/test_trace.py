@@ -135,6 +135,8 @@ def test_unknown_job_suggests_closest_matches(client: Any, db_url: str, tmp_path
     body = r.get_json()
     assert body["error"]["code"] == "job_not_found"
     assert job_id in [h["id"] for h in body["suggestions"]]
+    r = client.get("/api/jobs/" + "x" * 5000 + "/trace", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 404 and r.get_json()["suggestions"] == []
     # nothing similar at all
     out = run_cli(db_url, tmp_path, "trace", "job_" + uuid.uuid4().hex)
     assert out.returncode == 1 and "gateway find" in out.stderr
