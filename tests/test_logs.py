@@ -81,6 +81,8 @@ def test_no_secret_signature_or_token_reaches_the_logs(logged_server: Any) -> No
     assert "token=" not in text
 
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is one JSON object
+    metrics_dir = next(line["msg"].split()[-1] for line in lines if line["msg"].startswith("metrics directory "))
+    assert not os.path.exists(metrics_dir)  # the master removed the directory it made
     ours = [line for line in lines if line["logger"].startswith("gateway")]
     about_job = [line for line in ours if line.get("msg", "").startswith(("webhook applied", "job registered", "retry requested"))]
     assert about_job and all(line.get("job_id") == job_id for line in about_job)
