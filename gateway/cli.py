@@ -175,8 +175,14 @@ def trace(job_id: str, as_json: bool, show_all: bool) -> None:
 
     store = _store()
     data = build_trace(store, job_id.strip())
+    resolved = None
     if data is None:
         hints = suggest(store, job_id)
+        exact = [h for h in hints if h.exact]
+        if len(exact) == 1:  # the ticket had the external id or a provider event id: that names one job
+            resolved = exact[0]
+            data = build_trace(store, resolved.job_id)
+    if data is None:
         if as_json:
             _echo_json({"error": {"code": "job_not_found", "message": f"no job {job_id}"}, "suggestions": [h.as_dict() for h in hints]})
             sys.exit(1)
@@ -187,6 +193,8 @@ def trace(job_id: str, as_json: bool, show_all: bool) -> None:
         else:
             lines.append("no job has a similar id, external id or label (try `gateway find <text>`)")
         raise click.ClickException("\n".join(lines))
+    if resolved is not None:
+        click.echo(f"({job_id} is the {resolved.matched} of {resolved.job_id})", err=True)
     click.echo(json.dumps(data, indent=2) if as_json else render_trace(data, show_all=show_all))
 
 

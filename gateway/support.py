@@ -46,7 +46,12 @@ class Found:
     label: str | None
     state: str
     updated_at: str | None
-    matched: str  # id / id prefix / external id / linked external id / label / event id
+    matched: str  # id / id prefix / external id / linked external id / event id / part of external id / label
+
+    @property
+    def exact(self) -> bool:
+        """Matched on a whole identifier the ticket may carry instead of the job id."""
+        return self.matched in ("id", "external id", "linked external id", "event id")
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.job_id, "source": self.source, "external_id": self.external_id, "label": self.label,
@@ -74,7 +79,7 @@ def find_jobs(store: Store, text: str, limit: int = FIND_LIMIT) -> list[Found]:
         add(session.scalars(select(Job).where(Job.external_id == text).order_by(newest).limit(limit)), "external id")
         add(session.scalars(select(Job).join(JobKey, JobKey.job_id == Job.id).where(JobKey.external_id == text).order_by(newest).limit(limit)), "linked external id")
         add(session.scalars(select(Job).join(Event, Event.job_id == Job.id).where(Event.event_id == text).limit(limit)), "event id")
-        add(session.scalars(select(Job).where(func.lower(Job.external_id).like(pattern, escape="\\")).order_by(newest).limit(limit)), "external id")
+        add(session.scalars(select(Job).where(func.lower(Job.external_id).like(pattern, escape="\\")).order_by(newest).limit(limit)), "part of external id")
         add(session.scalars(select(Job).where(func.lower(Job.label).like(pattern, escape="\\")).order_by(newest).limit(limit)), "label")
     return list(found.values())
 

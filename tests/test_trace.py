@@ -121,10 +121,14 @@ def test_trace_endpoint_needs_an_api_key(client: Any) -> None:
 def test_unknown_job_suggests_closest_matches(client: Any, db_url: str, tmp_path: Path) -> None:
     ext = "invoice-" + uuid.uuid4().hex[:10]
     job_id = register(client, external_id=ext, label="Monthly invoice run")["job"]["id"]
-    # the ticket has the external id, not the job id
+    # the ticket has the external id, not the job id: it names one job, whose trace follows
     out = run_cli(db_url, tmp_path, "trace", ext)
+    assert out.returncode == 0, out.stderr
+    assert f"({ext} is the external id of {job_id})" in out.stderr and out.stdout.startswith(job_id)
+    # a piece of it is not enough to pick one: suggestions
+    out = run_cli(db_url, tmp_path, "trace", ext[:-2])
     assert out.returncode == 1
-    assert f"no job {ext}" in out.stderr and job_id in out.stderr and "external id" in out.stderr
+    assert f"no job {ext[:-2]}" in out.stderr and job_id in out.stderr and "part of external id" in out.stderr
     # a mistyped job id (one character changed)
     typo = job_id[:-1] + ("A" if job_id[-1] != "A" else "B")
     out = run_cli(db_url, tmp_path, "trace", typo)
