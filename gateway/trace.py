@@ -12,6 +12,7 @@ fold gives them now).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -220,8 +221,9 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
         row["extra"] = f"by {e.get('by')}" if e.get("by") else ""
     else:  # written by other modules (outbound callbacks, watchdog…): show what it says
         detail = {k: v for k, v in e.items() if k not in ("at", "what") and v is not None}
-        row.update(source=str(detail.pop("source", "") or ""), decision=str(detail.pop("decision", "") or detail.pop("result", "") or ""))
-        for key in ("status", "attempt"):
+        said = next((detail.pop(k) for k in ("decision", "outcome", "result") if k in detail), "")
+        row.update(source=str(detail.pop("source", "") or ""), decision=str(said))
+        for key in ("attempt", "try", "status"):
             if key in detail:
                 row["event"] = (row.get("event", "") + f" {key} {detail.pop(key)}").strip()
         row["state"] = _change(detail.pop("state_before", None), detail.pop("state_after", None))
@@ -236,6 +238,8 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
 def _fmt(value: Any, day: str) -> str:
     if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and value[10:11] == "T":
         return value[11:23] if value[:10] == day else value[:10] + " " + value[11:23]  # the row's day goes without saying
+    if isinstance(value, (list, dict)):
+        return _short(json.dumps(value, separators=(",", ":"), default=str), 80)
     return _short(value, 60)
 
 

@@ -155,8 +155,9 @@ def test_worker_events_and_outbound_calls_are_on_the_timeline(client: Any, app: 
                                                        "error": {"code": "oom", "message": "out of memory"}}, headers=auth)
     assert r.status_code == 200
     gw = app.extensions["gateway"]
-    with gw.store.transaction() as w:  # what the retry outbox writes for an outbound call
-        w.trace(job_id, "callback", {"attempt": 1, "status": 503, "url": "https://app.example.com/hooks", "next_retry_at": "2026-11-28T12:00:05.000Z"})
+    with gw.store.transaction() as w:  # what the retry outbox writes for its outbound calls
+        w.trace(job_id, "callback", {"attempt": 1, "try": 1, "status": 503, "outcome": "retry", "url": "https://app.example.com/hooks",
+                                     "next_try_at": data_day(gw, job_id) + "T12:00:05.000Z"})
     data = build_trace(gw.store, job_id)
     assert data is not None
     whats = [e["what"] for e in data["timeline"]]
@@ -166,8 +167,8 @@ def test_worker_events_and_outbound_calls_are_on_the_timeline(client: Any, app: 
     text = render_trace(data)
     assert "error: oom: out of memory" in text
     callback = next(line for line in text.splitlines() if "callback" in line)
-    assert "attempt 1" in callback and "status 503" in callback
-    assert "next_retry_at=12:00:05.000" in text
+    assert "attempt 1" in callback and "try 1" in callback and "status 503" in callback and "retry" in callback
+    assert "next_try_at=12:00:05.000" in text
 
 
 def test_long_progress_runs_fold_into_one_line(client: Any, app: Any) -> None:
@@ -230,3 +231,9 @@ def test_linked_attempts_and_superseded_events(client: Any, app: Any) -> None:
     linked = next(line for line in text.splitlines() if "attempt_linked" in line)
     assert ext2 in linked and "linked" in linked
     assert "for an id an attempt link replaced" in text
+
+
+def data_day(gw: Any, job_id: str) -> str:
+    """The UTC day the job was created (a trace row shows only the time of its own day's stamps)."""
+    job = gw.store.get_job(job_id)
+    return job.created_at.strftime("%Y-%m-%d")
