@@ -34,6 +34,7 @@ class Server:
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
     extra_args: tuple[str, ...] = ()
+    app: str = "wsgi:app"
     argv: tuple[str, ...] | None = None  # a whole command instead of gunicorn's (e.g. ``gateway serve``)
 
     @property
@@ -44,7 +45,7 @@ class Server:
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         argv = self.argv or (
-            sys.executable, "-m", "gunicorn", "wsgi:app", "--config", str(GUNICORN_CONF), "--worker-class", "gevent",
+            sys.executable, "-m", "gunicorn", self.app, "--config", str(GUNICORN_CONF), "--worker-class", "gevent",
             "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}", "--no-control-socket", "--timeout", "30",
             "--graceful-timeout", "5", "--worker-connections", "5000", *self.extra_args,
         )
