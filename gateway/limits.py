@@ -209,7 +209,7 @@ def _counted(gw: Any, source: str, check: Callable[[], None]) -> None:
     try:
         check()
     except RateLimited:
-        gw.metrics.webhooks.labels(source=(source if source in gw.sources else "unknown")[:64], outcome="rate_limited").inc()
+        gw.metrics.webhooks.labels(source=source if source in gw.sources else "_unknown", outcome="rate_limited").inc()
         raise
 
 

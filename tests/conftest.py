@@ -133,12 +133,6 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(pg_url: str) -> str:
-    """The name ``db_url``'s "postgres" parameter resolves to."""
-    return pg_url
-
-
-@pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("sqlite") / "gateway.db"
     url = f"sqlite:///{path}"
