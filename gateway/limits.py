@@ -12,8 +12,9 @@ request gets 429 with ``Retry-After`` and the usual JSON error.
 - Browser endpoints (reading, streaming or retrying one job with its token, ``/ws``, the
   demo page): ``rate_limit_public_per_address``. A request carrying an integrator API key is
   not a browser and is not counted.
-- ``ConnectionCounter``: at most ``max_connections_per_address`` long-lived connections
-  (WebSocket, SSE) per client address per process; the relay holds one per open stream.
+- ``max_connections_per_address``: at most that many long-lived connections (``/ws``, SSE
+  streams) per client address per process, counted by a ``ConnectionCounter`` from the request
+  until its response is closed; one more is refused with 429 ``too_many_connections``.
 - ``body_timeout``: the seconds a client has to send its whole body. Under gunicorn's gevent
   worker a slow client only holds a greenlet, never a worker, but without a deadline it would
   hold it forever; past the deadline the request ends with 408 and the connection closes.
@@ -33,12 +34,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, g, request
 
 from gateway.errors import GatewayError, RateLimited
 
 MAX_KEYS = 50_000  # buckets kept per limiter; the least recently used are forgotten first
 PUBLIC_PATHS = re.compile(r"^/(?:api/jobs/[^/]+(?:/stream|/retry)?|ws|static/.*)?$")
+LONG_LIVED_PATHS = re.compile(r"^/(?:api/jobs/[^/]+/stream|ws)$")  # count against max_connections_per_address
 
 
 class RequestTimeout(GatewayError):
@@ -192,6 +194,25 @@ def init_app(app: Flask, gw: Any) -> None:
             _counted(gw, source, lambda: limits.webhooks_per_address.check("addr:" + address, "from this address"))
         elif PUBLIC_PATHS.match(path) and not _is_api_key(gw):
             limits.public_per_address.check("addr:" + address, "from this address")
+        if request.method == "GET" and LONG_LIVED_PATHS.match(path):
+            if not limits.connections.acquire(address):
+                raise RateLimited("too many open connections from this address", code="too_many_connections", headers={"Retry-After": "5"})
+            g.connection_slot = address
+
+    @app.after_request
+    def _hold_slot(response: Any) -> Any:
+        # the slot lasts as long as the response: a stream or a WebSocket session ends when the
+        # server closes the response iterable, which is when call_on_close runs
+        address = g.pop("connection_slot", None)
+        if address is not None:
+            response.call_on_close(lambda: limits.connections.release(address))
+        return response
+
+    @app.teardown_request
+    def _release_unanswered(_exc: BaseException | None) -> None:
+        address = g.pop("connection_slot", None)  # no response was made: free the slot now
+        if address is not None:
+            limits.connections.release(address)
 
     if limits.body_timeout and _gevent_patched():
         inner = app.wsgi_app
