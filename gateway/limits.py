@@ -201,16 +201,17 @@ def init_app(app: Flask, gw: Any) -> None:
 
     @app.after_request
     def _hold_slot(response: Any) -> Any:
-        # the slot lasts as long as the response: a stream or a WebSocket session ends when the
-        # server closes the response iterable, which is when call_on_close runs
-        address = g.pop("connection_slot", None)
-        if address is not None:
-            response.call_on_close(lambda: limits.connections.release(address))
+        # an SSE stream outlives the view: its slot lasts until the server closes the response
+        # iterable. A WebSocket session runs inside the view (flask-sock), so teardown frees it.
+        if request.path != "/ws":
+            address = g.pop("connection_slot", None)
+            if address is not None:
+                response.call_on_close(lambda: limits.connections.release(address))
         return response
 
     @app.teardown_request
-    def _release_unanswered(_exc: BaseException | None) -> None:
-        address = g.pop("connection_slot", None)  # no response was made: free the slot now
+    def _release_slot(_exc: BaseException | None) -> None:
+        address = g.pop("connection_slot", None)
         if address is not None:
             limits.connections.release(address)
 
