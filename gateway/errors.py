@@ -65,6 +65,12 @@ class PayloadTooLarge(GatewayError):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its request body in time."""
+
+    status, code = 408, "request_timeout"
+
+
 class RateLimited(GatewayError):
     """Too many requests; try again after Retry-After."""
 

@@ -36,17 +36,11 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from gateway.errors import GatewayError, RateLimited
+from gateway.errors import RateLimited, RequestTimeout
 
 MAX_KEYS = 50_000  # buckets kept per limiter; the least recently used are forgotten first
 PUBLIC_PATHS = re.compile(r"^/(?:api/jobs/[^/]+(?:/stream|/retry)?|ws|static/.*)?$")
 LONG_LIVED_PATHS = re.compile(r"^/(?:api/jobs/[^/]+/stream|ws)$")  # count against max_connections_per_address
-
-
-class RequestTimeout(GatewayError):
-    """The client did not send its request body in time."""
-
-    status, code = 408, "request_timeout"
 
 
 class RateLimiter:
