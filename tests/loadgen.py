@@ -290,7 +290,7 @@ class OutageRun:
     probe_retry_after: str | None
     acked_at_stop: int
     acked_at_end: int
-    recovered_after: float  # seconds from start to /readyz 200 again
+    recovered_after: float  # seconds from the database's restart to /readyz 200 again
 
     def figures(self) -> dict[str, Any]:
         return {"planned": self.planned, "never_acknowledged": len(self.left), "readyz_while_down": self.readyz_down,
@@ -354,8 +354,9 @@ def outage_run(cluster: Any, config_path: Any, *, jobs: int, down_503s: int = 20
         if on_down:
             on_down()
         cluster.start()
+        restarted = time.monotonic()
         wait_for(lambda: _status(srv.url + "/readyz") == 200, 20, "the gateway to become ready again by itself")
-        recovered_after = time.monotonic() - started
+        recovered_after = time.monotonic() - restarted
         if on_up:
             on_up()
         load.join(45)
