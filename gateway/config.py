@@ -52,8 +52,8 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     # abuse limits (gateway/limits.py): requests per second per worker process, 0 = off
     "rate_limit_webhooks_per_source": (int, 1000),
     "rate_limit_webhooks_per_address": (int, 1000),
-    "rate_limit_public_per_address": (int, 100),
-    "max_connections_per_address": (int, 200),
+    "rate_limit_public_per_address": (int, 200),
+    "max_connections_per_address": (int, 500),
     "body_timeout": (int, 30),
 }
 
@@ -102,8 +102,8 @@ class Config:
     demo: bool = False
     rate_limit_webhooks_per_source: int = 1000
     rate_limit_webhooks_per_address: int = 1000
-    rate_limit_public_per_address: int = 100
-    max_connections_per_address: int = 200
+    rate_limit_public_per_address: int = 200
+    max_connections_per_address: int = 500
     body_timeout: int = 30
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
