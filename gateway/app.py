@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, current_app, g, jsonify, request
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
@@ -177,6 +177,12 @@ def _install_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None  # type: ignore[attr-defined]
         return error_response(exc.code or 500, code, exc.description or exc.name, headers)
+
+    @app.errorhandler(DataError)
+    def _unstorable(exc: DataError) -> Any:
+        # a value the database refuses (a NUL character in PostgreSQL text or jsonb): the client's input
+        log.info("unstorable value refused", extra={"error": type(exc.orig).__name__, "request_id": g.get("request_id")})
+        return error_response(400, "unstorable_value", "the request holds a value the database cannot store (such as a NUL character)")
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, g, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from adapters.base import ProviderEvent, WebhookRequest
 from gateway.app import Source, error_response, gateway
@@ -117,7 +117,10 @@ def receive(source_name: str) -> Any:
             )
         return outcomes
 
-    outcomes, changes = gw.store.write(record)
+    try:
+        outcomes, changes = gw.store.write(record)
+    except DataError:  # e.g. a NUL character, which PostgreSQL text and jsonb cannot hold
+        return _invalid(source, PayloadError("the body holds a value the database cannot store (such as a NUL character)", code="unstorable_value"), len(body), received_at)
     versions = {c.job_id: c.version for c in changes}
     for pe, outcome in outcomes:
         log.info(

@@ -188,3 +188,28 @@ def test_integrator_api_with_bad_bodies(app, client, route: str, body: Any, cont
     app.extensions["_fuzz_job"] = job
     r = client.post(route.replace("{job}", job), data=body, headers={**KEY, "Content-Type": content_type})
     check(r)
+
+
+# -- regressions the long fuzz runs found ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["external_id", "label", "progress", "error"])
+def test_nul_characters_are_refused_or_stored_never_a_500(app, client, field: str) -> None:
+    """PostgreSQL text and jsonb cannot hold NUL (SQLite can): a signed body carrying one is a
+    400 ``unstorable_value`` recorded in the trace there, never a 500, and nothing moves."""
+    body: dict[str, Any] = {"external_id": "nul-" + os.urandom(4).hex(), "state": "processing", "occurred_at": "2026-11-28T12:00:00Z"}
+    value = "a\x00b"
+    body[field] = {"current": 1, "total": 2, "step": value} if field == "progress" else {"code": value, "message": value} if field == "error" else (body["external_id"] + value if field == "external_id" else value)
+    if field == "error":
+        body["state"] = "failed"
+    text = json.dumps(body)
+    before = snapshot(app)
+    r = client.post("/webhooks/auto", data=text, headers=standard_headers(STANDARD_SECRET, text))
+    check(r)
+    assert r.status_code in (200, 400)
+    if r.status_code == 400:
+        assert r.get_json()["error"]["code"] == "unstorable_value"
+        assert snapshot(app) == before
+    r = client.post("/api/jobs", json={"source": "worker", "external_id": "nul\x00" + os.urandom(4).hex(), "label": value}, headers=KEY)
+    check(r)
+    assert r.status_code in (201, 400)
