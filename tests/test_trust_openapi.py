@@ -22,13 +22,15 @@ EXAMPLES = int(os.environ.get("TRUST_FUZZ_EXAMPLES", "60"))
 SEEN: dict[str, int] = {"cases": 0, "5xx": 0}
 
 
-@pytest.fixture(scope="module")
-def openapi_server(tmp_path_factory: pytest.TempPathFactory, sqlite_url: str) -> Any:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def openapi_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real gunicorn on each backend (PostgreSQL refuses values SQLite stores, e.g. NUL)."""
+    db_url = request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url"}[request.param])
     d = tmp_path_factory.mktemp("openapi")
     # limits off: the fuzzer's own rate must not turn its cases into 429s
     cfg = write_config(d / "gateway.toml", extra_gateway="rate_limit_webhooks_per_source = 0\nrate_limit_webhooks_per_address = 0\nrate_limit_public_per_address = 0")
     ARTIFACTS.mkdir(exist_ok=True)
-    srv = Server(server_env(sqlite_url, cfg), log_path=ARTIFACTS / "openapi.log").start()
+    srv = Server(server_env(db_url, cfg), log_path=ARTIFACTS / f"openapi-{request.param}.log").start()
     yield srv
     srv.stop()
     print(f"schemathesis: {SEEN['cases']} cases, {SEEN['5xx']} server errors")
