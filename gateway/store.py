@@ -13,7 +13,7 @@ import os
 import re
 import secrets as pysecrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -110,6 +110,8 @@ class Store:
                     self.bus.publish_in_transaction(session, writer.changes)
         if writer.changes:
             self.bus.published(writer.changes)
+        for fn in writer.committed:
+            fn()
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -131,6 +133,12 @@ class Writer:
         self.changes: list[Change] = []
         self._before: dict[str, tuple[Any, ...]] = {}
         self._touched: dict[str, Job] = {}
+        self.committed: list[Callable[[], None]] = []  # run after the commit (e.g. wake the outbox)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once this transaction has committed (never if it rolls back)."""
+        if fn not in self.committed:
+            self.committed.append(fn)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -454,6 +462,7 @@ def fold_of(view: states.JobView) -> dict[str, Any]:
         "attempt_key": list(view.attempt_key) if view.attempt_key else None,
         "attempt_fresh": view.attempt_fresh,
         "queued_by_event": view.queued_by_event,
+        "stalled": view.stalled,
         "last": [view.last[0].isoformat(), view.last[1], view.last[2]] if view.last else None,
     }
 
@@ -478,6 +487,7 @@ def view_of(job: Job) -> states.JobView:
         attempt_key=(key[0], key[1]) if key else None,
         attempt_fresh=f.get("attempt_fresh", True),
         queued_by_event=f.get("queued_by_event", False),
+        stalled=f.get("stalled", False),
         last=(datetime.fromisoformat(last[0]), last[1], last[2]) if last else None,
     )
 
