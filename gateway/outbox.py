@@ -50,7 +50,7 @@ from gateway.config import SourceConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
-from gateway.states import Decision, State
+from gateway.states import State
 from gateway.store import Writer, utcnow
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from tests.conftest import API_KEY, TEST_ENV, server_env, write_config
+from tests.conftest import API_KEY, TEST_ENV, write_config
 from tests.signing import standard_body, standard_headers
 
 
@@ -41,6 +41,3 @@ def post_standard(target: Any, source: str, secret: str, external_id: str, state
 
 def api(auth_key: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {auth_key}"}
-
-
-__all__ = ["config_file", "make_app", "gw_of", "post_standard", "api", "server_env"]

@@ -14,8 +14,8 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import API_KEY, ARTIFACTS, register
-from tests.gwapp import config_file, post_standard, server_env
+from tests.conftest import API_KEY, ARTIFACTS, register, server_env
+from tests.gwapp import config_file, post_standard
 from tests.receiver import Receiver
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET

@@ -11,8 +11,8 @@ import requests
 from gateway import states
 from gateway.states import Decision, Event, Kind, Link, State
 from gateway.store import utcnow
-from tests.conftest import API_KEY, ARTIFACTS, register
-from tests.gwapp import config_file, gw_of, make_app, post_standard, server_env
+from tests.conftest import API_KEY, ARTIFACTS, register, server_env
+from tests.gwapp import config_file, gw_of, make_app, post_standard
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET, iso_now
 
