@@ -198,11 +198,16 @@ class Outbox:
         return total
 
     def _claim(self) -> list[OutboxItem]:
+        """Lease the due rows of the sources this process knows. A row of a source it does not
+        know (another instance's newer configuration, mid-deploy) is left for one that does."""
         now = utcnow()
+        known = sorted(self.gw.sources)
+        if not known:
+            return []
         with self.gw.store.transaction() as w:
             stmt = (
                 select(OutboxItem)
-                .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now)
+                .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now, OutboxItem.source.in_(known))
                 .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
                 .limit(self.batch)
             )

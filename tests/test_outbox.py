@@ -299,3 +299,17 @@ def test_details_answer_the_adapter_cannot_read_gives_up(thin_app, receiver):
     (row,) = rows(thin_app, reg["job"]["id"])
     assert (row.status, row.last_error) == ("dead", "details answered 404")
     assert trace(client, reg["job"]["id"], "details")[0]["outcome"] == "gave_up"
+
+
+def test_a_gateway_that_does_not_know_the_source_leaves_its_rows_alone(db_url, tmp_path, receiver):
+    app = callback_app(db_url, tmp_path, receiver.url)
+    other = make_app(db_url, tmp_path)  # same database, a configuration without the "cb" source
+    client = app.test_client()
+    job_id = failed_job(client)["job"]["id"]
+    retry(client, job_id)
+    gw_of(other).extras["outbox"].run_once()
+    (row,) = rows(app, job_id)
+    assert (row.status, row.attempts) == ("pending", 0)
+    gw_of(app).extras["outbox"].run_once()
+    (row,) = rows(app, job_id)
+    assert (row.status, row.attempts, len(receiver.requests)) == ("delivered", 1, 1)
