@@ -321,6 +321,7 @@ class Outbox:
             job_ids = {item.job_id} | {j for j, _ in recorded}
             for job_id in sorted(j for j in job_ids if j):
                 w.trace(job_id, item.kind, detail, at=now)
+        self.gw.metrics.outbox_tries.labels(kind=item.kind, outcome=detail["outcome"]).inc()
         log.info(
             "outbox %s %s", item.kind, detail["outcome"],
             extra={"job_id": item.job_id, "kind": item.kind, "try": detail["try"], "status": result.status, "error": result.error},

@@ -82,6 +82,7 @@ class Watchdog:
             if outcome.decision is not Decision.APPLIED:
                 return False
             w.trace(job.id, STALLED, {"stall_after": after, "quiet_since": iso(quiet_since), "attempt": job.attempt, "was": outcome.state_before}, at=now)
+        self.gw.metrics.stalls.labels(source=job.source).inc()
         log.info("job stalled", extra={"job_id": job_id, "stall_after": after})
         return True
 

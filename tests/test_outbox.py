@@ -108,6 +108,9 @@ def test_retry_callback_is_signed_retried_until_2xx_and_traced(db_url, tmp_path,
     assert [(t["try"], t["status"], t["outcome"]) for t in tries] == [(1, 500, "retry"), (2, 500, "retry"), (3, 200, "delivered")]
     assert all("do-not-log" not in json.dumps(t) for t in tries)  # no query string (tokens) in the trace
     assert trace(client, job_id, "callback_queued")[0]["webhook_id"] == got[0].headers["webhook-id"]
+    sample = gw_of(app).metrics.registry.get_sample_value
+    assert sample("gateway_outbox_tries_total", {"kind": "callback", "outcome": "retry"}) == 2
+    assert sample("gateway_outbox_tries_total", {"kind": "callback", "outcome": "delivered"}) == 1
 
 
 def test_callback_signed_with_the_source_secret_when_no_callback_secret(db_url, tmp_path, receiver):

@@ -111,6 +111,7 @@ def test_quiet_job_is_stalled_once_and_a_newer_real_event_wins(slow_app):
     j = job(client, quiet["id"])
     assert (j["state"], j["attempt"], j["error"]["code"], j["error"]["retryable"]) == ("failed", 1, "stalled", True)
     assert quiet["id"] not in watchdog.run_once(now=later + timedelta(seconds=1))  # already failed: not again
+    assert gw_of(slow_app).metrics.registry.get_sample_value("gateway_jobs_stalled_total", {"source": "slow"}) == 1
     assert job(client, lively["id"])["state"] == "processing"
 
     trace = client.get(f"/api/jobs/{quiet['id']}/trace", headers=AUTH).get_json()
