@@ -1,4 +1,4 @@
-"""The ``gateway`` command line: serve, migrate, token, adapters, sources, trace."""
+"""The ``gateway`` command line: serve, migrate, token, adapters, sources, trace, outbox."""
 
 from __future__ import annotations
 
@@ -117,6 +117,32 @@ def trace(job_id: str, as_json: bool) -> None:
     if data is None:
         raise click.ClickException(f"no job {job_id}")
     click.echo(json.dumps(data, indent=2) if as_json else render_trace(data))
+
+
+@main.command()
+@click.option("--requeue", "requeue_id", type=int, default=None, help="give a dead row a fresh set of tries")
+def outbox(requeue_id: int | None) -> None:
+    """List outbound calls not delivered yet (retry callbacks, details fetches), or requeue a dead one."""
+    from gateway.db import make_engine
+    from gateway.errors import GatewayError
+    from gateway.jobjson import iso
+    from gateway.outbox import owed, requeue
+    from gateway.store import Store
+
+    store = Store(make_engine(_config(strict=False).database_url))
+    if requeue_id is not None:
+        try:
+            row = requeue(store, requeue_id, by="cli")
+        except GatewayError as exc:
+            raise click.ClickException(exc.message) from None
+        click.echo(f"row {row.id} ({row.kind} for {row.job_id or '-'}) is pending again")
+        return
+    rows = owed(store)
+    if not rows:
+        click.echo("nothing owed: every outbound call was delivered")
+    for r in rows:
+        due = iso(r.next_attempt_at) if r.status == "pending" else "-"
+        click.echo(f"{r.id:<6} {r.status:<8} {r.kind:<9} {r.job_id or '-':<32} tries={r.attempts:<3} next={due}  {r.last_error or ''}".rstrip())
 
 
 if __name__ == "__main__":

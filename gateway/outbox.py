@@ -47,11 +47,11 @@ from standardwebhooks.webhooks import Webhook
 
 from adapters.base import ProviderEvent
 from gateway.config import SourceConfig
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, Conflict, GatewayError, NotFound
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
 from gateway.states import State
-from gateway.store import Writer, utcnow
+from gateway.store import Store, Writer, utcnow
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -343,6 +343,27 @@ def _read_limited(response: requests.Response, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def owed(store: Store, *, include_dead: bool = True, limit: int = 100) -> list[OutboxItem]:
+    """Rows not delivered yet (and given-up ones), oldest first: what an operator looks at."""
+    statuses = [PENDING, DEAD] if include_dead else [PENDING]
+    with store.reading() as session:
+        return list(session.scalars(select(OutboxItem).where(OutboxItem.status.in_(statuses)).order_by(OutboxItem.id).limit(limit)))
+
+
+def requeue(store: Store, row_id: int, *, by: str) -> OutboxItem:
+    """Give a dead row a fresh set of tries, due now (after the receiver was fixed); traced."""
+    with store.transaction() as w:
+        item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row_id).with_for_update()).first()
+        if item is None:
+            raise NotFound(f"no outbox row {row_id}", code="outbox_row_not_found")
+        if item.status != DEAD:
+            raise Conflict(f"outbox row {row_id} is {item.status}; only a dead row is requeued", code="not_dead")
+        item.status, item.attempts, item.next_attempt_at = PENDING, 0, utcnow()
+        if item.job_id:
+            w.trace(item.job_id, f"{item.kind}_requeued", {"by": by, "row": item.id, "last_error": item.last_error})
+    return item
 
 
 def outbox_of(gw: Gateway) -> Outbox:

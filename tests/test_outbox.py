@@ -316,3 +316,33 @@ def test_a_gateway_that_does_not_know_the_source_leaves_its_rows_alone(db_url, t
     gw_of(app).extras["outbox"].run_once()
     (row,) = rows(app, job_id)
     assert (row.status, row.attempts, len(receiver.requests)) == ("delivered", 1, 1)
+
+
+def test_operator_lists_a_dead_row_and_requeues_it(db_url, tmp_path, receiver, monkeypatch):
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+    from tests.conftest import TEST_ENV
+
+    receiver.respond = lambda n, req: (500, "broken") if n == 1 else (200, "fixed")
+    app = callback_app(db_url, tmp_path, receiver.url, max_attempts=1)
+    client = app.test_client()
+    job_id = failed_job(client)["job"]["id"]
+    retry(client, job_id)
+    outbox = gw_of(app).extras["outbox"]
+    outbox.run_once()
+    (row,) = rows(app, job_id)
+    assert row.status == "dead"
+    for key, value in {**TEST_ENV, "DATABASE_URL": db_url}.items():
+        monkeypatch.setenv(key, value)
+    listed = CliRunner().invoke(main, ["outbox"])
+    assert listed.exit_code == 0 and f"{row.id}" in listed.output and job_id in listed.output and "HTTP 500" in listed.output
+    done = CliRunner().invoke(main, ["outbox", "--requeue", str(row.id)])
+    assert done.exit_code == 0, done.output
+    again = CliRunner().invoke(main, ["outbox", "--requeue", str(row.id)])
+    assert again.exit_code != 0 and "only a dead row" in again.output
+    outbox.run_once()
+    (row,) = rows(app, job_id)
+    assert (row.status, row.attempts) == ("delivered", 1)
+    whats = [e["what"] for e in client.get(f"/api/jobs/{job_id}/trace", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()["timeline"]]
+    assert whats.count("callback") == 2 and "callback_requeued" in whats
