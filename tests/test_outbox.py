@@ -346,3 +346,33 @@ def test_operator_lists_a_dead_row_and_requeues_it(db_url, tmp_path, receiver, m
     assert (row.status, row.attempts) == ("delivered", 1)
     whats = [e["what"] for e in client.get(f"/api/jobs/{job_id}/trace", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()["timeline"]]
     assert whats.count("callback") == 2 and "callback_requeued" in whats
+
+
+def test_settled_rows_are_purged_after_retention_pending_ones_never(db_url, tmp_path, receiver):
+    from datetime import timedelta
+
+    from gateway.outbox import purge
+    from gateway.store import utcnow
+
+    receiver.respond = lambda n, req: (200, "ok") if n == 1 else (500, "no")
+    app = callback_app(db_url, tmp_path, receiver.url)
+    client = app.test_client()
+    delivered, pending = failed_job(client)["job"]["id"], failed_job(client)["job"]["id"]
+    retry(client, delivered)
+    gw_of(app).extras["outbox"].run_once()
+    retry(client, pending)
+    gw_of(app).extras["outbox"].run_once()
+    assert [r.status for r in rows(app, delivered, pending)] == ["delivered", "pending"]
+    store = gw_of(app).store
+    purge(store, utcnow() - timedelta(days=1))
+    assert len(rows(app, delivered, pending)) == 2  # younger than the cut-off
+    purge(store, utcnow() + timedelta(seconds=1))
+    assert [r.job_id for r in rows(app, delivered, pending)] == [pending]
+
+
+def test_callback_secret_must_be_a_standard_webhooks_secret(db_url, tmp_path):
+    from gateway.errors import ConfigError
+
+    extra = '[sources.cb]\nadapter = "stripe"\nsecrets_env = "STRIPE_SECRETS"\ncallback_url = "http://127.0.0.1:9/x"\n'
+    with pytest.raises(ConfigError, match="sources.cb.secrets_env: the callback secret must be a Standard Webhooks secret"):
+        make_app(db_url, tmp_path, extra)
