@@ -295,8 +295,8 @@ class Outbox:
         now = utcnow()
         with self.gw.store.transaction() as w:
             item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
-            if item is None or item.status != PENDING:
-                return
+            if item is None or item.status != PENDING or item.attempts != row.attempts:
+                return  # settled meanwhile, or our lease ran out and another process claimed it: its word wins
             detail: dict[str, Any] = {"try": item.attempts, "status": result.status}
             recorded: list[tuple[str | None, dict[str, Any]]] = []
             if result.ok:

@@ -376,3 +376,24 @@ def test_callback_secret_must_be_a_standard_webhooks_secret(db_url, tmp_path):
     extra = '[sources.cb]\nadapter = "stripe"\nsecrets_env = "STRIPE_SECRETS"\ncallback_url = "http://127.0.0.1:9/x"\n'
     with pytest.raises(ConfigError, match="sources.cb.secrets_env: the callback secret must be a Standard Webhooks secret"):
         make_app(db_url, tmp_path, extra)
+
+
+def test_a_try_whose_lease_ran_out_does_not_overwrite_the_next_claim(db_url, tmp_path, receiver):
+    from sqlalchemy import update
+
+    from gateway.outbox import Result
+    from gateway.store import utcnow
+
+    app = callback_app(db_url, tmp_path, receiver.url)
+    client = app.test_client()
+    job_id = failed_job(client)["job"]["id"]
+    retry(client, job_id)
+    outbox = gw_of(app).extras["outbox"]
+    (slow,) = [r for r in outbox._claim() if r.job_id == job_id]  # a process claims it, then hangs
+    with gw_of(app).store.transaction() as w:  # ...past its lease
+        w.session.execute(update(OutboxItem).where(OutboxItem.id == slow.id).values(next_attempt_at=utcnow()))
+    outbox.run_once()  # another claim delivers it
+    outbox._record(slow, Result(error="ReadTimeout"))  # the hung try finally reports
+    (row,) = rows(app, job_id)
+    assert (row.status, row.attempts, row.last_error) == ("delivered", 2, None)
+    assert [t["outcome"] for t in trace(client, job_id, "callback")] == ["delivered"]
