@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -75,6 +76,10 @@ def retry(client, job_id) -> Any:
 def trace(client, job_id, what) -> list[dict[str, Any]]:
     r = client.get(f"/api/jobs/{job_id}/trace", headers={"Authorization": f"Bearer {API_KEY}"})
     return [e for e in r.get_json()["timeline"] if e["what"] == what]
+
+
+def get_job(client, job_id) -> dict[str, Any]:
+    return client.get(f"/api/jobs/{job_id}", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()
 
 
 def rows(app, *job_ids: str) -> list[OutboxItem]:
@@ -397,3 +402,33 @@ def test_a_try_whose_lease_ran_out_does_not_overwrite_the_next_claim(db_url, tmp
     (row,) = rows(app, job_id)
     assert (row.status, row.attempts, row.last_error) == ("delivered", 2, None)
     assert [t["outcome"] for t in trace(client, job_id, "callback")] == ["delivered"]
+
+
+def test_render_thin_deploy_webhook_is_completed_through_the_events_api(db_url, tmp_path, receiver):
+    """The real Render adapter: a thin ``deploy_ended`` is acknowledged, then the outbox asks
+    Render's Events API (here a loopback stand-in) and the deploy's job completes."""
+    from adapters import fixtures
+    from tests.signing import RENDER_SECRET, standard_headers
+
+    suffix = uuid.uuid4().hex[:8]
+    thin = fixtures.load("render")["deploy_ended_thin"]["body"]
+    answer = fixtures.load("render")["api_event_deploy_ended"]["body"]
+    event_id, deploy_id = f"{thin['data']['id']}{suffix}", f"{answer['details']['deployId']}{suffix}"
+    thin = {**thin, "data": {**thin["data"], "id": event_id}}
+    answer = {**answer, "id": event_id, "details": {**answer["details"], "deployId": deploy_id}}
+    receiver.respond = lambda n, req: (200, json.dumps(answer), {"Content-Type": "application/json"})
+    extra = f'[sources.render-local]\nadapter = "render"\nsecrets_env = "RENDER_SECRETS"\napi_base = "{receiver.url}/v1"\napi_key_env = "RENDER_API_KEY"\n'
+    app = make_app(db_url, tmp_path, extra)
+    client = app.test_client()
+    reg = register(client, "render-local", external_id=deploy_id, label="Deploy api-service")
+    body = json.dumps(thin)
+    r = client.post("/webhooks/render-local", data=body, headers=standard_headers(RENDER_SECRET, body, msg_id=event_id))
+    assert r.get_json() == {"status": "accepted"}
+    assert get_job(client, reg["job"]["id"])["state"] == "queued"
+    gw_of(app).extras["outbox"].run_once()
+    (req,) = receiver.wait_for(1)
+    assert (req.method, req.path, req.headers["authorization"]) == ("GET", f"/v1/events/{event_id}", "Bearer rnd_test_api_key_0123456789")
+    job = get_job(client, reg["job"]["id"])
+    assert (job["state"], job["result"]["id"]) == ("complete", deploy_id)
+    (details,) = trace(client, reg["job"]["id"], "details")
+    assert details["outcome"] == "delivered" and details["events"] == [{"event_id": f"{event_id}:details", "state": "complete", "decision": "applied"}]
