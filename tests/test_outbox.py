@@ -27,21 +27,28 @@ from tests.signing import STANDARD_SECRET, iso_now
 CALLBACK_SECRET = "whsec_" + "Y2FsbGJhY2stc2VjcmV0LWZvci10aGUtdGVzdHMtMDE="  # base64 of 32 bytes
 
 
+def _settle_pending(url: str) -> None:
+    from sqlalchemy import update
+
+    from gateway.db import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(OutboxItem).where(OutboxItem.status == "pending").values(status="dead", last_error="test isolation"))
+    engine.dispose()
+
+
 @pytest.fixture(autouse=True)
-def no_rows_left_behind(request):
-    """Tests share a database per session: give up whatever a test left pending, so the next
-    test's dispatcher finds only its own rows."""
+def only_this_tests_rows(request):
+    """Tests share a database per session: give up whatever other tests left pending (a thin
+    Render webhook's fetch of api.render.com, say), before and after, so each test's dispatcher
+    finds only its own rows."""
     url = request.getfixturevalue("db_url") if "db_url" in request.fixturenames else None
+    if url:
+        _settle_pending(url)
     yield
     if url:
-        from sqlalchemy import update
-
-        from gateway.db import make_engine
-
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            conn.execute(update(OutboxItem).where(OutboxItem.status == "pending").values(status="dead", last_error="test teardown"))
-        engine.dispose()
+        _settle_pending(url)
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ class Watcher:
     def __init__(self, base: str, job_id: str, token: str):
         import websocket
 
-        self.ws = websocket.create_connection(base.replace("http://", "ws://") + "/ws", timeout=10)
+        self.ws = websocket.create_connection(base.replace("http://", "ws://") + "/ws", timeout=10, suppress_origin=True)
         self.ws.send(json.dumps({"type": "subscribe", "job": job_id, "token": token}))
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15) -> dict[str, Any]:
