@@ -33,6 +33,7 @@ class Server:
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
     extra_args: tuple[str, ...] = ()
+    app: str = "wsgi:app"
 
     @property
     def url(self) -> str:
@@ -42,7 +43,7 @@ class Server:
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "wsgi:app", "--worker-class", "gevent", "--workers", str(self.workers),
+            [sys.executable, "-m", "gunicorn", self.app, "--worker-class", "gevent", "--workers", str(self.workers),
              "--bind", f"127.0.0.1:{self.port}", "--no-control-socket", "--timeout", "30", "--graceful-timeout", "5",
              "--worker-connections", "5000", *self.extra_args],
             cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,

@@ -40,6 +40,7 @@ class Relay:
         self.store: Store = gw.store
         self.hub = Hub(load=self._load, versions=self._versions)
         self.bus: RelayBus = make_bus(bus_name, self.hub, self.store)
+        self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
 
@@ -63,6 +64,16 @@ class Relay:
             if self._started_pid != os.getpid():
                 self._started_pid = os.getpid()
                 self.bus.start()
+                if self.gw.config.ws_ping_interval:
+                    threading.Thread(target=self._ping_forever, name="gateway-relay-ping", daemon=True).start()
+
+    def _ping_forever(self) -> None:
+        """Protocol pings to every WebSocket of this process, every ``ws_ping_interval`` seconds."""
+        interval = self.gw.config.ws_ping_interval
+        while True:
+            time.sleep(interval)
+            for conn in list(self.connections):
+                conn.ping()
 
     def watch(self, job_id: str, watcher: Watcher) -> None:
         """Tell ``watcher`` about each new version of ``job_id``, from whichever process commits it."""

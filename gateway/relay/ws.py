@@ -30,6 +30,41 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.relay")
 
 MAX_BACKLOG_BYTES = 1024 * 1024
+PING_FRAME = b"\x89\x00"  # an empty server ping
+
+
+class _InlineReader:
+    """simple-websocket's reader "thread" that starts none: ``Connection.serve`` runs the reader
+    loop in the request's own greenlet, which would otherwise only wait for it. One greenlet
+    (and one Thread object) less per connection."""
+
+    name = "gateway-ws-reader"
+
+    def __init__(self, target: Any):
+        self.target = target
+
+    def start(self) -> None:
+        pass
+
+    def run(self) -> None:
+        self.target()
+
+
+class _Inbox:
+    """simple-websocket's "message arrived" event, turned into a call of the connection's handler."""
+
+    def __init__(self) -> None:
+        self.handler: Any = None
+
+    def set(self) -> None:
+        if self.handler is not None:
+            self.handler()
+
+    def clear(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
 
 
 class _OrderedSocket:
@@ -67,7 +102,9 @@ class Connection:
         self.backlog: deque[bytes] | None = None
         self.backlog_bytes = 0
         self.closed = False
+        self.pinged = False
         ws.sock = _OrderedSocket(self, ws.sock)
+        ws.event.handler = self._drain_input
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -183,17 +220,31 @@ class Connection:
             self.send_message({"type": "pending", "job": job})
         return None
 
+    def _drain_input(self) -> None:
+        while self.ws.input_buffer and not self.closed:
+            self.handle(self.ws.input_buffer.pop(0))
+
+    def ping(self) -> None:
+        """Called every ping interval: drop the connection if the last ping got no pong."""
+        if self.pinged and not self.ws.pong_received:
+            log.info("websocket ping timeout; disconnecting")
+            self.abort()
+            return
+        self.pinged = True
+        self.ws.pong_received = False
+        self.write(PING_FRAME)
+
     def serve(self) -> None:
-        """Read messages until the client goes away, then forget every subscription."""
+        """Read and handle messages until the client goes away, then forget every subscription."""
         metrics = self.relay.gw.metrics
+        self.relay.start()
         metrics.ws_connections.inc()
+        self.relay.connections.add(self)
         try:
-            while not self.closed:
-                data = self.ws.receive()
-                if data is None:
-                    break
-                self.handle(data)
+            self.ws.thread.run()
         finally:
+            self.closed = True
+            self.relay.connections.discard(self)
             for job in list(self.subs):
                 self.relay.unwatch(job, self)
             metrics.ws_subscriptions.dec(len(self.subs))
@@ -205,11 +256,14 @@ def init_ws(app: Flask, relay: Relay) -> None:
     """Register ``/ws`` with its origin check (before the upgrade) and simple-websocket's limits."""
     config = relay.gw.config
     app.config["SOCK_SERVER_OPTIONS"] = {
-        "ping_interval": config.ws_ping_interval or None,
+        # pings come from one pinger per process (Relay.ping_all), not a selector per socket
+        "ping_interval": None,
         # a hard ceiling: over it simple-websocket closes with 1009; between the configured
         # size and this ceiling the client gets an error frame and keeps its subscriptions
         "max_message_size": max(64 * 1024, 8 * config.ws_max_message_bytes),
         "receive_bytes": 4096,
+        "thread_class": _InlineReader,
+        "event_class": _Inbox,
     }
     bp = Blueprint("relay_ws", __name__)
     sock = Sock()
