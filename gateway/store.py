@@ -408,7 +408,9 @@ class Writer:
             row = self.session.execute(select(Job.queue_name, Job.state).where(Job.id == job_id)).first()
             if row is not None and (queue_lock or row.state in (State.QUEUED.value, State.FAILED.value)):
                 self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "gateway.queue:" + row.queue_name})
-        stmt = select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+        # FOR NO KEY UPDATE: compatible with the KEY SHARE lock an event insert's foreign key
+        # takes on this row, so two deliveries for one queued job cannot deadlock on the queue lock
+        stmt = select(Job).where(Job.id == job_id).with_for_update(key_share=True).execution_options(populate_existing=True)
         job = self.session.scalars(stmt).first()
         if job is None:
             raise NotFound("no such job", code="job_not_found")
