@@ -41,6 +41,10 @@ def create_app() -> Flask:
                 sockets.discard(conn)
         return {"sent": len(sockets)}
 
+    @app.get("/count")
+    def count() -> Any:
+        return {"sockets": len(sockets)}
+
     @app.get("/readyz")
     def ready() -> Any:
         return {"status": "ok"}

@@ -103,6 +103,15 @@ class Mailbox:
         return None
 
 
+class _Read:
+    """One snapshot read in flight; later askers wait for it instead of reading again."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.snap: Snapshot | None = None
+        self.error: Exception | None = None
+
+
 @dataclass
 class Hub:
     """Local watchers by job id, the known version of each watched job, and the dispatcher."""
@@ -113,6 +122,7 @@ class Hub:
     watchers: dict[str, set[Watcher]] = field(default_factory=dict)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     _pending: dict[str, int] = field(default_factory=dict)
+    _reads: dict[str, _Read] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -138,17 +148,35 @@ class Hub:
 
     def current(self, job_id: str) -> Snapshot | None:
         """The job's snapshot: the hub's own while the job is watched here (kept fresh by the bus
-        and the resync), else read from the database and published to this job's watchers (who
-        drop it if they have it). None while the job is not known yet."""
+        and the resync), else read from the database once however many ask at the same moment,
+        and published to this job's watchers (who drop it if they have it). None while the job
+        is not known yet."""
         snap = self.snapshots.get(job_id)
         if snap is not None:
             return snap
-        found = self.load([job_id]).get(job_id)
-        if found is None:
-            return None
-        snap = Snapshot(found)
-        self.publish(snap)
-        return self.snapshots.get(job_id) or snap
+        with self._lock:
+            read = self._reads.get(job_id)
+            leader = read is None
+            if read is None:
+                read = self._reads[job_id] = _Read()
+        if not leader:
+            if not read.done.wait(30) or read.error is not None:
+                raise read.error or TimeoutError("snapshot read did not finish")
+            return read.snap
+        try:
+            found = self.load([job_id]).get(job_id)
+            if found is not None:
+                read.snap = Snapshot(found)
+                self.publish(read.snap)
+                read.snap = self.snapshots.get(job_id) or read.snap
+            return read.snap
+        except Exception as exc:
+            read.error = exc
+            raise
+        finally:
+            with self._lock:
+                self._reads.pop(job_id, None)
+            read.done.set()
 
     # -- change notices --------------------------------------------------------------------------
 

@@ -213,7 +213,11 @@ class Connection:
             self.relay.gw.metrics.ws_subscriptions.inc()
         else:
             self.subs[job] = since
-        snap = self.relay.hub.current(job)
+        try:
+            snap = self.relay.hub.current(job)
+        except Exception:  # database unavailable: the subscription stands, the resync sends the snapshot
+            log.warning("snapshot read failed on subscribe", extra={"job_id": job}, exc_info=True)
+            return None
         if snap is not None:
             self.deliver(snap)
         elif self.subs.get(job) == since:  # nothing arrived meanwhile: not known yet
