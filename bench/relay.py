@@ -188,6 +188,7 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path) -> dict[str,
             reg = jobs[k % len(jobs)]
             prepared.append(webhook(reg["job"]["external_id"], k + 1, base + k / rate / 10))
         sent: dict[int, float] = {}
+        acked: dict[int, float] = {}
         acks: list[float] = []
         errors = [0]
         threads = 16
@@ -214,6 +215,7 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path) -> dict[str,
                     errors[0] += 1
                     continue
                 sent[k + 1] = t0
+                acked[k + 1] = t1
                 acks.append(t1 - t0)
 
         pool = [threading.Thread(target=sender, args=(t,)) for t in range(threads)]
@@ -226,6 +228,7 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path) -> dict[str,
         arrivals = parent.recv()
         proc.join(10)
         lat = [arrivals[k] - sent[k] for k in sent if k in arrivals]
+        after_ack = [arrivals[k] - acked[k] for k in sent if k in arrivals]
         return {
             "backend": backend,
             "target_rate_per_s": rate,
@@ -237,6 +240,7 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path) -> dict[str,
             "note": "frames for versions superseded before the read are coalesced into the newer one",
             "webhook_to_ws_ms": {"p50": ms(percentile(lat, 50)), "p90": ms(percentile(lat, 90)), "p99": ms(percentile(lat, 99)), "max": ms(max(lat))} if lat else None,
             "baseline_webhook_ack_ms": {"p50": ms(percentile(acks, 50)), "p99": ms(percentile(acks, 99))} if acks else None,
+            "ws_frame_minus_ack_ms": {"p50": ms(percentile(after_ack, 50)), "p99": ms(percentile(after_ack, 99))} if after_ack else None,
         }
     finally:
         a.stop()

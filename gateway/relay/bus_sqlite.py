@@ -27,7 +27,7 @@ from gateway.store import Change, utcnow
 
 log = logging.getLogger("gateway.relay")
 
-POLL_SECONDS = 0.02
+POLL_SECONDS = 0.01
 KEEP = timedelta(minutes=5)
 BATCH = 5000
 
