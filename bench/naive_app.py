@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from flask import Flask, request
@@ -34,12 +35,13 @@ def create_app() -> Flask:
     @app.post("/broadcast")
     def broadcast() -> Any:
         message = request.get_data(as_text=True)
+        started = time.perf_counter()
         for conn in list(sockets):
             try:
                 conn.send(message)
             except Exception:  # noqa: BLE001 - a closed socket
                 sockets.discard(conn)
-        return {"sent": len(sockets)}
+        return {"sent": len(sockets), "seconds": time.perf_counter() - started}
 
     @app.get("/count")
     def count() -> Any:

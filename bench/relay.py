@@ -289,8 +289,20 @@ def idle_cost(server: Server, n: int, subscribe: list[str] | None) -> dict[str, 
 # -- 3. fan-out of one change -------------------------------------------------------------------------------------------
 
 
-def fanout(swarm: Swarm, n: int, trigger: Any, rounds: int) -> dict[str, Any]:
-    """``trigger(i)`` causes one frame on each of ``n`` sockets; time to the last one, and the spread."""
+def fanout_metric(port: int) -> tuple[float, float]:
+    """(sum, count) of the gateway worker's ``gateway_relay_fanout_seconds``."""
+    text = Http(port).request("GET", "/metrics")[1].decode()
+    values = {}
+    for line in text.splitlines():
+        for key in ("gateway_relay_fanout_seconds_sum", "gateway_relay_fanout_seconds_count"):
+            if line.startswith(key + " "):
+                values[key] = float(line.split()[1])
+    return values["gateway_relay_fanout_seconds_sum"], values["gateway_relay_fanout_seconds_count"]
+
+
+def fanout(swarm: Swarm, n: int, trigger: Any, rounds: int, server_side: Any = None) -> dict[str, Any]:
+    """``trigger(i)`` causes one frame on each of ``n`` sockets; time to the last one, and the spread.
+    ``server_side()`` → seconds the server spent in its send loop over the rounds (mean)."""
     totals, spreads = [], []
     for i in range(rounds):
         times: list[float] = []
@@ -306,6 +318,7 @@ def fanout(swarm: Swarm, n: int, trigger: Any, rounds: int) -> dict[str, Any]:
     return {
         "watchers": n,
         "rounds": rounds,
+        "server_send_loop_mean_ms": ms(server_side()) if server_side else None,
         "trigger_to_last_ms": {"p50": ms(statistics.median(totals)), "max": ms(max(totals))},
         "first_to_last_ms": {"p50": ms(statistics.median(spreads)), "max": ms(max(spreads))},
     }
@@ -342,8 +355,15 @@ def capacity_and_fanout(idle_n: int, fan_n: int, rounds: int, workdir: Path) -> 
 
             return trigger
 
-        out["fanout_gateway_webhook_to_same_worker"] = fanout(swarm, fan_n, via(conn_b, 0), rounds)
-        out["fanout_gateway_webhook_to_other_instance"] = fanout(swarm, fan_n, via(conn_a, 1000), rounds)
+        def hub_mean(before: tuple[float, float]) -> Any:
+            def mean() -> float:
+                total, count = fanout_metric(b.port)
+                return (total - before[0]) / max(1.0, count - before[1])
+
+            return mean
+
+        out["fanout_gateway_webhook_to_same_worker"] = fanout(swarm, fan_n, via(conn_b, 0), rounds, hub_mean(fanout_metric(b.port)))
+        out["fanout_gateway_webhook_to_other_instance"] = fanout(swarm, fan_n, via(conn_a, 1000), rounds, hub_mean(fanout_metric(b.port)))
         swarm.close()
 
         naive.stop()  # a fresh naive worker for its fan-out, as the gateway's B had its idle sockets closed
@@ -356,11 +376,14 @@ def capacity_and_fanout(idle_n: int, fan_n: int, rounds: int, workdir: Path) -> 
             nswarm.poll(0.05)
         message = json.dumps({"type": "job", "job": target["job"]}).encode()
 
-        def broadcast(i: int) -> None:
-            status, _ = conn_n.request("POST", "/broadcast", message, {"Content-Type": "application/json"})
-            assert status == 200
+        loops: list[float] = []
 
-        out["fanout_baseline_naive_flask_sock"] = fanout(nswarm, fan_n, broadcast, rounds)
+        def broadcast(i: int) -> None:
+            status, data = conn_n.request("POST", "/broadcast", message, {"Content-Type": "application/json"})
+            assert status == 200
+            loops.append(json.loads(data)["seconds"])
+
+        out["fanout_baseline_naive_flask_sock"] = fanout(nswarm, fan_n, broadcast, rounds, lambda: statistics.mean(loops))
         nswarm.close()
     finally:
         a.stop()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask
+from prometheus_client import Histogram
 from sqlalchemy import select
 
 from gateway.api import _matches
@@ -38,7 +39,11 @@ class Relay:
     def __init__(self, gw: Any, bus_name: str):
         self.gw = gw
         self.store: Store = gw.store
-        self.hub = Hub(load=self._load, versions=self._versions)
+        self.fanout_seconds = Histogram(
+            "gateway_relay_fanout_seconds", "Time to hand one snapshot to every local watcher of its job",
+            registry=gw.metrics.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+        )
+        self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe)
         self.bus: RelayBus = make_bus(bus_name, self.hub, self.store)
         self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
         self._started_pid: int | None = None
