@@ -131,9 +131,9 @@ def make_database(backend: str, workdir: Path) -> tuple[str, Any]:
     return url, drop
 
 
-def gateway_server(url: str, workdir: Path, name: str, connections: int = 2000) -> Server:
-    cfg = workdir / "gateway.toml"
-    bus = os.environ.get("BENCH_BUS")
+def gateway_server(url: str, workdir: Path, name: str, connections: int = 2000, bus: str | None = None) -> Server:
+    cfg = workdir / f"{name}.toml"
+    bus = bus or os.environ.get("BENCH_BUS")
     cfg.write_text(CONFIG.replace("[sources.worker]", f'bus = "{bus}"\n\n[sources.worker]') if bus else CONFIG)
     env = {**ENV, "GATEWAY_CONFIG": str(cfg), "DATABASE_URL": url}
     return Server(env, workers=1, extra_args=("--worker-connections", str(connections)), log_path=workdir / f"{name}.log").start()
@@ -165,10 +165,11 @@ def _receiver(port: int, subs: list[list[str]], ready: Any, stop: Any, out: Any)
     swarm.close()
 
 
-def latency(backend: str, rate: int, seconds: float, workdir: Path) -> dict[str, Any]:
+def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | None = None) -> dict[str, Any]:
+    """``bus="local"``: the same load with no cross-process bus, the ingest ceiling without the relay."""
     url, drop = make_database(backend, workdir)
-    a = gateway_server(url, workdir, f"latency-{backend}-a")
-    b = gateway_server(url, workdir, f"latency-{backend}-b")
+    a = gateway_server(url, workdir, f"latency-{backend}-{rate}-a", bus=bus)
+    b = gateway_server(url, workdir, f"latency-{backend}-{rate}-b", bus=bus)
     try:
         jobs = [register(a.port) for _ in range(50)]
         warm = Http(a.port)
@@ -231,6 +232,7 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path) -> dict[str,
         after_ack = [arrivals[k] - acked[k] for k in sent if k in arrivals]
         return {
             "backend": backend,
+            "bus": bus or "auto",
             "target_rate_per_s": rate,
             "achieved_rate_per_s": round(len(sent) / elapsed, 1),
             "webhooks_scheduled": total,
@@ -408,6 +410,8 @@ def main() -> None:
         "setup": "gunicorn -k gevent, 1 worker per instance, loopback; clients in separate processes",
     }
     results["latency"] = [latency(b, rate, seconds, workdir) for b in backends if b for rate in rates]
+    # baseline: the same top rate on PostgreSQL with the process-local bus (no NOTIFY, no cross-process frames)
+    results["baseline_ingest_without_relay_bus"] = latency("postgres", max(rates), seconds, workdir, bus="local")
     results.update(capacity_and_fanout(idle_n, fan_n, rounds, workdir))
     print(json.dumps(results, indent=2))
 
