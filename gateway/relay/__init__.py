@@ -86,6 +86,7 @@ class Relay:
         self.hub.watch(job_id, watcher)
 
     def unwatch(self, job_id: str, watcher: Watcher) -> None:
+        """Stop telling ``watcher`` about ``job_id`` (the request or socket is gone)."""
         self.hub.unwatch(job_id, watcher)
 
     def resync(self) -> int:

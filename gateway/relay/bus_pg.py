@@ -62,6 +62,7 @@ class PostgresBus(LocalBus):
         self._thread.start()
 
     def stop(self) -> None:
+        """Let the listener end after its current wait."""
         self._stopped.set()
 
     def _listen_forever(self) -> None:

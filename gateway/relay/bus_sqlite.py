@@ -61,6 +61,7 @@ class SqliteBus(LocalBus):
         self._thread.start()
 
     def stop(self) -> None:
+        """Let the follower end after its current tick."""
         self._stopped.set()
 
     def _follow(self) -> None:

@@ -137,6 +137,7 @@ class Hub:
             self.watchers.setdefault(job_id, set()).add(watcher)
 
     def unwatch(self, job_id: str, watcher: Watcher) -> None:
+        """Forget ``watcher``; the job's snapshot goes with its last watcher."""
         with self._lock:
             group = self.watchers.get(job_id)
             if group is None:
@@ -221,6 +222,7 @@ class Hub:
             self._thread.start()
 
     def stop(self) -> None:
+        """Let the dispatcher end (tests, shutdown)."""
         self._stopped = True
         self._wake.set()
 

@@ -34,6 +34,7 @@ def _last_event_id() -> int:
 
 @bp.get("/api/jobs/<job_id>/stream")
 def stream(job_id: str) -> Response:
+    """The job's changes as Server-Sent Events, from whichever process commits them."""
     gw = gateway()
     gw.auth.require_job(request, job_id, "read")
     if not JOB_ID_RE.match(job_id):

@@ -153,6 +153,7 @@ class Connection:
             pass
 
     def send_message(self, message: dict[str, Any]) -> None:
+        """A protocol message (pending, error) as one text frame."""
         self.write(ws_text_frame(json.dumps(message, separators=(",", ":")).encode()))
 
     def error(self, job: Any, code: str) -> None:
@@ -280,6 +281,7 @@ def init_ws(app: Flask, relay: Relay) -> None:
 
     @sock.route("/ws", bp=bp)
     def ws_route(ws: Any) -> None:
+        """One browser's WebSocket, for as long as it stays open."""
         Connection(
             relay, ws, max_subscriptions=config.ws_max_subscriptions, max_message_bytes=config.ws_max_message_bytes
         ).serve()
