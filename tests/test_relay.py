@@ -151,8 +151,7 @@ def test_queue_positions_move_for_the_jobs_behind(pair: tuple[Server, Server], w
         ws.subscribe(reg["job"]["id"], reg["token"])
     ws.wait_for(job_frame(regs[2]["job"]["id"], queue__position=3))
     post_webhook(a.url, regs[0]["job"]["external_id"], "processing")
-    ws.wait_for(job_frame(regs[1]["job"]["id"], queue__position=1))
-    ws.wait_for(job_frame(regs[2]["job"]["id"], queue__position=2))
+    ws.wait_for_all(job_frame(regs[1]["job"]["id"], queue__position=1), job_frame(regs[2]["job"]["id"], queue__position=2))
 
 
 # -- WebSocket protocol ---------------------------------------------------------------------------------------
