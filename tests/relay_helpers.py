@@ -84,6 +84,25 @@ class Watcher:
             if pred(frame):
                 return frame
 
+    def wait_for_all(self, *preds: Callable[[dict[str, Any]], bool], timeout: float = 15) -> list[dict[str, Any]]:
+        """One frame for each predicate, in whatever order they arrive (changes committed together
+        reach a watcher in no promised order); fails after ``timeout``."""
+        found: list[dict[str, Any] | None] = [None] * len(preds)
+        deadline = time.monotonic() + timeout
+        while any(f is None for f in found):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [i for i, f in enumerate(found) if f is None]
+                raise AssertionError(f"predicates {missing} unmatched within {timeout}s; seen {self.seen[-5:]}")
+            try:
+                frame = self.next(left)
+            except queue.Empty:
+                continue
+            for i, pred in enumerate(preds):
+                if found[i] is None and pred(frame):
+                    found[i] = frame
+        return [f for f in found if f is not None]
+
     def nothing_within(self, seconds: float) -> list[dict[str, Any]]:
         """Frames that arrive within ``seconds`` (for "nothing else was sent" checks)."""
         out = []

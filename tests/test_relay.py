@@ -151,11 +151,7 @@ def test_queue_positions_move_for_the_jobs_behind(pair: tuple[Server, Server], w
         ws.subscribe(reg["job"]["id"], reg["token"])
     ws.wait_for(job_frame(regs[2]["job"]["id"], queue__position=3))
     post_webhook(a.url, regs[0]["job"]["external_id"], "processing")
-    # the two jobs' updates may arrive in either order
-    wanted = {(regs[1]["job"]["id"], 1), (regs[2]["job"]["id"], 2)}
-    while wanted:
-        frame = ws.wait_for(lambda f: f["type"] == "job" and (f["job"]["id"], (f["job"]["queue"] or {}).get("position")) in wanted)
-        wanted.discard((frame["job"]["id"], frame["job"]["queue"]["position"]))
+    ws.wait_for_all(job_frame(regs[1]["job"]["id"], queue__position=1), job_frame(regs[2]["job"]["id"], queue__position=2))
 
 
 # -- WebSocket protocol ---------------------------------------------------------------------------------------
