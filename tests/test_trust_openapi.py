@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks as st_checks
@@ -20,6 +21,7 @@ from tests.servers import Server
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 EXAMPLES = int(os.environ.get("TRUST_FUZZ_EXAMPLES", "60"))
 SEEN: dict[str, int] = {"cases": 0, "5xx": 0}
+SESSION = requests.Session()  # keep-alive: thousands of cases must not use up the loopback's ports
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -62,7 +64,7 @@ def test_the_description_is_valid_openapi_3_1() -> None:
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_description(case: Any, openapi_server: Server) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"} if case.operation.path.startswith("/api/") else None
-    response = case.call(base_url=openapi_server.url, headers=headers, timeout=15)
+    response = case.call(base_url=openapi_server.url, headers=headers, timeout=15, session=SESSION)
     SEEN["cases"] += 1
     if response.status_code >= 500 and response.status_code != 503:
         SEEN["5xx"] += 1
