@@ -15,11 +15,11 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from adapters.base import WebhookRequest
+from adapters.base import ProviderEvent, WebhookRequest
 from gateway.app import Source, error_response, gateway
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
 from gateway.states import Decision
-from gateway.store import utcnow
+from gateway.store import Outcome, Writer, utcnow
 
 bp = Blueprint("ingest", __name__)
 log = logging.getLogger("gateway.ingest")
@@ -29,7 +29,12 @@ def _read_body(limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body over the limit of {limit} bytes")
-    body = request.stream.read(limit + 1)
+    if length is None:
+        # chunked: Werkzeug will not read an input the server did not mark terminated, but
+        # gunicorn de-chunks wsgi.input itself; read it directly, bounded
+        body = request.environ["wsgi.input"].read(limit + 1)
+    else:
+        body = request.stream.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"body over the limit of {limit} bytes")
     return body
@@ -95,7 +100,7 @@ def receive(source_name: str) -> Any:
         log.exception("adapter parse raised an undeclared error", extra={"source": source.name})
         return _invalid(source, PayloadError(f"unreadable body ({type(exc).__name__})"), len(body), received_at)
 
-    with gw.store.transaction() as w:
+    def record(w: Writer) -> list[tuple[ProviderEvent, Outcome]]:
         outcomes = []
         for pe in events:
             outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at)
@@ -108,7 +113,10 @@ def receive(source_name: str) -> Any:
                 decision=outcome.decision.value, state_before=outcome.state_before, state_after=outcome.state_after,
                 version=w.version_of(outcome.job_id), size=len(body), remote_addr=request.remote_addr, request_id=g.request_id,
             )
-    versions = {c.job_id: c.version for c in w.changes}
+        return outcomes
+
+    outcomes, changes = gw.store.write(record)
+    versions = {c.job_id: c.version for c in changes}
     for pe, outcome in outcomes:
         log.info(
             "webhook %s", outcome.decision.value,

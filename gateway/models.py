@@ -120,6 +120,8 @@ class Delivery(Base):
     remote_addr: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
 
+    __table_args__ = (Index("ix_deliveries_key", "source", "external_id"),)
+
 
 class TraceEntry(Base):
     """Job-level happenings that are not deliveries: registration, retries, links, callbacks."""

@@ -13,15 +13,15 @@ import os
 import re
 import secrets as pysecrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.base import ProviderEvent
@@ -29,6 +29,9 @@ from gateway import states
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.models import Delivery, Event, Job, JobKey, TraceEntry
 from gateway.states import Decision, Kind, State
+
+T = TypeVar("T")
+TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 
 GATEWAY_SOURCE = "gateway"  # events the gateway itself records: retries, links, watchdog
 API_SOURCE = "api"  # events reported through POST /api/jobs/<id>/events
@@ -110,6 +113,20 @@ class Store:
                     self.bus.publish_in_transaction(session, writer.changes)
         if writer.changes:
             self.bus.published(writer.changes)
+
+    def write(self, fn: Callable[[Writer], T], attempts: int = 3) -> tuple[T, list[Change]]:
+        """Run ``fn`` in one transaction, again from the start if PostgreSQL reports a transient
+        conflict (deadlock, serialization failure); returns its result and the changes."""
+        for attempt in range(attempts):
+            try:
+                with self.transaction() as writer:
+                    result = fn(writer)
+                return result, writer.changes
+            except DBAPIError as exc:
+                if attempt + 1 < attempts and getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -408,7 +425,9 @@ class Writer:
             row = self.session.execute(select(Job.queue_name, Job.state).where(Job.id == job_id)).first()
             if row is not None and (queue_lock or row.state in (State.QUEUED.value, State.FAILED.value)):
                 self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "gateway.queue:" + row.queue_name})
-        stmt = select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+        # NO KEY UPDATE, not UPDATE: inserting an event takes KEY SHARE on its job row (the
+        # foreign key), and FOR UPDATE would deadlock two writers that both inserted first
+        stmt = select(Job).where(Job.id == job_id).with_for_update(key_share=True).execution_options(populate_existing=True)
         job = self.session.scalars(stmt).first()
         if job is None:
             raise NotFound("no such job", code="job_not_found")

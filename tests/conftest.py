@@ -112,7 +112,7 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest) -> str:
     """Each test using it runs on both databases."""
-    return request.getfixturevalue(f"{request.param}_url")
+    return request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url"}[request.param])
 
 
 def write_config(path: Path, extra_gateway: str = "", extra_sources: str = "") -> Path:
