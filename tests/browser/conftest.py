@@ -77,12 +77,12 @@ class Gateway:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def requests_since(self, mark: float, path: str) -> list[float]:
-        """Arrival times (server clock, s) of GET requests for exactly this path after ``mark``."""
+    def requests_since(self, mark: float, path: str, method: str = "GET") -> list[float]:
+        """Arrival times (server clock, s) of requests for exactly this path after ``mark``."""
         times = []
         for line in self.request_log.read_text().splitlines():
-            at, method, p = line.split(" ", 2)
-            if method == "GET" and p == path and float(at) >= mark:
+            at, m, p = line.split(" ", 2)
+            if m == method and p == path and float(at) >= mark:
                 times.append(float(at))
         return sorted(times)
 
