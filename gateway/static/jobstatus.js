@@ -123,14 +123,16 @@ class JobWatcher {
 
   // -- what every transport reports -----------------------------------------------------------
 
+  /** Show `job` if it is newer than anything shown; true when it was. */
   #accept(job) {
-    if (this.#closed || !isJob(job, this.#id) || job.version <= this.#version) return;
+    if (this.#closed || !isJob(job, this.#id) || job.version <= this.#version) return false;
     const changed = !this.#job || this.#job.state !== job.state;
     this.#job = job;
     this.#version = job.version;
     if (changed) this.#pollStep = 0;
     this.#emit(job);
     if (job.state === "complete") this.#stopAll();
+    return true;
   }
 
   #pending() {
@@ -305,10 +307,8 @@ class JobWatcher {
       let extra = 0;
       if (res && res.status === 200) {
         this.#connected(name);
-        if (isJob(body, this.#id)) {
-          this.#pollEtag = res.headers.get("ETag");
-          this.#accept(body);
-        }
+        const etag = res.headers.get("ETag");
+        if (this.#accept(body) && etag) this.#pollEtag = etag;   // a stale answer keeps the newer tag
       } else if (res && res.status === 404) {
         this.#connected(name);
         this.#pending();          // not known yet: loading, not an error

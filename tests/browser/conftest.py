@@ -24,7 +24,12 @@ from tests.servers import Server, free_port
 from tests.signing import STANDARD_SECRET, iso_now, standard_body, standard_headers
 
 CHROMIUM = os.environ.get("GATEWAY_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    # Playwright's WebSocket pass-through (route_web_socket + connect_to_server) opens its socket
+    # from outside the page; Chromium's Local Network Access check would block that on loopback.
+    "--disable-features=LocalNetworkAccessChecks",
+]
 SCREENSHOTS = ARTIFACTS / "screenshots"
 SUPPORT_EMAIL = "help@gateway.test"
 DEMO_SECRET = "whsec_ZGVtby10ZXN0LXNpbXVsYXRvci1zZWNyZXQtMzJieXQ="
@@ -153,11 +158,13 @@ def page(context: Any) -> Any:
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def open_harness(page: Any, gw: Gateway, job_id: str | None = None, token: str | None = None) -> Any:
+def open_harness(page: Any, gw: Gateway, job_id: str | None = None, token: str | None = None, transports: str | None = None) -> Any:
     """Load the harness page at the gateway's origin; with a job, point <job-status> at it."""
     page.route(gw.url + "/__harness__", lambda route: route.fulfill(status=200, content_type="text/html", body=HARNESS))
     page.goto(gw.url + "/__harness__")
     page.wait_for_function("customElements.get('job-status') !== undefined")
+    if transports:
+        page.eval_on_selector("#status", "(el, t) => el.setAttribute('transports', t)", transports)
     if job_id:
         watch(page, job_id, token)
     return page.locator("#status")
@@ -179,12 +186,17 @@ def screenshot(locator: Any, name: str) -> Path:
     return path
 
 
-def wait_until(predicate: Any, timeout: float = 20, what: str = "condition") -> Any:
-    """Poll an observable condition until it holds (no blind sleeps)."""
+def wait_until(predicate: Any, timeout: float = 20, what: str = "condition", page: Any = None) -> Any:
+    """Poll an observable condition until it holds (no blind sleeps). Pass the page when the
+    condition depends on Playwright callbacks (routes): the sync API runs them only while waiting
+    inside Playwright."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.1)
+        if page is not None:
+            page.wait_for_timeout(100)
+        else:
+            time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -4,13 +4,16 @@ jobs move by real Standard-Webhooks-signed deliveries."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import time
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
+import requests
 from playwright.sync_api import expect
 
+from tests.conftest import API_KEY
 from tests.browser.conftest import SUPPORT_EMAIL, Gateway, new_job_id, open_harness, screenshot, wait_until, watch
 
 pytestmark = pytest.mark.browser
@@ -142,6 +145,7 @@ def test_two_tabs_watching_one_job_both_update(context, gateway_server: Gateway)
     gw.webhook(reg["external_id"], "processing", progress={"current": 3, "total": 8, "step": "encoding"})
     for s in statuses:
         expect(text_of(s)).to_have_text("Processing row 3 of 8 — encoding")
+        expect(s).to_have_attribute("transport", "websocket" if RELAY else "poll")  # pushed, once the relay is in
     gw.webhook(reg["external_id"], "complete", result={"url": "https://example.com/out.mp4"})
     for s in statuses:
         expect(text_of(s)).to_have_text("Complete")
@@ -222,3 +226,60 @@ def assert_schedule(gaps: list[float], expected: list[float]) -> None:
     assert len(gaps) == len(expected), gaps
     for gap, want in zip(gaps, expected):
         assert want - 0.05 <= gap <= want + 0.9, f"gaps {[round(g, 2) for g in gaps]} do not follow {expected}"
+
+
+@needs_relay
+def test_a_dropped_websocket_reconnects_with_jitter_and_resumes_from_its_last_version(page, gateway_server: Gateway) -> None:
+    gw = gateway_server
+    routes: list = []  # each page WebSocket, connected through to the real gateway, so the test can cut it
+    page.route_web_socket(re.compile(r".*/ws$"), lambda ws: (routes.append(ws), ws.connect_to_server()))
+    reg = gw.register()
+    job_id, token = reg["job"]["id"], reg["token"]
+    status = open_harness(page, gw)
+    # watch what the page sends, without changing it (on the WebSocket class the page really uses)
+    page.evaluate("() => { const send = WebSocket.prototype.send; window.__sent = [];"
+                  " WebSocket.prototype.send = function (d) { window.__sent.push(JSON.parse(d)); return send.call(this, d); }; }")
+    subscribes = lambda: page.evaluate("window.__sent")  # noqa: E731
+    watch(page, job_id, token)
+    expect(status).to_have_attribute("transport", "websocket")
+    gw.webhook(reg["external_id"], "processing", progress={"current": 1, "total": 4, "step": "first"})
+    expect(text_of(status)).to_have_text("Processing row 1 of 4 — first")
+    shown = gw.job(job_id)["version"]
+    assert subscribes() == [{"type": "subscribe", "job": job_id, "token": token, "since": 0}]
+
+    dropped = time.time()
+    routes[0].close(code=1001, reason="the test cuts the connection")
+    gw.webhook(reg["external_id"], "processing", progress={"current": 3, "total": 4, "step": "second"})
+    expect(text_of(status)).to_have_text("Processing row 3 of 4 — second")
+    assert len(routes) == 2 and subscribes()[1] == {"type": "subscribe", "job": job_id, "token": token, "since": shown}
+    # the first reconnect waits 0.5-1 s (half fixed, half random): never at once, never long
+    (reconnected,) = gw.requests_since(dropped, "/ws")
+    assert 0.45 <= reconnected - dropped <= 2.5
+    expect(status).to_have_attribute("transport", "websocket")
+
+
+def test_a_stale_answer_never_moves_the_display_back(page, gateway_server: Gateway) -> None:
+    gw = gateway_server
+    reg = gw.register()
+    job_id = reg["job"]["id"]
+    stale = requests.get(gw.url + f"/api/jobs/{job_id}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    assert stale.json()["state"] == "queued"
+    gw.webhook(reg["external_id"], "processing", progress={"current": 1, "total": 2, "step": "one"})
+
+    status = open_harness(page, gw, job_id, reg["token"], transports="poll")
+    expect(text_of(status)).to_have_text("Processing row 1 of 2 — one")
+    page.evaluate("() => { window.__states = []; document.querySelector('#status').addEventListener('job-change', e => window.__states.push(e.detail.state)); }")
+
+    served: list[float] = []
+
+    def serve_stale(route) -> None:  # a cache answering with an older version, once
+        served.append(time.time())
+        page.unroute(f"{gw.url}/api/jobs/{job_id}")
+        route.fulfill(status=200, content_type="application/json", body=stale.text, headers={"ETag": stale.headers["ETag"]})
+
+    page.route(f"{gw.url}/api/jobs/{job_id}", serve_stale)
+    wait_until(lambda: served, timeout=15, what="the stale answer", page=page)
+    # the poll after it reached the gateway, so the stale answer has been handled by then
+    polls(gw, served[0], f"/api/jobs/{job_id}", at_least=1, timeout=15)
+    expect(text_of(status)).to_have_text("Processing row 1 of 2 — one")
+    assert page.evaluate("window.__states") == []
