@@ -4,7 +4,7 @@ Each module reads like its provider's documentation. The public API for adapter 
 re-exported here.
 """
 
-from adapters.base import Adapter, ProviderEvent, WebhookRequest
+from adapters.base import Adapter, DetailsRequest, ProviderEvent, WebhookRequest
 from gateway.errors import PayloadError, SignatureError
 
-__all__ = ["Adapter", "ProviderEvent", "WebhookRequest", "SignatureError", "PayloadError"]
+__all__ = ["Adapter", "DetailsRequest", "ProviderEvent", "WebhookRequest", "SignatureError", "PayloadError"]

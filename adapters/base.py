@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
 from gateway.errors import PayloadError, SignatureError
 from gateway.states import State
@@ -30,6 +31,8 @@ class WebhookRequest:
     url: str = ""  # the URL the provider signed (public URL for sources behind a proxy)
     query: Mapping[str, str] = field(default_factory=dict)
     content_type: str = ""
+    #: when the gateway received it; the event time for providers that send none (Twilio SMS)
+    received_at: datetime | None = None
 
     def header(self, name: str) -> str | None:
         """A header's value, looked up case-insensitively."""
@@ -128,6 +131,20 @@ def json_body(request: WebhookRequest) -> Any:
         return json.loads(request.body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PayloadError(f"body is not valid JSON: {type(exc).__name__}") from None
+
+
+def form_body(request: WebhookRequest, *, max_fields: int = 200) -> list[tuple[str, str]]:
+    """An ``application/x-www-form-urlencoded`` body as (name, value) pairs, strictly parsed.
+
+    PayloadError for a body that is not UTF-8, not well formed, or has too many fields. Blank
+    values are kept: the provider signed them too.
+    """
+    try:
+        text = request.body.decode("utf-8")
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), encoding="utf-8",
+                         errors="strict", max_num_fields=max_fields)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError(f"body is not a well-formed form: {type(exc).__name__}") from None
 
 
 def _reject_constant(name: str) -> Any:

@@ -77,12 +77,14 @@ def receive(source_name: str) -> Any:
         body = _read_body(gw.config.max_body_bytes)
     except PayloadTooLarge as exc:
         return _reject(source.name, 413, exc.message, size, exc.code)
+    received_at = utcnow()
     wreq = WebhookRequest(
         body=body,
         headers=request.headers,
         url=_public_url(source),
         query=request.args.to_dict(),
         content_type=request.content_type or "",
+        received_at=received_at,
     )
     try:
         source.adapter.verify(wreq, source.config.secrets)
@@ -91,7 +93,6 @@ def receive(source_name: str) -> Any:
     except Exception as exc:  # an adapter bug must not turn bad input into a 500
         log.exception("adapter verify raised an undeclared error", extra={"source": source.name})
         return _reject(source.name, 401, f"signature check failed ({type(exc).__name__})", len(body), "invalid_signature")
-    received_at = utcnow()
     try:
         events = source.adapter.parse(wreq)
     except GatewayError as exc:

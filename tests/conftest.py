@@ -20,6 +20,7 @@ import requests
 from gateway.config import Config, SourceConfig
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, STRIPE_SECRET_2
+from tests import signing as _sig
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 API_KEY = "test-api-key-0123456789"
@@ -32,6 +33,12 @@ TEST_ENV = {
     "GATEWAY_API_KEYS": API_KEY + ",second-api-key-abcdefgh",
     "WORKER_SECRETS": f"{STANDARD_SECRET},{STANDARD_SECRET_2}",
     "STRIPE_SECRETS": f"{STRIPE_SECRET},{STRIPE_SECRET_2}",
+    "REPLICATE_SECRETS": f"{_sig.REPLICATE_SECRET},{_sig.REPLICATE_SECRET_2}",
+    "GITHUB_SECRETS": f"{_sig.GITHUB_SECRET},{_sig.GITHUB_SECRET_2}",
+    "TWILIO_TOKENS": f"{_sig.TWILIO_TOKEN},{_sig.TWILIO_TOKEN_2}",
+    "MUX_SECRETS": f"{_sig.MUX_SECRET},{_sig.MUX_SECRET_2}",
+    "RENDER_SECRETS": f"{_sig.RENDER_SECRET},{_sig.RENDER_SECRET_2}",
+    "RENDER_API_KEY": "rnd_test_api_key_0123456789",
 }
 
 #: the sources of the test configuration, as TOML; adapters add theirs here
@@ -48,6 +55,32 @@ secrets_env = "STRIPE_SECRETS"
 adapter = "standard"
 secrets_env = "WORKER_SECRETS"
 auto_register = true
+
+[sources.replicate]
+adapter = "replicate"
+secrets_env = "REPLICATE_SECRETS"
+
+[sources.github]
+adapter = "github"
+secrets_env = "GITHUB_SECRETS"
+
+[sources.twilio]
+adapter = "twilio"
+secrets_env = "TWILIO_TOKENS"
+public_url = "https://gw.example.com/webhooks/twilio"
+
+[sources.twilio-direct]
+adapter = "twilio"
+secrets_env = "TWILIO_TOKENS"
+
+[sources.mux]
+adapter = "mux"
+secrets_env = "MUX_SECRETS"
+
+[sources.render]
+adapter = "render"
+secrets_env = "RENDER_SECRETS"
+api_key_env = "RENDER_API_KEY"
 """
 
 

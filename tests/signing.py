@@ -50,3 +50,49 @@ def iso_now(offset_ms: int = 0) -> str:
     t = time.time() + offset_ms / 1000
     dt = datetime.fromtimestamp(t, tz=timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+# -- the other built-in providers --------------------------------------------------------------
+
+GITHUB_SECRET = "test-github-webhook-secret-1"
+GITHUB_SECRET_2 = "test-github-webhook-secret-2"
+MUX_SECRET = "test-mux-signing-secret-1"
+MUX_SECRET_2 = "test-mux-signing-secret-2"
+TWILIO_TOKEN = "test-twilio-auth-token-0001"
+TWILIO_TOKEN_2 = "test-twilio-auth-token-0002"
+REPLICATE_SECRET = "whsec_" + base64.b64encode(b"test-replicate-secret-0123456789").decode()
+REPLICATE_SECRET_2 = "whsec_" + base64.b64encode(b"test-replicate-secret-rotated-987").decode()
+RENDER_SECRET = "whsec_" + base64.b64encode(b"test-render-secret-0123456789abcd").decode()
+RENDER_SECRET_2 = "whsec_" + base64.b64encode(b"test-render-secret-rotated-98765").decode()
+#: the URL Twilio signs for the test source behind a (pretend) TLS proxy
+TWILIO_PUBLIC_URL = "https://gw.example.com/webhooks/twilio"
+
+
+def github_headers(secret: str, body: bytes, event: str, delivery: str | None = None) -> dict[str, str]:
+    """``X-Hub-Signature-256`` exactly as GitHub's docs compute it: ``sha256=`` + hex HMAC-SHA256 of the body."""
+    import hashlib
+    import hmac
+
+    digest = hmac.new(secret.encode("utf-8"), msg=body, digestmod=hashlib.sha256).hexdigest()
+    return {
+        "X-Hub-Signature-256": "sha256=" + digest, "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()), "Content-Type": "application/json",
+        "User-Agent": "GitHub-Hookshot/8fe3c0f",
+    }
+
+
+def mux_headers(secret: str, body: bytes, ts: int | None = None) -> dict[str, str]:
+    """``Mux-Signature: t=…,v1=…`` as Mux documents it: hex HMAC-SHA256 of ``{t}.{body}``."""
+    import hashlib
+    import hmac
+
+    t = str(int(time.time()) if ts is None else ts)
+    digest = hmac.new(secret.encode("utf-8"), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"Mux-Signature": f"t={t},v1={digest}", "Content-Type": "application/json"}
+
+
+def twilio_headers(token: str, url: str, params: Any) -> dict[str, str]:
+    """``X-Twilio-Signature`` computed by Twilio's own ``RequestValidator``."""
+    from twilio.request_validator import RequestValidator
+
+    return {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params), "Content-Type": "application/x-www-form-urlencoded"}

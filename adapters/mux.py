@@ -1,0 +1,140 @@
+"""Mux Video (https://www.mux.com/docs/core/listen-for-webhooks).
+
+Signature (https://www.mux.com/docs/core/verify-webhook-signatures):
+``Mux-Signature: t=<unix seconds>,v1=<hex>``; signed string ``{t}.{raw body}``, HMAC-SHA256
+with the endpoint's signing secret as-is. The tolerance is the gateway's, both ways. Mux may
+send a message twice even after a 2xx: the body's ``id`` is the event id.
+
+Body: ``type``, ``id``, ``created_at`` (the event time), ``object {type, id}``, ``data`` (the
+upload or asset). The external id is the direct upload's id for the upload and for the asset
+made from it (``data.upload_id``), so one job follows a browser upload from "waiting" to
+"ready"; an asset created from a URL is followed by its asset id. The result is the asset's
+public playback URL (``https://stream.mux.com/{playback_id}.m3u8``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from adapters.base import Adapter, ProviderEvent, WebhookRequest, constant_time_in, json_body, utc_from_iso
+from gateway.errors import PayloadError, SignatureError
+from gateway.states import State
+
+SIGNATURE_HEADER = "Mux-Signature"
+
+Q, P, C, F = State.QUEUED, State.PROCESSING, State.COMPLETE, State.FAILED
+
+#: event ``type`` -> state; other types (``video.asset.updated``, tracks, renditions…) are ignored
+EVENT_STATES: Mapping[str, State] = {
+    "video.upload.created": Q,  # upload URL made, waiting for the file
+    "video.upload.asset_created": P,  # the file arrived; an asset is being prepared
+    "video.upload.cancelled": F,
+    "video.upload.errored": F,
+    "video.asset.created": P,  # status "preparing"
+    "video.asset.ready": C,
+    "video.asset.errored": F,
+}
+
+#: failing type -> (default code, default message)
+FAILURES: Mapping[str, tuple[str, str]] = {
+    "video.upload.cancelled": ("upload_cancelled", "The upload was cancelled."),
+    "video.upload.errored": ("upload_errored", "The upload failed."),
+    "video.asset.errored": ("asset_errored", "Mux could not process the video."),
+}
+
+PLAYBACK_URL = "https://stream.mux.com/{}.m3u8"
+THUMBNAIL_URL = "https://image.mux.com/{}/thumbnail.jpg"
+MAX_ID = 255
+
+
+def _str(value: Any, limit: int = 255) -> str | None:
+    return value[:limit] if isinstance(value, str) and value else None
+
+
+class MuxAdapter(Adapter):
+    """Mux direct uploads and assets, from upload to a playable asset."""
+
+    name = "mux"
+
+    def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
+        header = request.header(SIGNATURE_HEADER)
+        if not header:
+            raise SignatureError("missing Mux-Signature header")
+        items = [part.strip().partition("=") for part in header.split(",")]
+        timestamps = [value for key, _, value in items if key == "t"]
+        given = [value.encode("ascii", "replace") for key, _, value in items if key == "v1" and value]
+        if len(timestamps) != 1 or not (timestamps[0].isascii() and timestamps[0].isdigit()) or not given:
+            raise SignatureError("Mux-Signature is not t=<unix>,v1=<hex>")
+        self.check_timestamp(timestamps[0])
+        signed = timestamps[0].encode("ascii") + b"." + request.body
+        expected = [hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest() for secret in secrets]
+        if not any(constant_time_in(g, expected) for g in given):
+            raise SignatureError("no signature matches any active secret")
+
+    def parse(self, request: WebhookRequest) -> list[ProviderEvent]:
+        event = json_body(request)
+        if not isinstance(event, dict):
+            raise PayloadError("a Mux webhook body is a JSON object")
+        event_id, etype = event.get("id"), event.get("type")
+        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID:
+            raise PayloadError("event id missing")
+        if not isinstance(etype, str) or not etype:
+            raise PayloadError("event type missing")
+        data = event.get("data")
+        obj = event.get("object")
+        if not isinstance(data, dict):
+            raise PayloadError("data missing")
+        object_id = obj.get("id") if isinstance(obj, dict) else None
+        external_id = _str(data.get("upload_id")) if etype.startswith("video.asset.") else None
+        external_id = external_id or _str(object_id) or _str(data.get("id"))
+        if not external_id:
+            raise PayloadError("object.id missing")
+        if "created_at" not in event:
+            raise PayloadError("created_at missing")
+        state = EVENT_STATES.get(etype)
+        return [
+            ProviderEvent(
+                event_id=event_id,
+                external_id=external_id,
+                occurred_at=utc_from_iso(event["created_at"]),
+                state=state,
+                type=etype[:255],
+                error=self._error(etype, data) if state is F else None,
+                result=self._result(data) if state is C else None,
+            )
+        ]
+
+    @staticmethod
+    def _error(etype: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        code, message = FAILURES.get(etype, ("failed", "The video failed."))
+        errors = data.get("errors") if isinstance(data.get("errors"), dict) else data.get("error")
+        if isinstance(errors, dict):
+            code = _str(errors.get("type"), 64) or code
+            messages = errors.get("messages")
+            if isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):
+                message = " ".join(messages)[:2000]
+            elif _str(errors.get("message")):
+                message = errors["message"][:2000]
+        return {"code": code, "message": message, "retryable": True}
+
+    @staticmethod
+    def _result(data: Mapping[str, Any]) -> dict[str, Any]:
+        playback_ids = data.get("playback_ids")
+        public = None
+        if isinstance(playback_ids, list):
+            ids = [p for p in playback_ids if isinstance(p, dict) and _str(p.get("id"), 128)]
+            chosen = next((p for p in ids if p.get("policy") == "public"), ids[0] if ids else None)
+            public = chosen["id"][:128] if chosen else None
+        result: dict[str, Any] = {
+            "url": PLAYBACK_URL.format(public) if public else None,
+            "asset_id": _str(data.get("id")),
+        }
+        if public:
+            result["thumbnail_url"] = THUMBNAIL_URL.format(public)
+        duration = data.get("duration")
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool) and 0 <= duration < 10**9:
+            result["duration"] = duration
+        return result
