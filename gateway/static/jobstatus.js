@@ -494,6 +494,7 @@ export class JobStatusElement extends HTMLElement {
   #parts = {};
   #restartQueued = false;
   #notice = "";
+  #denied = false;                 // the gateway refused the token: nothing is being checked any more
   #lastAnnounced = "";
 
   constructor() {
@@ -547,6 +548,7 @@ export class JobStatusElement extends HTMLElement {
     this.#watcher = null;
     this.#job = null;              // never show a previous job's state
     this.#notice = "";
+    this.#denied = false;
     const id = this.getAttribute("job-id");
     this.#render();
     if (!id || !this.isConnected) return;
@@ -557,7 +559,13 @@ export class JobStatusElement extends HTMLElement {
       transports: transports.length ? transports : undefined,
       onChange: (job) => { this.#job = job; this.#notice = ""; this.#render(); },
       onTransport: (name) => this.setAttribute("transport", name),
-      onError: ({message}) => { this.#notice = message; this.#render(); },
+      onError: ({code}) => {
+        this.#denied = true;
+        this.#notice = code === "token_expired"
+          ? "Live updates stopped: this status link has expired. Reload the page to get a new one."
+          : "Live updates stopped: this page's status link is not valid for this job.";
+        this.#render();
+      },
     });
     this.setAttribute("transport", this.#watcher.transport);
   }
@@ -581,7 +589,9 @@ export class JobStatusElement extends HTMLElement {
     const p = this.#parts;
     const id = this.getAttribute("job-id");
     const job = this.#job;
-    const {state, text} = describe(job, {hasId: Boolean(id), unit: this.getAttribute("unit") || "row"});
+    const described = describe(job, {hasId: Boolean(id), unit: this.getAttribute("unit") || "row"});
+    const {state} = described;
+    const text = state === "loading" && this.#denied ? "Status unavailable" : described.text;
     p.box.dataset.state = state;
     p.icon.textContent = ICONS[state];
     if (p.message.textContent !== text) p.message.textContent = text;

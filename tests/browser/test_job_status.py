@@ -283,3 +283,47 @@ def test_a_stale_answer_never_moves_the_display_back(page, gateway_server: Gatew
     polls(gw, served[0], f"/api/jobs/{job_id}", at_least=1, timeout=15)
     expect(text_of(status)).to_have_text("Processing row 1 of 2 — one")
     assert page.evaluate("window.__states") == []
+
+
+def test_watchjob_close_ends_everything_it_started(page, gateway_server: Gateway) -> None:
+    gw = gateway_server
+    reg = gw.register()
+    job_id = reg["job"]["id"]
+    open_harness(page, gw)
+    page.evaluate("""async ([id, token]) => {
+        const {watchJob} = await import('/static/jobstatus.js');
+        window.__changes = [];
+        window.__watcher = watchJob(id, {token, transports: ['poll'], onChange: (job) => window.__changes.push(job && job.state)});
+    }""", [job_id, reg["token"]])
+    page.wait_for_function("window.__changes.length === 1")
+    assert page.evaluate("window.__changes") == ["queued"]
+    page.evaluate("window.__watcher.close()")
+    closed = time.time()
+    assert page.evaluate("window.__watcher.transport") == "none"
+
+    gw.webhook(reg["external_id"], "processing", progress={"step": "ignored by a closed watcher"})
+    time.sleep(2.5)  # an observation window: the next poll was due 1 s after the first answer
+    assert gw.requests_since(closed, f"/api/jobs/{job_id}") == []
+    assert page.evaluate("window.__changes") == ["queued"]
+
+
+def test_styling_is_overridable_with_custom_properties_and_parts(page, gateway_server: Gateway) -> None:
+    gw = gateway_server
+    reg = gw.register()
+    status = open_harness(page, gw, reg["job"]["id"], reg["token"])
+    page.add_style_tag(content="job-status { --job-status-accent: rgb(1, 2, 3); } job-status::part(label) { color: rgb(4, 5, 6); }")
+    gw.webhook(reg["external_id"], "processing", progress={"current": 1, "total": 2, "step": "styled"}, label="Styled job")
+    expect(text_of(status)).to_have_text("Processing row 1 of 2 — styled")
+    bar = status.locator("[part=bar]")
+    assert bar.evaluate("el => getComputedStyle(el).backgroundColor") == "rgb(1, 2, 3)"
+    assert status.locator("[part=label]").evaluate("el => getComputedStyle(el).color") == "rgb(4, 5, 6)"
+
+
+def test_a_refused_token_says_so_instead_of_checking_forever(page, gateway_server: Gateway) -> None:
+    gw = gateway_server
+    other = gw.register()
+    reg = gw.register()
+    status = open_harness(page, gw, reg["job"]["id"], other["token"])  # a token for another job
+    expect(text_of(status)).to_have_text("Status unavailable")
+    expect(status.get_by_role("alert")).to_have_text("Live updates stopped: this page's status link is not valid for this job.")
+    expect(status).to_have_attribute("transport", "none")
