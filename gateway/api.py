@@ -128,6 +128,10 @@ def worker_event(job_id: str) -> Any:
     with gw.store.transaction() as w:
         w.lock_job(job_id)  # 404 before recording anything
         outcome = w.record_event(API_SOURCE, pe, kind=Kind.WORKER, job_id=job_id)
+        w.trace(job_id, "worker_event", {
+            "source": API_SOURCE, "event_id": event_id, "event_type": pe.type, "decision": outcome.decision.value,
+            "state_before": outcome.state_before, "state_after": outcome.state_after, "request_id": g.request_id,
+        })
     job = gw.store.get_job(job_id)
     assert job is not None
     status = "duplicate" if outcome.decision.value == "duplicate" else "accepted"
@@ -219,7 +223,11 @@ def trace(job_id: str) -> Any:
     gw.auth.require_api_key(request)
     from gateway.trace import build_trace
 
-    data = build_trace(gw.store, _job_id(job_id))
+    data = build_trace(gw.store, job_id)
     if data is None:
-        raise NotFound("no such job", code="job_not_found")
+        from gateway.support import suggest
+
+        hints = [h.as_dict() for h in suggest(gw.store, job_id)]
+        body = {"error": {"code": "job_not_found", "message": "no such job" + ("; closest matches in suggestions" if hints else "")}, "suggestions": hints}
+        return jsonify(body), 404
     return jsonify(data)

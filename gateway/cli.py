@@ -1,10 +1,18 @@
-"""The ``gateway`` command line: serve, migrate, token, adapters, sources, trace."""
+"""The ``gateway`` command line: serve, migrate, trace, find, deliveries, sources, token,
+adapters, prune. Every command reads the same configuration as the server (GATEWAY_CONFIG and
+the environment); listings print aligned text for people and ``--json`` for scripts."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,6 +26,43 @@ def _config(strict: bool = True):  # type: ignore[no-untyped-def]
         return load_config(strict=strict)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
+
+
+def _store():  # type: ignore[no-untyped-def]
+    """A store on the configured database, for read-mostly commands (secrets not required)."""
+    from gateway.db import make_engine
+    from gateway.store import Store
+
+    return Store(make_engine(_config(strict=False).database_url))
+
+
+def _database_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """A database that is down or not migrated is a one-line message, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            fn(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            where = _config(strict=False).database_url.split("@")[-1]
+            cause = exc.__cause__ or exc
+            raise click.ClickException(f"database at {where}: {type(cause).__name__}: {str(cause).splitlines()[0][:200]} "
+                                       "(is it reachable, and migrated with `gateway migrate`?)") from None
+
+    return wrapper
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
 
 
 @click.group()
@@ -41,11 +86,15 @@ def migrate() -> None:
 @click.option("--workers", default=2, show_default=True, type=int)
 @click.option("--worker-connections", default=20000, show_default=True, type=int, help="gevent connections per worker")
 @click.option("--timeout", default=30, show_default=True, type=int)
-def serve(host: str, port: int, workers: int, worker_connections: int, timeout: int) -> None:
-    """Run the gateway under gunicorn's gevent worker."""
+@click.option("--access-log/--no-access-log", default=None, help="gunicorn access log on stderr, query strings dropped (default: GATEWAY_ACCESS_LOG)")
+def serve(host: str, port: int, workers: int, worker_connections: int, timeout: int, access_log: bool | None) -> None:
+    """Run the gateway under gunicorn's gevent worker (config: gateway/gunicorn_conf.py)."""
     _config()  # fail here, with the key named, before gunicorn forks
+    from gateway.migrate import ROOT
+
     args = [
         sys.executable, "-m", "gunicorn", "wsgi:app",
+        "--config", str(Path(__file__).with_name("gunicorn_conf.py")),
         "--worker-class", "gevent",
         "--workers", str(workers),
         "--worker-connections", str(worker_connections),
@@ -53,12 +102,11 @@ def serve(host: str, port: int, workers: int, worker_connections: int, timeout: 
         "--timeout", str(timeout),
         "--graceful-timeout", "10",
         "--no-control-socket",
-        "--access-logfile", "-" if os.environ.get("GATEWAY_ACCESS_LOG") else "/dev/null",
     ]
-    from gateway.migrate import ROOT
-
     os.chdir(os.environ.get("GATEWAY_WORKDIR", os.getcwd()))
     env = dict(os.environ)
+    if access_log is not None:
+        env["GATEWAY_ACCESS_LOG"] = "1" if access_log else ""
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     click.echo(f"gateway listening on http://{host}:{port}/ ({workers} workers)", err=True)
     os.execvpe(args[0], args, env)
@@ -93,30 +141,150 @@ def adapters() -> None:
 
 
 @main.command()
-def sources() -> None:
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def sources(as_json: bool) -> None:
     """List configured sources and whether their secrets are set (never the secrets)."""
     config = _config(strict=False)
-    if not config.sources:
+    rows = [
+        {"name": name, "adapter": sc.adapter, "secrets_env": sc.secrets_env, "secrets_set": len(sc.secrets),
+         "callback_url": sc.callback_url, "auto_register": sc.auto_register}
+        for name, sc in sorted(config.sources.items())
+    ]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
         click.echo("no sources configured (GATEWAY_CONFIG)")
-    for name, sc in sorted(config.sources.items()):
-        state = f"{len(sc.secrets)} secret(s) set" if sc.secrets else "SECRETS NOT SET"
-        click.echo(f"{name:<16} adapter={sc.adapter:<10} {sc.secrets_env}: {state}")
+        return
+    click.echo(_table(
+        [[r["name"], r["adapter"], r["secrets_env"], f"{r['secrets_set']} set" if r["secrets_set"] else "NOT SET",
+          f"/webhooks/{r['name']}"] for r in rows],
+        ["SOURCE", "ADAPTER", "SECRETS FROM", "SECRETS", "ENDPOINT"],
+    ))
 
 
 @main.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="print the trace as JSON")
-def trace(job_id: str, as_json: bool) -> None:
+@click.option("--all", "show_all", is_flag=True, help="every row, no folding of progress runs")
+@_database_errors
+def trace(job_id: str, as_json: bool, show_all: bool) -> None:
     """Print everything that happened to a job, in time order."""
-    from gateway.db import make_engine
-    from gateway.store import Store
+    from gateway.support import suggest
     from gateway.trace import build_trace, render_trace
 
-    config = _config(strict=False)
-    data = build_trace(Store(make_engine(config.database_url)), job_id)
+    store = _store()
+    data = build_trace(store, job_id.strip())
+    resolved = None
     if data is None:
-        raise click.ClickException(f"no job {job_id}")
-    click.echo(json.dumps(data, indent=2) if as_json else render_trace(data))
+        hints = suggest(store, job_id)
+        exact = [h for h in hints if h.exact]
+        if len(exact) == 1:  # the ticket had the external id or a provider event id: that names one job
+            resolved = exact[0]
+            data = build_trace(store, resolved.job_id)
+    if data is None:
+        if as_json:
+            _echo_json({"error": {"code": "job_not_found", "message": f"no job {job_id}"}, "suggestions": [h.as_dict() for h in hints]})
+            sys.exit(1)
+        lines = [f"no job {job_id}"]
+        if hints:
+            lines.append("closest matches:")
+            lines += [f"  {h.job_id}  {h.source}/{h.external_id}  {h.state}  ({h.matched})" for h in hints]
+        else:
+            lines.append("no job has a similar id, external id or label (try `gateway find <text>`)")
+        raise click.ClickException("\n".join(lines))
+    if resolved is not None:
+        click.echo(f"({job_id} is the {resolved.matched} of {resolved.job_id})", err=True)
+    click.echo(json.dumps(data, indent=2) if as_json else render_trace(data, show_all=show_all))
+
+
+@main.command()
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@_database_errors
+def find(text: str, as_json: bool, limit: int) -> None:
+    """Find jobs by job id prefix, external id, provider event id or label."""
+    from gateway.support import find_jobs
+
+    hits = find_jobs(_store(), text, limit)
+    if as_json:
+        _echo_json([h.as_dict() for h in hits])
+        return
+    if not hits:
+        raise click.ClickException(f"no job matches {text!r} (by id prefix, external id, event id or label)")
+    click.echo(_table(
+        [[h.job_id, h.state, f"{h.source}/{h.external_id}", (h.label or "")[:40], h.updated_at or "", h.matched] for h in hits],
+        ["JOB", "STATE", "SOURCE/EXTERNAL ID", "LABEL", "UPDATED", "MATCHED"],
+    ))
+
+
+_SINCE = re.compile(r"^(\d+)([smhd])$")
+
+
+def _since(value: str | None) -> Any:
+    if not value:
+        return None
+    m = _SINCE.match(value.strip())
+    if not m:
+        raise click.BadParameter("a duration like 30m, 6h or 2d", param_hint="--since")
+    from gateway.store import utcnow
+
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+    return utcnow() - timedelta(**{unit: int(m.group(1))})
+
+
+@main.command()
+@click.option("--rejected", is_flag=True, help="only deliveries answered 4xx: bad signature, unknown source, too large, unreadable")
+@click.option("--source", default=None, help="only this source")
+@click.option("--job", "job_id", default=None, help="only deliveries for this job")
+@click.option("--since", default=None, help="only newer than this, e.g. 30m, 6h, 2d")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+@_database_errors
+def deliveries(rejected: bool, source: str | None, job_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """List recent webhook deliveries, newest first (bodies are never kept)."""
+    from gateway.support import list_deliveries
+
+    rows = list_deliveries(_store(), rejected=rejected, source=source, job_id=job_id, since=_since(since), limit=limit)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no rejected deliveries" if rejected else "no deliveries")
+        return
+    if rejected:
+        table = [[r["received_at"], r["source"], str(r["status"]), (r["reason"] or "")[:60], str(r["size"]),
+                  r["remote_addr"] or "", r["request_id"] or ""] for r in rows]
+        click.echo(_table(table, ["RECEIVED", "SOURCE", "STATUS", "REASON", "BYTES", "FROM", "REQUEST ID"]))
+        return
+    table = [[r["received_at"], r["source"], str(r["status"]), r["decision"] or r["outcome"], (r["event_id"] or "")[:32],
+              r["job_id"] or (r["reason"] or "")[:40]] for r in rows]
+    click.echo(_table(table, ["RECEIVED", "SOURCE", "STATUS", "DECISION", "EVENT", "JOB / REASON"]))
+
+
+@main.command()
+@click.option("--days", type=click.IntRange(1, None), default=None, help="retention in days (default: gateway.retention_days)")
+@click.option("--dry-run", is_flag=True, help="count what would go, delete nothing")
+@click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+@_database_errors
+def prune(days: int | None, dry_run: bool, as_json: bool) -> None:
+    """Delete deliveries, trace rows and events older than the retention; never a job's state.
+
+    See gateway/support.py for the exact rule."""
+    from gateway.support import prune as do_prune
+
+    config = _config(strict=False)
+    report = do_prune(_store(), days or config.retention_days, dry_run=dry_run)
+    if as_json:
+        _echo_json({**report.as_dict(), "dry_run": dry_run})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} history older than {report.cutoff}: {report.deliveries} deliveries, {report.trace} trace rows, "
+               f"{report.held_events} held events, {report.job_events} events of {report.jobs_thinned} complete jobs")
+    if report.jobs_kept_whole:
+        click.echo(f"kept every event of {report.jobs_kept_whole} complete job(s) whose history could not be thinned safely, "
+                   f"e.g. {', '.join(report.kept_whole_sample[:3])}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def _public_url(source: Source) -> str:
 def _reject(source_name: str, status: int, reason: str, size: int, code: str) -> Any:
     """Keep a rejected delivery (never its body) and answer with the contract's error."""
     gw = gateway()
-    gw.metrics.webhooks.labels(source=source_name[:64], outcome="rejected").inc()
+    label = source_name if source_name in gw.sources else "_unknown"  # a URL is not a metric label
+    gw.metrics.webhooks.labels(source=label, outcome="rejected").inc()
     log.info("webhook rejected", extra={"source": source_name[:64], "status": status, "reason": reason, "request_id": g.request_id})
     try:
         with gw.store.transaction() as w:

@@ -148,6 +148,7 @@ class Writer:
         self.changes: list[Change] = []
         self._before: dict[str, tuple[Any, ...]] = {}
         self._touched: dict[str, Job] = {}
+        self._traces: list[TraceEntry] = []  # written by finish_changes, stamped with the job's version
 
     # -- events -----------------------------------------------------------------------------
 
@@ -337,7 +338,8 @@ class Writer:
     # -- trace and deliveries -----------------------------------------------------------------
 
     def trace(self, job_id: str, what: str, detail: dict[str, Any] | None = None, *, at: datetime | None = None) -> None:
-        self.session.add(TraceEntry(job_id=job_id, at=at or utcnow(), what=what, detail=detail))
+        """A line in the job's trace; it is written with the job's version once the changes are finished."""
+        self._traces.append(TraceEntry(job_id=job_id, at=at or utcnow(), what=what, detail=detail))
 
     def add_delivery(self, **values: Any) -> None:
         values.setdefault("received_at", utcnow())
@@ -354,6 +356,12 @@ class Writer:
                 self.changes.append(Change(job_id, job.version))
         self._touched.clear()
         self._before.clear()
+        for entry in self._traces:
+            job = self.session.get(Job, entry.job_id)
+            if job is not None and "version" not in (entry.detail or {}):
+                entry.detail = {**(entry.detail or {}), "version": job.version}
+            self.session.add(entry)
+        self._traces.clear()
         self.session.flush()
 
     def _store_view(self, job: Job, view: states.JobView) -> None:

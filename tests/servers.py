@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "gateway" / "gunicorn_conf.py"  # what `gateway serve` runs with
 
 
 def free_port() -> int:
@@ -33,6 +34,8 @@ class Server:
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
     extra_args: tuple[str, ...] = ()
+    app: str = "wsgi:app"
+    argv: tuple[str, ...] | None = None  # a whole command instead of gunicorn's (e.g. ``gateway serve``)
 
     @property
     def url(self) -> str:
@@ -41,10 +44,13 @@ class Server:
     def start(self, timeout: float = 30) -> "Server":
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        argv = self.argv or (
+            sys.executable, "-m", "gunicorn", self.app, "--config", str(GUNICORN_CONF), "--worker-class", "gevent",
+            "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}", "--no-control-socket", "--timeout", "30",
+            "--graceful-timeout", "5", "--worker-connections", "5000", *self.extra_args,
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "wsgi:app", "--worker-class", "gevent", "--workers", str(self.workers),
-             "--bind", f"127.0.0.1:{self.port}", "--no-control-socket", "--timeout", "30", "--graceful-timeout", "5",
-             "--worker-connections", "5000", *self.extra_args],
+            list(argv),
             cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
         )
         deadline = time.monotonic() + timeout

@@ -1,0 +1,56 @@
+"""gunicorn settings for ``gateway serve`` and the test servers (``gunicorn -c <this file>``).
+
+* Metrics across workers: prometheus-client's multiprocess mode needs PROMETHEUS_MULTIPROC_DIR
+  set before any worker creates a metric, and the directory empty at start. ``on_starting``
+  (the master, before the first fork) sets it to a fresh directory, or empties the one the
+  operator set; ``child_exit`` marks a dead worker's live gauges gone.
+* Logs: gunicorn's own lines in the gateway's format on stderr; the access log, when enabled
+  (GATEWAY_ACCESS_LOG=1), records the path without the query string, so ``?token=`` never
+  reaches it.
+
+The master imports nothing of the app and not psycopg (it decides at import time whether
+gevent patched ``select``; the workers patch first, then load ``wsgi:app``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from gateway.logs import ACCESS_LOG_FORMAT, gunicorn_logconfig
+
+_OWNED_DIR = "GATEWAY_OWNS_PROMETHEUS_DIR"
+
+access_log_format = ACCESS_LOG_FORMAT
+logconfig_dict = gunicorn_logconfig(bool(os.environ.get("GATEWAY_ACCESS_LOG")))
+
+
+def on_starting(server: Any) -> None:
+    """Give the workers a clean multiprocess metrics directory."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    else:
+        path = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ[_OWNED_DIR] = path
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    server.log.info("metrics directory %s", path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: its live gauges (connections, subscriptions) no longer count."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory this master made."""
+    owned = os.environ.get(_OWNED_DIR)
+    if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(owned, ignore_errors=True)
