@@ -13,7 +13,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, ARTIFACTS
 from tests.browser.conftest import SUPPORT_EMAIL, Gateway, new_job_id, open_harness, screenshot, wait_until, watch
 
 pytestmark = pytest.mark.browser
@@ -205,7 +205,9 @@ def test_polls_on_the_backoff_schedule_when_websocket_and_sse_are_blocked(page, 
     expect(status).to_have_attribute("state", "processing")
     seen = len(gw.requests_since(mark, path))
     after = polls(gw, mark, path, at_least=seen + 2, timeout=10)
-    assert_schedule([b - a for a, b in zip(after[seen - 1:], after[seen:])][:2], [1, 2])
+    reset = [b - a for a, b in zip(after[seen - 1:], after[seen:])][:2]
+    (ARTIFACTS / "poll-schedule.json").write_text(json.dumps({"unchanged": [round(g, 3) for g in gaps[:5]], "after_change": [round(g, 3) for g in reset]}))
+    assert_schedule(reset, [1, 2])
 
     # complete is terminal: no poll follows (the next would have come 1 s after the change)
     gw.webhook(reg["external_id"], "complete")
@@ -254,6 +256,7 @@ def test_a_dropped_websocket_reconnects_with_jitter_and_resumes_from_its_last_ve
     assert len(routes) == 2 and subscribes()[1] == {"type": "subscribe", "job": job_id, "token": token, "since": shown}
     # the first reconnect waits 0.5-1 s (half fixed, half random): never at once, never long
     (reconnected,) = gw.requests_since(dropped, "/ws")
+    (ARTIFACTS / "ws-reconnect.json").write_text(json.dumps({"reconnect_after_s": round(reconnected - dropped, 3)}))
     assert 0.45 <= reconnected - dropped <= 2.5
     expect(status).to_have_attribute("transport", "websocket")
 
