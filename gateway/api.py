@@ -17,6 +17,7 @@ from gateway.config import SOURCE_NAME_RE
 from gateway.errors import BadRequest, NotFound
 from gateway.jobjson import job_json
 from gateway.models import Job
+from gateway.outbox import outbox_of
 from gateway.states import Kind
 from gateway.store import API_SOURCE, JOB_ID_RE
 
@@ -210,6 +211,7 @@ def retry(job_id: str) -> Any:
     who = gw.auth.require_job(request, job_id, "retry")
     with gw.store.transaction() as w:
         job = w.retry(_job_id(job_id), by=who.name)
+        outbox_of(gw).enqueue_callback(w, job)  # durable with the retry itself
     log.info("retry requested", extra={"job_id": job.id, "attempt": job.attempt, "request_id": g.request_id})
     hook = gw.extras.get("on_retry")
     if hook is not None:

@@ -131,6 +131,10 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
         demo = None  # type: ignore[assignment]
     if demo is not None and hasattr(demo, "init_app"):
         demo.init_app(app, gw)
+    from gateway import outbox, watchdog
+
+    outbox.init_app(app, gw)
+    watchdog.init_app(app, gw)
     _install_request_hooks(app)
     _install_error_handlers(app)
     if background:

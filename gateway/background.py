@@ -22,6 +22,7 @@ class Task:
     name: str
     interval: float
     fn: Callable[[], object]
+    wake: threading.Event | None = None  # set it to run the task now instead of at the interval
 
 
 @dataclass
@@ -30,11 +31,13 @@ class Background:
     _stop: threading.Event = field(default_factory=threading.Event)
     _started_pid: int | None = None
 
-    def every(self, seconds: float, name: str) -> Callable[[Callable[[], object]], Callable[[], object]]:
-        """Decorator: run ``fn`` every ``seconds`` once started."""
+    def every(
+        self, seconds: float, name: str, *, wake: threading.Event | None = None
+    ) -> Callable[[Callable[[], object]], Callable[[], object]]:
+        """Decorator: run ``fn`` every ``seconds`` once started, and at once whenever ``wake`` is set."""
 
         def register(fn: Callable[[], object]) -> Callable[[], object]:
-            self.tasks.append(Task(name, seconds, fn))
+            self.tasks.append(Task(name, seconds, fn, wake))
             if self._started_pid == os.getpid():
                 self._spawn(self.tasks[-1])
             return fn
@@ -52,10 +55,21 @@ class Background:
 
     def stop(self) -> None:
         self._stop.set()
+        for task in self.tasks:
+            if task.wake is not None:
+                task.wake.set()
 
     def _spawn(self, task: Task) -> None:
+        def pause() -> bool:
+            """Wait for the interval (or the wake-up); True when the task should stop."""
+            if task.wake is None:
+                return self._stop.wait(task.interval)
+            task.wake.wait(task.interval)
+            task.wake.clear()
+            return self._stop.is_set()
+
         def loop() -> None:
-            while not self._stop.wait(task.interval):
+            while not pause():
                 try:
                     task.fn()
                 except Exception:  # a failing task logs and tries again next interval

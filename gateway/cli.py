@@ -1,5 +1,5 @@
 """The ``gateway`` command line: serve, migrate, trace, find, deliveries, sources, token,
-adapters, prune. Every command reads the same configuration as the server (GATEWAY_CONFIG and
+adapters, prune, outbox. Every command reads the same configuration as the server (GATEWAY_CONFIG and
 the environment); listings print aligned text for people and ``--json`` for scripts."""
 
 from __future__ import annotations
@@ -285,6 +285,32 @@ def prune(days: int | None, dry_run: bool, as_json: bool) -> None:
     if report.jobs_kept_whole:
         click.echo(f"kept every event of {report.jobs_kept_whole} complete job(s) whose history could not be thinned safely, "
                    f"e.g. {', '.join(report.kept_whole_sample[:3])}")
+
+
+@main.command()
+@click.option("--requeue", "requeue_id", type=int, default=None, help="give a dead row a fresh set of tries")
+def outbox(requeue_id: int | None) -> None:
+    """List outbound calls not delivered yet (retry callbacks, details fetches), or requeue a dead one."""
+    from gateway.db import make_engine
+    from gateway.errors import GatewayError
+    from gateway.jobjson import iso
+    from gateway.outbox import owed, requeue
+    from gateway.store import Store
+
+    store = Store(make_engine(_config(strict=False).database_url))
+    if requeue_id is not None:
+        try:
+            row = requeue(store, requeue_id, by="cli")
+        except GatewayError as exc:
+            raise click.ClickException(exc.message) from None
+        click.echo(f"row {row.id} ({row.kind} for {row.job_id or '-'}) is pending again")
+        return
+    rows = owed(store)
+    if not rows:
+        click.echo("nothing owed: every outbound call was delivered")
+    for r in rows:
+        due = iso(r.next_attempt_at) if r.status == "pending" else "-"
+        click.echo(f"{r.id:<6} {r.status:<8} {r.kind:<9} {r.job_id or '-':<32} tries={r.attempts:<3} next={due}  {r.last_error or ''}".rstrip())
 
 
 if __name__ == "__main__":

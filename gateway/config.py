@@ -48,6 +48,12 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "redis_url": (str, "redis://127.0.0.1:6379/0"),
     "support_email": (str, "support@example.com"),
     "demo": (bool, False),
+    "outbox_interval": (int, 5),
+    "outbox_timeout": (int, 10),
+    "outbox_backoff": (int, 2),
+    "outbox_backoff_max": (int, 3600),
+    "outbox_max_attempts": (int, 15),
+    "watchdog_interval": (int, 10),
 }
 
 
@@ -92,6 +98,12 @@ class Config:
     redis_url: str = "redis://127.0.0.1:6379/0"
     support_email: str = "support@example.com"
     demo: bool = False
+    outbox_interval: int = 5  # seconds between outbox sweeps (an enqueue in this process wakes it at once)
+    outbox_timeout: int = 10  # seconds for one outbound HTTP call
+    outbox_backoff: int = 2  # seconds before the second try; doubles each try, with jitter
+    outbox_backoff_max: int = 3600
+    outbox_max_attempts: int = 15  # then the row is given up ("dead") and the trace says so
+    watchdog_interval: int = 10  # seconds between stall checks
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # never print secrets

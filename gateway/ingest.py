@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from adapters.base import ProviderEvent, WebhookRequest
 from gateway.app import Source, error_response, gateway
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
+from gateway.outbox import outbox_of
 from gateway.states import Decision
 from gateway.store import Outcome, Writer, utcnow
 
@@ -107,10 +108,12 @@ def receive(source_name: str) -> Any:
         for pe in events:
             outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at)
             w.finish_changes()
+            if pe.needs_details and outcome.decision is not Decision.DUPLICATE:
+                outbox_of(gw).enqueue_details(w, source.name, pe, outcome.job_id)
             outcomes.append((pe, outcome))
             w.add_delivery(
                 received_at=received_at, source=source.name, status=200,
-                outcome=_outcome_name(outcome.decision, pe.state is None), event_id=pe.event_id[:255],
+                outcome=_outcome_name(outcome.decision, pe.state is None and not pe.needs_details), event_id=pe.event_id[:255],
                 event_type=(pe.type or "")[:255] or None, external_id=pe.external_id[:255], job_id=outcome.job_id,
                 decision=outcome.decision.value, state_before=outcome.state_before, state_after=outcome.state_after,
                 version=w.version_of(outcome.job_id), size=len(body), remote_addr=request.remote_addr, request_id=g.request_id,
@@ -143,7 +146,7 @@ def _status(outcomes: list[Any]) -> str:
     decisions = [o.decision for _, o in outcomes]
     if all(d is Decision.DUPLICATE for d in decisions):
         return "duplicate"
-    if all(pe.state is None or o.decision is Decision.DUPLICATE for pe, o in outcomes):
+    if all((pe.state is None and not pe.needs_details) or o.decision is Decision.DUPLICATE for pe, o in outcomes):
         return "ignored"
     return "accepted"
 

@@ -27,6 +27,8 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
         )
         self.jobs_by_state = Gauge("gateway_jobs", "Jobs by state (sampled at scrape)", ["state"], registry=r, multiprocess_mode="mostrecent")
+        self.outbox_tries = Counter("gateway_outbox_tries", "Outbound calls tried (callbacks, details) by outcome", ["kind", "outcome"], registry=r)
+        self.stalls = Counter("gateway_jobs_stalled", "Jobs the watchdog failed as stalled", ["source"], registry=r)
 
     def render(self) -> bytes:
         """The exposition text; in multiprocess mode, merged over every worker's files."""

@@ -133,3 +133,26 @@ class TraceEntry(Base):
     at: Mapped[datetime]
     what: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, Any] | None]
+
+
+class OutboxItem(Base):
+    """One outbound call the gateway owes someone (a retry callback, a details fetch), kept until
+    it succeeds or gives up, so it survives restarts; see gateway.outbox."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255))  # idempotency key; the callback's webhook-id
+    kind: Mapped[str] = mapped_column(String(16))  # callback / details
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(Text)  # the URL, when known at enqueue time
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending / delivered / dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]  # due time; a claimed row's lease runs until then
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("key", name="uq_outbox_key"), Index("ix_outbox_due", "status", "next_attempt_at"))

@@ -12,6 +12,11 @@ The rules, in the order ``apply`` checks them:
    The same state is applied (it may carry newer progress, queue position or label).
 5. A link to the next attempt's (source, external_id) opens that attempt in ``queued``, unless
    the current attempt is fresh or already driven by that id, in which case it only binds it.
+6. A watchdog failure ("stalled": no news for the source's ``stall_after``) is a presumption,
+   not the provider's word. It applies only to a job still ``queued`` or ``processing``
+   (otherwise it is ``stale``), and a newer event of the attempt's own provider or worker
+   *resumes* that attempt instead of opening the next one. A retry or a link still opens
+   the next attempt, as after any failure.
 
 Because the fold is a pure function of the event *set* (duplicates are dropped by event id
 before it runs), any arrival order and any duplication end in the same job.
@@ -104,6 +109,7 @@ class JobView:
     attempt_key: Key | None = None
     attempt_fresh: bool = True
     queued_by_event: bool = False
+    stalled: bool = False  # the current failure is the watchdog's presumption (rule 6)
     last: tuple[datetime, int, str] | None = None  # sort key of the last event folded in
 
     def public(self) -> tuple[Any, ...]:
@@ -160,9 +166,13 @@ def apply(view: JobView, event: Event, links: Iterable[Link] = ()) -> tuple[JobV
         return view, Decision.IGNORED
     if view.state is State.COMPLETE:
         return view, Decision.STALE
+    if event.kind is Kind.WATCHDOG and view.state is not State.QUEUED and view.state is not State.PROCESSING:
+        return view, Decision.STALE
     if view.state is State.FAILED:
         if view.failed_at is not None and event.occurred_at <= view.failed_at:
             return view, Decision.STALE
+        if view.stalled and event.kind in (Kind.PROVIDER, Kind.WORKER):
+            return _enter(view, event), Decision.APPLIED  # the attempt was only presumed dead: it resumes
         view = _next_attempt(view, event.occurred_at, key=event.key if event.kind is not Kind.RETRY else None)
         return _enter(view, event), Decision.APPLIED
     if RANK[event.state] < RANK[view.state]:
@@ -210,6 +220,7 @@ def _next_attempt(view: JobView, at: datetime, key: Key | None) -> JobView:
         error=None,
         result=None,
         failed_at=None,
+        stalled=False,
     )
 
 
@@ -250,6 +261,7 @@ def _enter(view: JobView, event: Event) -> JobView:
         error=normalize_error(event.error) if new is State.FAILED else None,
         result=(dict(event.result) if event.result is not None else None) if new is State.COMPLETE else None,
         failed_at=at if new is State.FAILED else None,
+        stalled=new is State.FAILED and event.kind is Kind.WATCHDOG,
         attempt_key=view.attempt_key or event.key,
         attempt_fresh=False,
     )

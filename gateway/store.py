@@ -113,6 +113,8 @@ class Store:
                     self.bus.publish_in_transaction(session, writer.changes)
         if writer.changes:
             self.bus.published(writer.changes)
+        for fn in writer.committed:
+            fn()
 
     def write(self, fn: Callable[[Writer], T], attempts: int = 3) -> tuple[T, list[Change]]:
         """Run ``fn`` in one transaction, again from the start if PostgreSQL reports a transient
@@ -149,6 +151,12 @@ class Writer:
         self._before: dict[str, tuple[Any, ...]] = {}
         self._touched: dict[str, Job] = {}
         self._traces: list[TraceEntry] = []  # written by finish_changes, stamped with the job's version
+        self.committed: list[Callable[[], None]] = []  # run after the commit (e.g. wake the outbox)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once this transaction has committed (never if it rolls back)."""
+        if fn not in self.committed:
+            self.committed.append(fn)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -481,6 +489,7 @@ def fold_of(view: states.JobView) -> dict[str, Any]:
         "attempt_key": list(view.attempt_key) if view.attempt_key else None,
         "attempt_fresh": view.attempt_fresh,
         "queued_by_event": view.queued_by_event,
+        "stalled": view.stalled,
         "last": [view.last[0].isoformat(), view.last[1], view.last[2]] if view.last else None,
     }
 
@@ -505,6 +514,7 @@ def view_of(job: Job) -> states.JobView:
         attempt_key=(key[0], key[1]) if key else None,
         attempt_fresh=f.get("attempt_fresh", True),
         queued_by_event=f.get("queued_by_event", False),
+        stalled=f.get("stalled", False),
         last=(datetime.fromisoformat(last[0]), last[1], last[2]) if last else None,
     )
 

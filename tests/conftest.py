@@ -170,7 +170,9 @@ def make_config(db_url: str, tmp_path: Path, **env: str) -> Config:
 def app(db_url: str, tmp_path: Path) -> Any:
     from gateway.app import create_app
 
-    return create_app(make_config(db_url, tmp_path))
+    app = create_app(make_config(db_url, tmp_path))
+    yield app
+    app.extensions["gateway"].background.stop()  # no dispatcher outlives its test (or its database)
 
 
 @pytest.fixture

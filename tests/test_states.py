@@ -96,8 +96,13 @@ def histories(draw):
             fields["queue"] = {"position": draw(st.integers(1, 9))}
         if draw(st.booleans()):
             fields["label"] = draw(st.sampled_from(["x", "y"]))
-        kind = Kind.RETRY if state is State.QUEUED and draw(st.integers(0, 5)) == 0 else Kind.PROVIDER
-        events.append(ev(f"e{i}", draw(st.integers(0, 6)) * 100, state, kind=kind, key=None if kind is Kind.RETRY else K1, **fields))
+        kind = Kind.PROVIDER
+        if state is State.QUEUED and draw(st.integers(0, 5)) == 0:
+            kind = Kind.RETRY
+        elif state is State.FAILED and draw(st.integers(0, 3)) == 0:
+            kind, fields["error"] = Kind.WATCHDOG, {"code": "stalled", "retryable": True}
+        key = K1 if kind is Kind.PROVIDER else None
+        events.append(ev(f"e{i}", draw(st.integers(0, 6)) * 100, state, kind=kind, key=key, **fields))
     return events
 
 
@@ -142,5 +147,5 @@ def test_complete_never_changes_and_no_state_moves_back_within_an_attempt(events
         view, _ = states.apply(view, e, (Link(K1, None),))
         if before.state is State.COMPLETE:
             assert public(view)[:7] == public(before)[:7]
-        if view.attempt == before.attempt:
+        if view.attempt == before.attempt and not before.stalled:  # rule 6: a stall may resume
             assert states.RANK[view.state] >= states.RANK[before.state]

@@ -1,0 +1,417 @@
+"""The outbox: outbound HTTP calls the gateway owes, kept in the database until they succeed.
+
+A row is written in the same transaction as the change that owes it (a retry owes the
+integrator a callback; a thin webhook owes a details fetch), so a call is never lost and never
+made for a change that rolled back. Any worker process claims due rows — PostgreSQL with
+``FOR UPDATE SKIP LOCKED``, SQLite through ``BEGIN IMMEDIATE``, which serializes claimers — and
+leases them by pushing ``next_attempt_at`` past the call's worst-case duration, so a process
+that dies mid-call leaves the row to another one after the lease. The HTTP call runs outside
+any transaction; its result is recorded in a new one, with a line in the job's trace for every
+try. Failed tries are retried with exponential backoff and equal jitter (``outbox_backoff``
+seconds doubling to ``outbox_backoff_max``, a ``Retry-After`` header is honoured) until a 2xx
+or ``outbox_max_attempts``, after which the row is ``dead`` and the trace says so; ``410 Gone``
+gives up at once (Standard Webhooks: the endpoint is disabled). Delivery is at least once: a
+process killed between the receiver's 2xx and the commit sends again, with the same
+``webhook-id``, which receivers deduplicate on.
+
+Kinds:
+
+- ``callback``: a Standard Webhooks–signed POST of ``{"type": "job.retry_requested",
+  "timestamp": …, "data": <job JSON>}`` to the source's ``callback_url``. The secret is the
+  environment variable named by the source's ``callback_secret_env``, else the source's first
+  webhook secret (``secrets_env``); either way a ``whsec_…`` Standard Webhooks secret. The
+  ``webhook-id`` is the row's key (``msg_retry_<job>_<attempt>``), the same on every try.
+- ``details``: for adapters whose webhooks are too thin to know the state
+  (``ProviderEvent.needs_details``): the GET that ``Adapter.details_request`` describes, with
+  the source's API key from ``api_key_env``; what ``Adapter.parse_details`` returns is
+  recorded through ``Writer.record_event``. 429 and 5xx are retried; any other answer goes to
+  the adapter, and an answer it cannot read gives up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from sqlalchemy import delete, select
+from standardwebhooks.webhooks import Webhook
+
+from adapters.base import ProviderEvent
+from gateway.config import SourceConfig
+from gateway.errors import ConfigError, Conflict, GatewayError, NotFound
+from gateway.jobjson import iso, job_json
+from gateway.models import Job, OutboxItem
+from gateway.states import State
+from gateway.store import Store, Writer, utcnow
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from gateway.app import Gateway
+
+log = logging.getLogger("gateway.outbox")
+
+CALLBACK = "callback"
+DETAILS = "details"
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+RETRY_REQUESTED = "job.retry_requested"
+MAX_DETAILS_BYTES = 1024 * 1024
+USER_AGENT = "job-webhook-gateway (outbox)"
+
+
+def backoff(attempts: int, base: float, cap: float, rnd: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after ``attempts`` failed tries: ``base·2^(attempts-1)`` capped at ``cap``,
+    half of it fixed and half random (equal jitter), so retries spread out but never bunch at 0."""
+    ceiling = min(float(cap), float(base) * 2.0 ** min(max(attempts - 1, 0), 40))
+    return ceiling / 2 + rnd() * ceiling / 2
+
+
+def callback_secret(source: SourceConfig, env: Mapping[str, str]) -> str | None:
+    """The secret that signs the source's callbacks: ``callback_secret_env``, else its first webhook secret."""
+    if source.callback_secret_env:
+        return (env.get(source.callback_secret_env) or "").strip() or None
+    return source.secrets[0] if source.secrets else None
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL without credentials or query string, fit for logs and the trace."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def event_to_json(pe: ProviderEvent) -> dict[str, Any]:
+    """A ProviderEvent as JSON, to wait in an outbox row."""
+    return {
+        "event_id": pe.event_id, "external_id": pe.external_id, "occurred_at": pe.occurred_at.isoformat(),
+        "state": pe.state.value if pe.state else None, "type": pe.type, "progress": pe.progress, "queue": pe.queue,
+        "error": pe.error, "result": pe.result, "label": pe.label, "needs_details": pe.needs_details,
+    }
+
+
+def event_from_json(data: Mapping[str, Any]) -> ProviderEvent:
+    """The ProviderEvent that ``event_to_json`` stored."""
+    return ProviderEvent(
+        event_id=data["event_id"], external_id=data["external_id"], occurred_at=datetime.fromisoformat(data["occurred_at"]),
+        state=State(data["state"]) if data.get("state") else None, type=data.get("type") or "", progress=data.get("progress"),
+        queue=data.get("queue"), error=data.get("error"), result=data.get("result"), label=data.get("label"),
+        needs_details=bool(data.get("needs_details")),
+    )
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one try came to."""
+
+    ok: bool = False
+    status: int | None = None
+    error: str | None = None
+    give_up: bool = False
+    retry_after: float | None = None
+    events: list[ProviderEvent] = field(default_factory=list)
+
+
+class Outbox:
+    """Enqueues outbound calls inside writers' transactions and delivers them in the background."""
+
+    def __init__(self, gw: Gateway, *, batch: int = 20):
+        self.gw = gw
+        self.batch = batch
+        self.wake = threading.Event()  # set after a commit that enqueued: this process sends at once
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claimed row stays out of other claimers' reach: longer than any one call."""
+        return timedelta(seconds=3 * max(self.gw.config.outbox_timeout, 1) + 5)
+
+    # -- enqueue (inside the caller's transaction) ----------------------------------------------
+
+    def enqueue(self, w: Writer, *, kind: str, key: str, source: str, job_id: str | None, payload: dict[str, Any], target: str | None = None) -> bool:
+        """Add a row in ``w``'s transaction (once per key); the dispatcher wakes after the commit."""
+        now = utcnow()
+        row = dict(key=key, kind=kind, job_id=job_id, source=source, target=target, payload=payload, status=PENDING,
+                   attempts=0, next_attempt_at=now, created_at=now)
+        inserted = w._insert_ignore(OutboxItem, row, conflict=("key",))
+        if inserted:
+            w.after_commit(self.wake.set)
+        return bool(inserted)
+
+    def enqueue_callback(self, w: Writer, job: Job) -> bool:
+        """Owe the integrator a signed ``job.retry_requested`` callback, if the job's source has a callback_url."""
+        source = self.gw.sources.get(job.source)
+        url = source.config.callback_url if source is not None else None
+        if not url:
+            return False
+        w.finish_changes()  # the job JSON in the callback carries the version watchers see
+        now = utcnow()
+        key = f"msg_retry_{job.id}_{job.attempt}"
+        payload = {"type": RETRY_REQUESTED, "timestamp": iso(now), "data": job_json(job)}
+        if self.enqueue(w, kind=CALLBACK, key=key, source=job.source, job_id=job.id, payload=payload, target=url):
+            w.trace(job.id, "callback_queued", {"webhook_id": key, "url": redact_url(url), "attempt": job.attempt}, at=now)
+            return True
+        return False
+
+    def enqueue_details(self, w: Writer, source: str, pe: ProviderEvent, job_id: str | None) -> bool:
+        """Owe a details fetch for a thin event (``needs_details``)."""
+        key = f"details:{source}:{pe.event_id}"
+        if len(key) > 255:
+            key = f"details:{source}:sha256:{hashlib.sha256(pe.event_id.encode()).hexdigest()}"
+        added = self.enqueue(w, kind=DETAILS, key=key, source=source, job_id=job_id, payload={"event": event_to_json(pe)})
+        if added and job_id:
+            w.trace(job_id, "details_queued", {"source": source, "event_id": pe.event_id})
+        return added
+
+    # -- dispatch (background, outside any transaction during HTTP) ---------------------------------
+
+    def run_once(self) -> int:
+        """Claim the due rows (up to one batch) and try each once; how many were tried."""
+        rows = self._claim()
+        for row in rows:
+            try:
+                result = self._try(row)
+            except Exception as exc:  # one broken row must not stop the others
+                log.exception("outbox try failed", extra={"job_id": row.job_id, "kind": row.kind})
+                result = Result(error=f"internal error ({type(exc).__name__})")
+            self._record(row, result)
+        return len(rows)
+
+    def drain(self) -> int:
+        """Run until no due row is left (a sweep may find more than one batch)."""
+        total = 0
+        while (n := self.run_once()) > 0:
+            total += n
+            if n < self.batch:
+                break
+        return total
+
+    def _claim(self) -> list[OutboxItem]:
+        """Lease the due rows of the sources this process knows. A row of a source it does not
+        know (another instance's newer configuration, mid-deploy) is left for one that does."""
+        now = utcnow()
+        known = sorted(self.gw.sources)
+        if not known:
+            return []
+        with self.gw.store.transaction() as w:
+            stmt = (
+                select(OutboxItem)
+                .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now, OutboxItem.source.in_(known))
+                .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
+                .limit(self.batch)
+            )
+            if w.postgres:
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = list(w.session.scalars(stmt).all())
+            for row in rows:
+                row.attempts += 1
+                row.next_attempt_at = now + self.lease
+        return rows  # detached copies (expire_on_commit=False), safe to read outside the session
+
+    def _try(self, row: OutboxItem) -> Result:
+        if row.kind == CALLBACK:
+            return self._send_callback(row)
+        if row.kind == DETAILS:
+            return self._fetch_details(row)
+        return Result(give_up=True, error=f"unknown outbox kind {row.kind!r}")
+
+    def _timeouts(self) -> tuple[float, float]:
+        t = float(max(self.gw.config.outbox_timeout, 1))
+        return (min(t, 5.0), t)
+
+    def _send_callback(self, row: OutboxItem) -> Result:
+        source = self.gw.sources.get(row.source)
+        if source is None or not row.target:
+            return Result(give_up=True, error="the source or its callback_url is no longer configured")
+        secret = callback_secret(source.config, self.gw.config.env)
+        if not secret:
+            return Result(give_up=True, error="no callback secret configured")
+        body = json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False)
+        signed_at = datetime.now(timezone.utc).replace(microsecond=0)
+        headers = {
+            "webhook-id": row.key,
+            "webhook-timestamp": str(int(signed_at.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id=row.key, timestamp=signed_at, data=body),
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+        }
+        try:
+            response = requests.post(row.target, data=body.encode("utf-8"), headers=headers, timeout=self._timeouts(), allow_redirects=False)
+        except requests.RequestException as exc:
+            return Result(error=f"{type(exc).__name__}")
+        with response:
+            status = response.status_code
+            if 200 <= status < 300:
+                return Result(ok=True, status=status)
+            if status == 410:
+                return Result(status=status, give_up=True, error="410 Gone: the receiver disabled this endpoint")
+            return Result(status=status, error=f"HTTP {status}", retry_after=_retry_after(response.headers.get("Retry-After")))
+
+    def _fetch_details(self, row: OutboxItem) -> Result:
+        source = self.gw.sources.get(row.source)
+        if source is None:
+            return Result(give_up=True, error="the source is no longer configured")
+        pe = event_from_json(row.payload["event"])
+        env_name = source.config.api_key_env
+        api_key = (self.gw.config.env.get(env_name) or None) if env_name else None
+        request = source.adapter.details_request(pe, api_key)
+        if request is None:
+            return Result(ok=True)
+        try:
+            with requests.get(request.url, headers=dict(request.headers), timeout=self._timeouts(), allow_redirects=False, stream=True) as response:
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    return Result(status=status, error=f"HTTP {status}", retry_after=_retry_after(response.headers.get("Retry-After")))
+                body = _read_limited(response, MAX_DETAILS_BYTES)
+        except requests.RequestException as exc:
+            return Result(error=f"{type(exc).__name__}")
+        if body is None:
+            return Result(status=status, give_up=True, error=f"details response over {MAX_DETAILS_BYTES} bytes")
+        try:
+            events = source.adapter.parse_details(pe, status, body)
+        except GatewayError as exc:
+            return Result(status=status, give_up=True, error=exc.message[:300])
+        except Exception as exc:  # an adapter bug: give up on this row, keep the reason
+            log.exception("adapter parse_details raised an undeclared error", extra={"source": row.source})
+            return Result(status=status, give_up=True, error=f"adapter error ({type(exc).__name__})")
+        return Result(ok=True, status=status, events=list(events))
+
+    def _record(self, row: OutboxItem, result: Result) -> None:
+        """Write down one try in a new transaction: delivered, rescheduled or given up, and the trace line."""
+        config = self.gw.config
+        now = utcnow()
+        with self.gw.store.transaction() as w:
+            item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
+            if item is None or item.status != PENDING or item.attempts != row.attempts:
+                return  # settled meanwhile, or our lease ran out and another process claimed it: its word wins
+            detail: dict[str, Any] = {"try": item.attempts, "status": result.status}
+            recorded: list[tuple[str | None, dict[str, Any]]] = []
+            if result.ok:
+                for pe in result.events:
+                    outcome = w.record_event(item.source, pe, received_at=now)
+                    w.finish_changes()
+                    recorded.append((outcome.job_id, {"event_id": pe.event_id, "state": pe.state.value if pe.state else None, "decision": outcome.decision.value}))
+                item.status, item.delivered_at, item.last_error = DELIVERED, now, None
+                detail["outcome"] = "delivered"
+            elif result.give_up or item.attempts >= config.outbox_max_attempts:
+                item.status, item.last_error = DEAD, result.error
+                detail.update(outcome="gave_up", error=result.error)
+            else:
+                delay = backoff(item.attempts, config.outbox_backoff, config.outbox_backoff_max)
+                if result.retry_after is not None:
+                    delay = min(max(delay, result.retry_after), float(config.outbox_backoff_max))
+                item.next_attempt_at = now + timedelta(seconds=delay)
+                item.last_error = result.error
+                detail.update(outcome="retry", error=result.error, next_try_at=iso(item.next_attempt_at))
+            if item.kind == CALLBACK:
+                detail.update(webhook_id=item.key, url=redact_url(item.target))
+            else:
+                detail["events"] = [r for _, r in recorded]
+            job_ids = {item.job_id} | {j for j, _ in recorded}
+            for job_id in sorted(j for j in job_ids if j):
+                w.trace(job_id, item.kind, detail, at=now)
+        self.gw.metrics.outbox_tries.labels(kind=item.kind, outcome=detail["outcome"]).inc()
+        log.info(
+            "outbox %s %s", item.kind, detail["outcome"],
+            extra={"job_id": item.job_id, "kind": item.kind, "try": detail["try"], "status": result.status, "error": result.error},
+        )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds (an HTTP date is ignored)."""
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None
+
+
+def _read_limited(response: requests.Response, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def owed(store: Store, *, include_dead: bool = True, limit: int = 100) -> list[OutboxItem]:
+    """Rows not delivered yet (and given-up ones), oldest first: what an operator looks at."""
+    statuses = [PENDING, DEAD] if include_dead else [PENDING]
+    with store.reading() as session:
+        return list(session.scalars(select(OutboxItem).where(OutboxItem.status.in_(statuses)).order_by(OutboxItem.id).limit(limit)))
+
+
+def requeue(store: Store, row_id: int, *, by: str) -> OutboxItem:
+    """Give a dead row a fresh set of tries, due now (after the receiver was fixed); traced."""
+    with store.transaction() as w:
+        item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row_id).with_for_update()).first()
+        if item is None:
+            raise NotFound(f"no outbox row {row_id}", code="outbox_row_not_found")
+        if item.status != DEAD:
+            raise Conflict(f"outbox row {row_id} is {item.status}; only a dead row is requeued", code="not_dead")
+        item.status, item.attempts, item.next_attempt_at = PENDING, 0, utcnow()
+        if item.job_id:
+            w.trace(item.job_id, f"{item.kind}_requeued", {"by": by, "row": item.id, "last_error": item.last_error})
+    return item
+
+
+def _is_standard_secret(secret: str) -> bool:
+    """``whsec_`` + base64 of at least 16 bytes: what the integrator's Standard Webhooks library accepts."""
+    if not secret.startswith("whsec_"):
+        return False
+    body = secret[len("whsec_"):]
+    try:
+        return len(base64.b64decode(body + "=" * (-len(body) % 4), validate=True)) >= 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def purge(store: Store, before: datetime) -> int:
+    """Delete rows settled (delivered or given up) before ``before``; the trace keeps their story."""
+    with store.transaction() as w:
+        result = w.session.execute(
+            delete(OutboxItem).where(OutboxItem.status.in_([DELIVERED, DEAD]), OutboxItem.created_at < before)
+        )
+    return int(result.rowcount or 0)
+
+
+def outbox_of(gw: Gateway) -> Outbox:
+    """The app's outbox (installed by ``init_app``)."""
+    return gw.extras["outbox"]
+
+
+def init_app(app: Flask, gw: Gateway) -> None:
+    """Install the outbox and its background dispatcher; a source's unusable callback secret stops start-up."""
+    for name, source in gw.sources.items():
+        sc = source.config
+        if not sc.callback_url:
+            continue
+        key = f"sources.{name}.callback_secret_env" if sc.callback_secret_env else f"sources.{name}.secrets_env"
+        secret = callback_secret(sc, gw.config.env)
+        if not secret:
+            if sc.callback_secret_env:
+                raise ConfigError(f"{key}: environment variable {sc.callback_secret_env} is not set or empty")
+            continue  # non-strict loading (CLI listings): no secrets to check
+        if not _is_standard_secret(secret):
+            raise ConfigError(f"{key}: the callback secret must be a Standard Webhooks secret (whsec_ + base64)")
+        if urlsplit(sc.callback_url).scheme not in ("http", "https"):
+            raise ConfigError(f"sources.{name}.callback_url: expected an http(s) URL")
+    outbox = Outbox(gw)
+    gw.extras["outbox"] = outbox
+    gw.background.every(max(gw.config.outbox_interval, 1), "outbox", wake=outbox.wake)(outbox.drain)
+    if gw.config.retention_days:
+        keep = timedelta(days=gw.config.retention_days)
+        gw.background.every(3600, "outbox-purge")(lambda: purge(gw.store, utcnow() - keep))
