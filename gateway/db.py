@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 DEFAULT_SQLITE_URL = "sqlite:///gateway.db"
+READ_ONLY = "gateway_read_only"  # execution option: a transaction that only reads
 
 
 def default_database_url() -> str:
@@ -39,7 +40,10 @@ def make_engine(url: str, **kw: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # a read-only session (Store.reading) reads a WAL snapshot: it never waits for,
+            # nor holds, the write lock
+            read_only = conn.get_execution_options().get(READ_ONLY)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     kw.setdefault("pool_pre_ping", True)

@@ -156,3 +156,17 @@ class OutboxItem(Base):
     delivered_at: Mapped[datetime | None]
 
     __table_args__ = (UniqueConstraint("key", name="uq_outbox_key"), Index("ix_outbox_due", "status", "next_attempt_at"))
+
+
+class ChangeFeed(Base):
+    """SQLite's cross-process change feed (gateway.relay.bus_sqlite): one row per committed job
+    change, in commit order. PostgreSQL carries the same pairs over LISTEN/NOTIFY instead."""
+
+    __tablename__ = "changes"
+
+    seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+
+    __table_args__ = {"sqlite_autoincrement": True}  # a pruned seq is never reused

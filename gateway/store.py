@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.base import ProviderEvent
 from gateway import states
+from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.models import Delivery, Event, Job, JobKey, TraceEntry
 from gateway.states import Decision, Kind, State
@@ -132,8 +133,9 @@ class Store:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A short read-only session."""
+        """A short read-only session (on SQLite it never takes the write lock)."""
         with self.sessions() as session:
+            session.connection(execution_options={READ_ONLY: True})
             yield session
 
     def get_job(self, job_id: str) -> Job | None:

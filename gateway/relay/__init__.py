@@ -1,0 +1,156 @@
+"""The relay: every committed job change reaches every watching tab, in every process and host.
+
+``init_app(app, gw)`` wires the pieces:
+
+- ``hub``: this process's watchers by job id and the latest snapshot of each (``hub.py``);
+- a bus that carries (job id, version) notices between processes: PostgreSQL LISTEN/NOTIFY
+  (``bus_pg.py``), SQLite's change feed (``bus_sqlite.py``), or this process only (``bus.py``);
+- the transports: WebSocket ``/ws`` (``ws.py``), SSE (``sse.py``) and long-poll
+  (``Relay.wait_for_change``, called by ``GET /api/jobs/<id>?wait=``);
+- a periodic resync that compares every watched job with the database.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from flask import Flask
+from prometheus_client import Histogram
+from sqlalchemy import select
+
+from gateway.api import _matches
+from gateway.errors import ConfigError
+from gateway.jobjson import job_json
+from gateway.models import Job
+from gateway.relay.bus import LocalBus, RelayBus
+from gateway.relay.hub import Hub, Mailbox, Watcher
+from gateway.store import Store
+
+__all__ = ["Relay", "init_app"]
+
+
+class Relay:
+    """This process's relay: the hub, the bus, and the long-poll wait."""
+
+    def __init__(self, gw: Any, bus_name: str):
+        self.gw = gw
+        self.store: Store = gw.store
+        self.fanout_seconds = Histogram(
+            "gateway_relay_fanout_seconds", "Time to hand one snapshot to every local watcher of its job",
+            registry=gw.metrics.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+        )
+        self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe)
+        self.bus: RelayBus = make_bus(bus_name, self.hub, self.store)
+        self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
+        self._started_pid: int | None = None
+        self._start_lock = threading.Lock()
+
+    # -- reads, one query each, no session kept --------------------------------------------------
+
+    def _load(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        with self.store.reading() as session:
+            return {job.id: job_json(job) for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+
+    def _versions(self, ids: Sequence[str]) -> dict[str, int]:
+        with self.store.reading() as session:
+            return {row.id: row.version for row in session.execute(select(Job.id, Job.version).where(Job.id.in_(ids)))}
+
+    # -- watching ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the bus's follower in this process, once (after a fork, again)."""
+        if self._started_pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._started_pid != os.getpid():
+                self._started_pid = os.getpid()
+                self.bus.start()
+                if self.gw.config.ws_ping_interval:
+                    threading.Thread(target=self._ping_forever, name="gateway-relay-ping", daemon=True).start()
+
+    def _ping_forever(self) -> None:
+        """Protocol pings to every WebSocket of this process, every ``ws_ping_interval`` seconds."""
+        interval = self.gw.config.ws_ping_interval
+        while True:
+            time.sleep(interval)
+            for conn in list(self.connections):
+                conn.ping()
+
+    def watch(self, job_id: str, watcher: Watcher) -> None:
+        """Tell ``watcher`` about each new version of ``job_id``, from whichever process commits it."""
+        self.start()
+        self.hub.watch(job_id, watcher)
+
+    def unwatch(self, job_id: str, watcher: Watcher) -> None:
+        """Stop telling ``watcher`` about ``job_id`` (the request or socket is gone)."""
+        self.hub.unwatch(job_id, watcher)
+
+    def resync(self) -> int:
+        """Catch up with anything the bus missed; see ``Hub.resync``."""
+        return self.hub.resync()
+
+    # -- long-poll ---------------------------------------------------------------------------------
+
+    def wait_for_change(self, job_id: str, if_none_match: str, seconds: float) -> Job | None:
+        """The job once it no longer matches ``if_none_match``, or as it is after ``seconds``.
+
+        Waits on the hub, holding no database connection; reads the job before and after."""
+        box = Mailbox()
+        self.watch(job_id, box)
+        try:
+            job = self.store.get_job(job_id)
+            if job is None or not _matches(if_none_match, job):
+                return job
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                snap = box.wait(left)
+                if snap is not None and snap.version != job.version:
+                    fresh = self.store.get_job(job_id)
+                    if fresh is not None and not _matches(if_none_match, fresh):
+                        return fresh
+            return job
+        finally:
+            self.unwatch(job_id, box)
+
+
+def make_bus(name: str, hub: Hub, store: Store) -> RelayBus:
+    """The bus for ``gateway.bus``: ``auto`` picks the database's own."""
+    dialect = store.engine.dialect.name
+    if name == "auto":
+        name = "postgres" if dialect == "postgresql" else "sqlite" if dialect == "sqlite" else "local"
+    if name == "local":
+        return LocalBus(hub)
+    if name == "postgres":
+        if dialect != "postgresql":
+            raise ConfigError("gateway.bus: 'postgres' needs a PostgreSQL DATABASE_URL")
+        from gateway.relay.bus_pg import PostgresBus
+
+        return PostgresBus(hub, store.engine)
+    if name == "sqlite":
+        if dialect != "sqlite":
+            raise ConfigError("gateway.bus: 'sqlite' needs a SQLite DATABASE_URL")
+        from gateway.relay.bus_sqlite import SqliteBus
+
+        return SqliteBus(hub, store.engine)
+    raise ConfigError(f"gateway.bus: the {name!r} bus is not available in this installation")
+
+
+def init_app(app: Flask, gw: Any) -> None:
+    """Set ``gw.relay`` and ``gw.store.bus``; register ``/ws``, the SSE route and the resync."""
+    from gateway.relay.sse import bp as sse_bp
+    from gateway.relay.ws import init_ws
+
+    relay = Relay(gw, gw.config.bus)
+    gw.relay = relay
+    gw.store.bus = relay.bus
+    app.register_blueprint(sse_bp)
+    init_ws(app, relay)
+    if gw.config.resync_interval:
+        gw.background.every(gw.config.resync_interval, "relay-resync")(relay.resync)
+    prune = getattr(relay.bus, "prune", None)
+    if prune is not None:
+        gw.background.every(60, "relay-prune")(prune)

@@ -1,0 +1,422 @@
+"""The relay end to end: two real gunicorn instances (2 gevent workers each) on one database,
+webhooks to instance A, watchers on instance B over WebSocket, SSE and long-poll; on SQLite
+and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+import websocket
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.relay.bus import notices, parse_notice
+from gateway.relay.bus_pg import LISTENER_NAME
+from gateway.store import Change
+from tests.conftest import API_KEY, ARTIFACTS, register, server_env, write_config
+from tests.relay_helpers import SSEReader, Watcher, job_frame, post_webhook, ws_url
+from tests.servers import Server
+
+RELAY_SETTINGS = """
+ws_max_subscriptions = 5
+ws_max_message_bytes = 1024
+ws_ping_interval = 1
+sse_heartbeat = 1
+resync_interval = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Server, Server]]]:
+    running: dict[str, tuple[Server, Server]] = {}
+    yield running
+    for a, b in running.values():
+        a.stop()
+        b.stop()
+
+
+@pytest.fixture
+def pair(db_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, Server]:
+    return _pair(db_url, pairs, tmp_path_factory)
+
+
+def _pair(db_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, Server]:
+    """Instance A (takes the webhooks) and instance B (holds the watchers), sharing one database."""
+    if db_url not in pairs:
+        d = tmp_path_factory.mktemp("relay")
+        cfg = write_config(d / "gateway.toml", extra_gateway=RELAY_SETTINGS)
+        ARTIFACTS.mkdir(exist_ok=True)
+        tag = "pg" if "postgres" in db_url else "sqlite"
+        a = Server(server_env(db_url, cfg), log_path=ARTIFACTS / f"relay-{tag}-a-{os.getpid()}.log").start()
+        b = Server(server_env(db_url, cfg), log_path=ARTIFACTS / f"relay-{tag}-b-{os.getpid()}.log").start()
+        pairs[db_url] = (a, b)
+    return pairs[db_url]
+
+
+@pytest.fixture
+def watcher_factory() -> Iterator[Any]:
+    made: list[Watcher] = []
+
+    def make(base: str, **kw: Any) -> Watcher:
+        w = Watcher(base, **kw)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def etag(job: dict[str, Any]) -> str:
+    return f'"{job["id"]}.{job["version"]}"'
+
+
+class LongPoll(threading.Thread):
+    """``GET /api/jobs/<id>?wait=N`` with If-None-Match, in the background."""
+
+    def __init__(self, base: str, job: dict[str, Any], token: str, wait: float = 20):
+        super().__init__(daemon=True)
+        self.args = (base, job, token, wait)
+        self.response: requests.Response | None = None
+        self.start()
+
+    def run(self) -> None:
+        base, job, token, wait = self.args
+        self.response = requests.get(
+            f"{base}/api/jobs/{job['id']}", params={"wait": wait, "token": token}, headers={"If-None-Match": etag(job)}, timeout=wait + 10
+        )
+
+
+# -- fan-out across instances -------------------------------------------------------------------------
+
+
+def test_webhook_on_a_reaches_ws_sse_and_long_poll_on_b(pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = pair
+    reg = register(a.url)
+    job, token = reg["job"], reg["token"]
+    ws = watcher_factory(b.url)
+    ws.subscribe(job["id"], token)
+    assert ws.wait_for(job_frame(job["id"]))["job"]["state"] == "queued"
+    sse = SSEReader(b.url, job["id"], token)
+    assert sse.wait_for(lambda e: e["json"]["version"] == job["version"])["event"] == "job"
+    poll = LongPoll(b.url, job, token)
+
+    post_webhook(a.url, job["external_id"], "processing", progress={"current": 3, "total": 10, "step": "rows"})
+
+    got = ws.wait_for(job_frame(job["id"], state="processing"))["job"]
+    assert got["progress"] == {"current": 3, "total": 10, "step": "rows"} and got["version"] == job["version"] + 1
+    event = sse.wait_for(lambda e: e["json"]["state"] == "processing")
+    assert event["id"] == str(got["version"]) and event["event"] == "job"
+    poll.join(20)
+    assert poll.response is not None and poll.response.status_code == 200
+    assert poll.response.json()["state"] == "processing"
+    assert poll.response.headers["ETag"] == etag(got)
+
+    post_webhook(a.url, job["external_id"], "complete", offset_ms=5, result={"url": "https://example.com/r"})
+    done = ws.wait_for(job_frame(job["id"], state="complete"))["job"]
+    assert done["result"] == {"url": "https://example.com/r"}
+    sse.wait_for(lambda e: e["json"]["state"] == "complete")
+    assert sse.ended.wait(10), "the SSE stream stays open after complete"
+    assert sse.retry is not None and sse.retry > 0
+
+
+def test_many_jobs_on_one_connection_each_get_their_own_changes(pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = pair
+    regs = [register(a.url) for _ in range(3)]
+    ws = watcher_factory(b.url)
+    for reg in regs:
+        ws.subscribe(reg["job"]["id"], reg["token"])
+    for reg in regs:
+        ws.wait_for(job_frame(reg["job"]["id"], version=1))
+    for i, reg in enumerate(regs):
+        post_webhook(a.url, reg["job"]["external_id"], "processing", progress={"current": i, "total": 9})
+    for i, reg in enumerate(regs):
+        assert ws.wait_for(job_frame(reg["job"]["id"], state="processing"))["job"]["progress"]["current"] == i
+
+
+def test_queue_positions_move_for_the_jobs_behind(pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = pair
+    queue = "q-" + uuid.uuid4().hex[:8]
+    regs = [register(a.url, queue=queue) for _ in range(3)]
+    ws = watcher_factory(b.url)
+    for reg in regs[1:]:
+        ws.subscribe(reg["job"]["id"], reg["token"])
+    ws.wait_for(job_frame(regs[2]["job"]["id"], queue__position=3))
+    post_webhook(a.url, regs[0]["job"]["external_id"], "processing")
+    ws.wait_for_all(job_frame(regs[1]["job"]["id"], queue__position=1), job_frame(regs[2]["job"]["id"], queue__position=2))
+
+
+# -- WebSocket protocol ---------------------------------------------------------------------------------------
+
+
+def test_pending_then_snapshot_when_the_job_is_registered_elsewhere(pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = pair
+    job_id = "job_pending_" + uuid.uuid4().hex[:10]
+    r = requests.post(f"{a.url}/api/tokens", json={"job": job_id}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    token = r.json()["token"]
+    ws = watcher_factory(b.url)
+    ws.subscribe(job_id, token)
+    assert ws.next() == {"type": "pending", "job": job_id}
+    register(a.url, id=job_id)
+    assert ws.wait_for(job_frame(job_id))["job"]["state"] == "queued"
+
+
+def test_since_suppresses_a_snapshot_the_client_has(pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = pair
+    have, sentinel = register(a.url), register(a.url)
+    ws = watcher_factory(b.url)
+    ws.subscribe(have["job"]["id"], have["token"], since=have["job"]["version"])
+    ws.subscribe(sentinel["job"]["id"], sentinel["token"], since=0)
+    # frames on one connection are ordered: a snapshot for `have` would come first
+    assert ws.next()["job"]["id"] == sentinel["job"]["id"]
+    post_webhook(a.url, have["job"]["external_id"], "processing")
+    assert ws.wait_for(job_frame(have["job"]["id"]))["job"]["state"] == "processing"
+
+
+@pytest.mark.parametrize(
+    "message, job",
+    [
+        ("not json", None),
+        ("[1, 2]", None),
+        ('{"type": "subscribe"}', None),
+        ('{"type": "dance", "job": "job_abc"}', "job_abc"),
+        ('{"type": "subscribe", "job": "not-a-job-id", "token": "x"}', "not-a-job-id"),
+        ('{"type": "subscribe", "job": "job_abc", "token": "x", "since": "7"}', "job_abc"),
+        ('{"type": "subscribe", "job": "job_abc", "token": "x", "since": -1}', "job_abc"),
+        (b"\x00\x01binary", None),
+        ('{"type": "subscribe", "job": "job_abc", "pad": "' + "x" * 2000 + '"}', None),
+    ],
+    ids=["not-json", "not-object", "no-job", "unknown-type", "bad-job-id", "since-string", "since-negative", "binary", "too-big"],
+)
+def test_bad_messages_get_an_error_frame_and_keep_other_subscriptions(
+    pair: tuple[Server, Server], watcher_factory: Any, message: str | bytes, job: str | None
+) -> None:
+    a, b = pair
+    reg = register(a.url)
+    ws = watcher_factory(b.url)
+    ws.subscribe(reg["job"]["id"], reg["token"])
+    ws.wait_for(job_frame(reg["job"]["id"]))
+    ws.send(message)
+    assert ws.next() == {"type": "error", "job": job, "code": "invalid_message"}
+    post_webhook(a.url, reg["job"]["external_id"], "processing")
+    ws.wait_for(job_frame(reg["job"]["id"], state="processing"))
+    assert not ws.closed.is_set()
+
+
+def test_a_message_over_the_hard_ceiling_closes_with_1009(pair: tuple[Server, Server]) -> None:
+    _, b = pair
+    conn = websocket.create_connection(ws_url(b.url), timeout=10, suppress_origin=True)
+    conn.send("x" * (70 * 1024))
+    frame = conn.recv_frame()
+    while frame.opcode == websocket.ABNF.OPCODE_PING:
+        frame = conn.recv_frame()
+    assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(frame.data[:2], "big") == 1009
+    conn.close()
+
+
+def test_tokens_are_checked_per_subscription(pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = pair
+    mine, other = register(a.url), register(a.url)
+    ws = watcher_factory(b.url)
+    for token in (other["token"], "garbage", None, 42):
+        msg: dict[str, Any] = {"type": "subscribe", "job": mine["job"]["id"]}
+        if token is not None:
+            msg["token"] = token
+        ws.send(msg)
+        assert ws.next() == {"type": "error", "job": mine["job"]["id"], "code": "forbidden"}
+    ws.subscribe(other["job"]["id"], other["token"])  # the same connection can still watch its own
+    assert ws.next()["job"]["id"] == other["job"]["id"]
+    ws.subscribe(mine["job"]["id"], API_KEY)  # an integrator's API key covers every job
+    assert ws.next()["job"]["id"] == mine["job"]["id"]
+
+
+def test_subscriptions_per_connection_are_bounded(pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = pair
+    regs = [register(a.url) for _ in range(6)]
+    ws = watcher_factory(b.url)
+    for reg in regs[:5]:
+        ws.subscribe(reg["job"]["id"], reg["token"])
+        ws.wait_for(job_frame(reg["job"]["id"]))
+    ws.subscribe(regs[5]["job"]["id"], regs[5]["token"])
+    assert ws.next() == {"type": "error", "job": regs[5]["job"]["id"], "code": "too_many_subscriptions"}
+    ws.subscribe(regs[0]["job"]["id"], regs[0]["token"], since=0)  # re-subscribing is not a new one
+    assert ws.next()["job"]["id"] == regs[0]["job"]["id"]
+    ws.send({"type": "unsubscribe", "job": regs[0]["job"]["id"]})
+    ws.subscribe(regs[5]["job"]["id"], regs[5]["token"])
+    assert ws.next()["job"]["id"] == regs[5]["job"]["id"]
+    post_webhook(a.url, regs[0]["job"]["external_id"], "processing")  # unsubscribed: not sent
+    post_webhook(a.url, regs[1]["job"]["external_id"], "processing")
+    assert ws.wait_for(lambda f: f["type"] == "job" and f["job"]["state"] == "processing")["job"]["id"] == regs[1]["job"]["id"]
+
+
+def test_foreign_origin_is_refused_before_the_upgrade(pair: tuple[Server, Server]) -> None:
+    _, b = pair
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(ws_url(b.url), timeout=10, origin="https://evil.example")
+    assert refused.value.status_code == 403
+    allowed = websocket.create_connection(ws_url(b.url), timeout=10, origin="http://127.0.0.1")
+    allowed.close()
+    no_origin = websocket.create_connection(ws_url(b.url), timeout=10, suppress_origin=True)
+    no_origin.close()
+
+
+def test_server_sends_protocol_pings(pair: tuple[Server, Server]) -> None:
+    _, b = pair
+    conn = websocket.create_connection(ws_url(b.url), timeout=10, suppress_origin=True)
+    frame = conn.recv_frame()  # ws_ping_interval = 1 in this configuration
+    assert frame.opcode == websocket.ABNF.OPCODE_PING
+    conn.pong(frame.data)
+    conn.close()
+
+
+# -- SSE and long-poll ------------------------------------------------------------------------------------------
+
+
+def test_sse_resumes_after_last_event_id(pair: tuple[Server, Server]) -> None:
+    a, b = pair
+    reg = register(a.url)
+    job, token = reg["job"], reg["token"]
+    sse = SSEReader(b.url, job["id"], token, last_event_id=str(job["version"]))
+    assert sse.response.status_code == 200
+    assert sse.response.headers["Content-Type"].startswith("text/event-stream")
+    assert sse.response.headers["Cache-Control"] == "no-cache"
+    assert sse.response.headers["X-Accel-Buffering"] == "no"
+    deadline = time.monotonic() + 10
+    while not sse.comments and time.monotonic() < deadline:  # sse_heartbeat = 1
+        time.sleep(0.05)
+    assert sse.comments, "no heartbeat comment"
+    post_webhook(a.url, job["external_id"], "processing")
+    first = sse.wait_for(lambda e: True)
+    assert first["json"]["state"] == "processing", "the version the client already had was sent again"
+    sse.close()
+
+
+def test_sse_for_a_finished_job_already_seen_says_204(pair: tuple[Server, Server]) -> None:
+    a, b = pair
+    reg = register(a.url)
+    post_webhook(a.url, reg["job"]["external_id"], "complete")
+    final = requests.get(f"{a.url}/api/jobs/{reg['job']['id']}", params={"token": reg["token"]}, timeout=10).json()
+    sse = SSEReader(b.url, reg["job"]["id"], reg["token"], last_event_id=str(final["version"]))
+    assert sse.response.status_code == 204
+    fresh = SSEReader(b.url, reg["job"]["id"], reg["token"])
+    assert fresh.wait_for(lambda e: True)["json"]["state"] == "complete"
+    assert fresh.ended.wait(10)
+
+
+def test_sse_needs_a_token_for_the_job(pair: tuple[Server, Server]) -> None:
+    a, b = pair
+    mine, other = register(a.url), register(a.url)
+    assert requests.get(f"{b.url}/api/jobs/{mine['job']['id']}/stream", timeout=10).status_code == 401
+    r = requests.get(f"{b.url}/api/jobs/{mine['job']['id']}/stream", params={"token": other["token"]}, timeout=10)
+    assert r.status_code == 403
+
+
+def test_long_poll_times_out_with_304(pair: tuple[Server, Server]) -> None:
+    a, b = pair
+    reg = register(a.url)
+    poll = LongPoll(b.url, reg["job"], reg["token"], wait=1)
+    poll.join(15)
+    assert poll.response is not None and poll.response.status_code == 304
+    assert poll.response.headers["ETag"] == etag(reg["job"])
+
+
+def test_long_polls_hold_no_database_connection(pg_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """B has two workers with a pool of at most 15 connections each (5 s pool timeout): if a
+    waiting long-poll held a connection, 40 of them for 6 s could not all be answered 304."""
+    a, b = _pair(pg_url, pairs, tmp_path_factory)
+    reg = register(a.url)
+    polls = [LongPoll(b.url, reg["job"], reg["token"], wait=6) for _ in range(40)]
+    for p in polls:
+        p.join(30)
+    assert [p.response.status_code for p in polls if p.response is not None] == [304] * 40
+    polls = [LongPoll(b.url, reg["job"], reg["token"], wait=25) for _ in range(40)]
+    post_webhook(a.url, reg["job"]["external_id"], "processing")
+    for p in polls:
+        p.join(30)
+    assert [p.response.status_code for p in polls if p.response is not None] == [200] * 40
+    assert all(p.response.json()["state"] == "processing" for p in polls if p.response is not None)
+
+
+# -- fan-out resilience ----------------------------------------------------------------------------------------------
+
+
+def _listener_pids(admin: psycopg.Connection, dbname: str) -> set[int]:
+    rows = admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s", (dbname, LISTENER_NAME)).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_killed_listener_reconnects_and_resyncs(
+    pg_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory: pytest.TempPathFactory, watcher_factory: Any
+) -> None:
+    a, b = _pair(pg_url, pairs, tmp_path_factory)
+    reg = register(a.url)
+    ws = watcher_factory(b.url)
+    ws.subscribe(reg["job"]["id"], reg["token"])
+    ws.wait_for(job_frame(reg["job"]["id"]))
+    dbname = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url.replace("+psycopg", "").rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        before = _listener_pids(admin, dbname)
+        assert before, "no relay listener connection"
+        for pid in before:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # a change committed while B's listener is gone: its NOTIFY reaches nobody on B
+        post_webhook(a.url, reg["job"]["external_id"], "processing", progress={"current": 1, "total": 2})
+        ws.wait_for(job_frame(reg["job"]["id"], state="processing"), timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (_listener_pids(admin, dbname) - before):
+            time.sleep(0.1)
+        assert _listener_pids(admin, dbname) - before, "the listener did not reconnect"
+    post_webhook(a.url, reg["job"]["external_id"], "processing", offset_ms=5, progress={"current": 2, "total": 2})
+    ws.wait_for(job_frame(reg["job"]["id"], progress__current=2))
+
+
+def test_resync_catches_up_what_the_bus_never_carried(db_url: str, tmp_path: Any) -> None:
+    """Two apps on one database with the process-local bus: only B's resync can tell B."""
+    from gateway.app import create_app
+    from gateway.relay.hub import Mailbox
+    from tests.conftest import make_config
+    from tests.signing import STANDARD_SECRET, standard_body, standard_headers
+
+    app_a = create_app(make_config(db_url, tmp_path), background=False)
+    app_b = create_app(make_config(db_url, tmp_path), background=False)
+    for app in (app_a, app_b):
+        _local(app)
+    reg = register(app_a.test_client())
+    relay_b = app_b.extensions["gateway"].relay
+    box = Mailbox()
+    relay_b.watch(reg["job"]["id"], box)
+    assert relay_b.hub.current(reg["job"]["id"]).version == 1
+    assert box.wait(5).version == 1
+    body = standard_body(reg["job"]["external_id"], "processing")
+    assert app_a.test_client().post("/webhooks/worker", data=body, headers=standard_headers(STANDARD_SECRET, body)).status_code == 200
+    assert box.wait(0.2) is None  # nothing carried it to B
+    resync = next(t for t in app_b.extensions["gateway"].background.tasks if t.name == "relay-resync")
+    resync.fn()
+    got = box.wait(5)
+    assert got is not None and got.job["state"] == "processing" and got.version == 2
+
+
+def _local(app: Any) -> Any:
+    from gateway.relay.bus import LocalBus
+
+    gw = app.extensions["gateway"]
+    bus = LocalBus(gw.relay.hub)
+    gw.relay.bus = gw.store.bus = bus
+    return bus
+
+
+@given(st.lists(st.tuples(st.from_regex(r"job_[A-Za-z0-9_-]{1,60}", fullmatch=True), st.integers(0, 2**31)), max_size=400))
+def test_notify_payloads_round_trip_under_the_limit(pairs_: list[tuple[str, int]]) -> None:
+    changes = [Change(j, v) for j, v in pairs_]
+    payloads = notices(changes, limit=900)
+    assert all(len(p.encode()) <= 900 for p in payloads)
+    assert [c for p in payloads for c in parse_notice(p)] == pairs_
