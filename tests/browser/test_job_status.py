@@ -3,7 +3,6 @@ jobs move by real Standard-Webhooks-signed deliveries."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import time
@@ -17,10 +16,6 @@ from tests.conftest import API_KEY, ARTIFACTS
 from tests.browser.conftest import SUPPORT_EMAIL, Gateway, new_job_id, open_harness, screenshot, wait_until, watch
 
 pytestmark = pytest.mark.browser
-
-RELAY = importlib.util.find_spec("gateway.relay") is not None
-needs_relay = pytest.mark.xfail(not RELAY, reason="gateway.relay (WebSocket /ws, SSE stream) is not merged into this branch yet", strict=True)
-
 
 def text_of(status):  # the one line a person reads
     return status.locator("[part=message]")
@@ -145,7 +140,7 @@ def test_two_tabs_watching_one_job_both_update(context, gateway_server: Gateway)
     gw.webhook(reg["external_id"], "processing", progress={"current": 3, "total": 8, "step": "encoding"})
     for s in statuses:
         expect(text_of(s)).to_have_text("Processing row 3 of 8 — encoding")
-        expect(s).to_have_attribute("transport", "websocket" if RELAY else "poll")  # pushed, once the relay is in
+        expect(s).to_have_attribute("transport", "websocket")  # pushed, not polled
     gw.webhook(reg["external_id"], "complete", result={"url": "https://example.com/out.mp4"})
     for s in statuses:
         expect(text_of(s)).to_have_text("Complete")
@@ -166,7 +161,6 @@ def test_a_new_job_id_never_shows_the_previous_jobs_state(page, gateway_server: 
     assert page.evaluate("window.__states")[0] == "loading"
 
 
-@needs_relay
 def test_falls_back_to_sse_when_websocket_is_blocked(page, gateway_server: Gateway) -> None:
     gw = gateway_server
     page.route_web_socket(re.compile(r".*/ws$"), lambda ws: ws.close())
@@ -230,7 +224,6 @@ def assert_schedule(gaps: list[float], expected: list[float]) -> None:
         assert want - 0.05 <= gap <= want + 0.9, f"gaps {[round(g, 2) for g in gaps]} do not follow {expected}"
 
 
-@needs_relay
 def test_a_dropped_websocket_reconnects_with_jitter_and_resumes_from_its_last_version(page, gateway_server: Gateway) -> None:
     gw = gateway_server
     routes: list = []  # each page WebSocket, connected through to the real gateway, so the test can cut it
