@@ -156,11 +156,23 @@ def _install_request_hooks(app: Flask) -> None:
     def _finish(response: Any) -> Any:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         origin = request.headers.get("Origin")
-        if origin and origin in gateway().config.allowed_origins and request.path.startswith("/api/"):
+        if origin and request.path.startswith("/api/") and origin_allowed(origin):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID, Retry-After"
             response.headers["Vary"] = "Origin"
+            if request.method == "OPTIONS":  # the preflight for Authorization / If-None-Match
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Request-ID"
+                response.headers["Access-Control-Max-Age"] = "600"
         return response
+
+
+def origin_allowed(origin: str) -> bool:
+    """A browser origin may use the push and API endpoints: configured in allowed_origins, or the
+    gateway's own origin (its demo page and any page it serves are never foreign)."""
+    if origin in gateway().config.allowed_origins:
+        return True
+    return origin == request.host_url.rstrip("/")
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:

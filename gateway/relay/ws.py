@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Flask, request
 from flask_sock import Sock
 
+from gateway.app import origin_allowed
 from gateway.errors import Forbidden, GatewayError
 from gateway.relay.hub import Snapshot, ws_text_frame
 from gateway.store import JOB_ID_RE
@@ -276,7 +277,7 @@ def init_ws(app: Flask, relay: Relay) -> None:
     @bp.before_request  # after the app's own hooks (request id), before the handshake
     def _check_origin() -> None:
         origin = request.headers.get("Origin")
-        if origin is not None and origin not in config.allowed_origins:
+        if origin is not None and not origin_allowed(origin):
             raise Forbidden("this origin may not open a WebSocket here", code="origin_not_allowed")
 
     @sock.route("/ws", bp=bp)

@@ -1,0 +1,90 @@
+"""``GET /``: the live demo (with ``[gateway] demo = true``) or a short landing page.
+
+The demo page starts batches of simulated import jobs (``POST /demo/jobs``) and shows each
+with the ``<job-status>`` element from ``/static/jobstatus.js``. The simulator
+(``gateway.simulator``) registers them like an integrator's backend and drives them with
+signed webhooks to this gateway's own ``/webhooks/demo``; its base URL is
+``GATEWAY_DEMO_URL`` (``make serve`` sets it), else the URL the page was loaded from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, render_template, request
+
+from gateway.app import Gateway, gateway
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.models import Job
+from gateway.simulator import MAX_BATCH, Simulator
+
+DEMO_SOURCE = "demo"
+
+bp = Blueprint("demo", __name__)
+
+
+def init_app(app: Flask, gw: Gateway) -> None:
+    """Serve ``/``; with ``demo = true`` also the simulator API and its retry hook."""
+    app.register_blueprint(bp)
+    if not gw.config.demo:
+        return
+    simulator = Simulator(gw, DEMO_SOURCE, gw.config.env.get("GATEWAY_DEMO_URL") or None)
+    gw.extras["simulator"] = simulator
+    previous = gw.extras.get("on_retry")
+
+    def on_retry(job: Job) -> None:
+        if previous is not None:
+            previous(job)
+        if job.source == DEMO_SOURCE and DEMO_SOURCE in gw.sources:
+            simulator.on_retry(job, _base_url())
+
+    gw.extras["on_retry"] = on_retry
+
+
+def _base_url() -> str:
+    return request.host_url.rstrip("/")
+
+
+def _simulator() -> Simulator:
+    gw = gateway()
+    simulator = gw.extras.get("simulator")
+    if simulator is None:
+        raise NotFound("the demo is off: set [gateway] demo = true", code="demo_disabled")
+    if DEMO_SOURCE not in gw.sources:
+        raise Conflict(f"the demo needs a [sources.{DEMO_SOURCE}] with the standard adapter", code="demo_source_missing")
+    return simulator
+
+
+@bp.get("/")
+def index() -> Any:
+    gw = gateway()
+    if not gw.config.demo:
+        return render_template("index.html")
+    return render_template("demo.html", support_email=gw.config.support_email, demo_ready=DEMO_SOURCE in gw.sources)
+
+
+@bp.post("/demo/jobs")
+def start_jobs() -> Any:
+    """Start a batch: ``{"count": 1-12, "tick": seconds between updates}`` → 201 ``{jobs: [{job, token}]}``."""
+    simulator = _simulator()
+    body = request.get_json(silent=True, force=True) or {}
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    count = body.get("count", 6)
+    tick = body.get("tick", 0.7)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
+        raise BadRequest(f"count must be 1-{MAX_BATCH}", code="invalid_count")
+    if isinstance(tick, bool) or not isinstance(tick, (int, float)) or not 0.05 <= tick <= 5:
+        raise BadRequest("tick must be 0.05-5 seconds", code="invalid_tick")
+    jobs = simulator.start_batch(count, float(tick), _base_url())
+    return {"jobs": jobs}, 201
+
+
+@bp.get("/demo/results/<job_id>")
+def result(job_id: str) -> Any:
+    """The page a complete demo job's result link points at."""
+    _simulator()
+    job = gateway().store.get_job(job_id)
+    if job is None or job.source != DEMO_SOURCE or job.state != "complete":
+        raise NotFound("no such demo result", code="result_not_found")
+    return render_template("result.html", job=job)
