@@ -67,7 +67,12 @@ def index() -> Any:
 def start_jobs() -> Any:
     """Start a batch: ``{"count": 1-12, "tick": seconds between updates}`` → 201 ``{jobs: [{job, token}]}``."""
     simulator = _simulator()
-    body = request.get_json(silent=True, force=True) or {}
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:  # deeply nested JSON: silent=True only covers decode errors
+        raise BadRequest("the body is nested too deeply", code="invalid_json") from None
+    if body is None and not request.get_data():
+        body = {}  # no body: the defaults
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     count = body.get("count", 6)

@@ -39,7 +39,7 @@ from flask import Flask, g, request
 from gateway.errors import RateLimited, RequestTimeout
 
 MAX_KEYS = 50_000  # buckets kept per limiter; the least recently used are forgotten first
-PUBLIC_PATHS = re.compile(r"^/(?:api/jobs/[^/]+(?:/stream|/retry)?|ws|static/.*)?$")
+PUBLIC_PATHS = re.compile(r"^/(?:api/jobs/[^/]+(?:/stream|/retry)?|ws|static/.*|demo/.*)?$")
 LONG_LIVED_PATHS = re.compile(r"^/(?:api/jobs/[^/]+/stream|ws)$")  # count against max_connections_per_address
 
 

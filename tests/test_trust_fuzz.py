@@ -215,3 +215,14 @@ def test_nul_characters_are_refused_or_stored_never_a_500(app, client, field: st
     r = client.post("/api/jobs", json={"source": "worker", "external_id": "nul\x00" + os.urandom(4).hex(), "label": value}, headers=KEY)
     check(r)
     assert r.status_code in (201, 400)
+
+
+@pytest.mark.parametrize("body", [_deep(100_000), b"\xff\xfe", b"[1]", b'{"count": "x"}'])
+def test_the_demo_api_with_bad_bodies(db_url: str, tmp_path, body: bytes) -> None:
+    """With ``demo = true`` the demo's own endpoint takes anonymous bodies: never a 500."""
+    from tests.test_demo import demo_app
+
+    client = demo_app(db_url, tmp_path).test_client()
+    r = client.post("/demo/jobs", data=body, headers={"Content-Type": "application/json"})
+    check(r)
+    assert r.status_code == 400
