@@ -44,7 +44,7 @@ class Relay:
             registry=gw.metrics.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
         )
         self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe)
-        self.bus: RelayBus = make_bus(bus_name, self.hub, self.store)
+        self.bus: RelayBus = make_bus(bus_name, self.hub, self.store, gw.config.redis_url)
         self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
@@ -117,8 +117,8 @@ class Relay:
             self.unwatch(job_id, box)
 
 
-def make_bus(name: str, hub: Hub, store: Store) -> RelayBus:
-    """The bus for ``gateway.bus``: ``auto`` picks the database's own."""
+def make_bus(name: str, hub: Hub, store: Store, redis_url: str = "redis://127.0.0.1:6379/0") -> RelayBus:
+    """The bus for ``gateway.bus``: ``auto`` picks the database's own; ``redis`` is for any database."""
     dialect = store.engine.dialect.name
     if name == "auto":
         name = "postgres" if dialect == "postgresql" else "sqlite" if dialect == "sqlite" else "local"
@@ -136,6 +136,10 @@ def make_bus(name: str, hub: Hub, store: Store) -> RelayBus:
         from gateway.relay.bus_sqlite import SqliteBus
 
         return SqliteBus(hub, store.engine)
+    if name == "redis":
+        from gateway.relay.bus_redis import RedisBus
+
+        return RedisBus(hub, store.engine, redis_url)
     raise ConfigError(f"gateway.bus: the {name!r} bus is not available in this installation")
 
 
