@@ -464,3 +464,40 @@ def test_notify_payloads_round_trip_under_the_limit(pairs_: list[tuple[str, int]
     payloads = notices(changes, limit=900)
     assert all(len(p.encode()) <= 900 for p in payloads)
     assert [c for p in payloads for c in parse_notice(p)] == pairs_
+
+
+# -- conditional polls answered from memory -------------------------------------------------------------------
+
+
+def _metric(base: str, name: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def test_conditional_polls_never_hide_an_acknowledged_change(bus_pair: tuple[Server, Server], db_url: str, request: pytest.FixtureRequest) -> None:
+    """Each round: an unchanged job is 304; then a webhook acknowledged by A is seen by the very
+    next conditional poll on B (200 with the new progress), never hidden by a remembered version.
+    With a bus that carries every change (PostgreSQL, Redis), B answers 304s from memory."""
+    a, b = bus_pair
+    reg = register(a.url)
+    job, token = reg["job"], reg["token"]
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {token}"
+    url = f"{b.url}/api/jobs/{job['id']}"
+    first = s.get(url, timeout=10)
+    tag = first.headers["ETag"]
+    before = _metric(b.url, "gateway_relay_polls_from_memory_total")
+    for i in range(30):
+        for _ in range(3):
+            unchanged = s.get(url, headers={"If-None-Match": tag}, timeout=10)
+            assert unchanged.status_code == 304 and unchanged.headers["ETag"] == tag
+        post_webhook(a.url, job["external_id"], "processing", offset_ms=i + 1, progress={"current": i, "total": 30})
+        changed = s.get(url, headers={"If-None-Match": tag}, timeout=10)
+        assert changed.status_code == 200, f"round {i}: the acknowledged change was hidden by a 304"
+        assert changed.json()["progress"]["current"] == i
+        tag = changed.headers["ETag"]
+    from_memory = _metric(b.url, "gateway_relay_polls_from_memory_total") - before
+    if request.node.callspec.params["bus_pair"] == "redis" or "postgres" in db_url:
+        assert from_memory > 0, "no poll was answered from memory"
+    else:
+        assert from_memory == 0  # SQLite's change feed has no barrier: every poll reads

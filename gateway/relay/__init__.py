@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 
 from gateway.api import _matches
@@ -42,6 +42,10 @@ class Relay:
         self.fanout_seconds = Histogram(
             "gateway_relay_fanout_seconds", "Time to hand one snapshot to every local watcher of its job",
             registry=gw.metrics.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+        )
+        self.polls_from_memory = Counter(
+            "gateway_relay_polls_from_memory", "Conditional polls answered 304 from the version cache, with no database read",
+            registry=gw.metrics.registry,
         )
         self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe)
         self.bus: RelayBus = make_bus(bus_name, self.hub, self.store, gw.config.redis_url)
@@ -92,6 +96,42 @@ class Relay:
     def resync(self) -> int:
         """Catch up with anything the bus missed; see ``Hub.resync``."""
         return self.hub.resync()
+
+    # -- polls answered from memory (see fresh.py) ---------------------------------------------------
+
+    def fresh_etag(self, job_id: str) -> str | None:
+        """The job's current ETag if this process knows it without reading the database: the
+        version is in the cache and a barrier proved no acknowledged change is still on its way.
+        None means "read the database"."""
+        barrier = getattr(self.bus, "barrier", None)
+        if barrier is None or not self._serving():
+            return None
+        if self.hub.seen.get(job_id) is None or not barrier.wait():
+            return None
+        version = self.hub.seen.get(job_id)
+        return f'"{job_id}.{version}"' if version is not None else None
+
+    def _serving(self) -> bool:
+        return bool(getattr(self.gw.background, "running", False))
+
+    def stop(self) -> None:
+        """Stop this process's bus follower and dispatcher (the app is shutting down)."""
+        self.bus.stop()
+        self.hub.stop()
+
+    def answered_from_memory(self) -> None:
+        """Count a 304 that cost no database read."""
+        self.polls_from_memory.inc()
+
+    def read_job(self, job_id: str) -> Job | None:
+        """The job from the database; its version is remembered if the bus listened throughout."""
+        if self._serving():
+            self.start()
+        epoch = self.hub.seen.epoch
+        job = self.store.get_job(job_id)
+        if job is not None:
+            self.hub.seen.saw(job.id, job.version, epoch)
+        return job
 
     # -- long-poll ---------------------------------------------------------------------------------
 
@@ -150,6 +190,7 @@ def init_app(app: Flask, gw: Any) -> None:
 
     relay = Relay(gw, gw.config.bus)
     gw.relay = relay
+    gw.background.on_stop.append(relay.stop)
     gw.store.bus = relay.bus
     app.register_blueprint(sse_bp)
     init_ws(app, relay)

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from gateway.relay.bus import LocalBus, notices, parse_notice
+from gateway.relay.fresh import SYNC_PREFIX, Barrier
 from gateway.relay.hub import Hub
 from gateway.store import Change
 
@@ -48,6 +49,21 @@ class PostgresBus(LocalBus):
         self.connects = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self.barrier = Barrier(self._send_marker)
+        self._marker_conn: psycopg.Connection | None = None
+
+    def _send_marker(self, marker: str) -> None:
+        """A barrier marker on the changes' channel, from its own autocommit connection (one
+        sender per process: the barrier's thread)."""
+        try:
+            if self._marker_conn is None or self._marker_conn.closed:
+                self._marker_conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5, application_name=LISTENER_NAME + "-sync")
+            self._marker_conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, marker))
+        except psycopg.Error:
+            if self._marker_conn is not None:
+                self._marker_conn.close()
+            self._marker_conn = None
+            raise
 
     def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None:
         """Inside the writer's transaction: the notices go out with the commit, never before."""
@@ -73,6 +89,7 @@ class PostgresBus(LocalBus):
                 backoff = 0.25
             except Exception as exc:  # the database restarted or the backend was terminated
                 self.connected.clear()
+                self.hub.seen.reset(live=False)
                 log.warning("relay listener lost its connection; reconnecting in %.2fs", backoff, extra={"error": type(exc).__name__})
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -83,10 +100,14 @@ class PostgresBus(LocalBus):
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
         ) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
+            self.hub.seen.reset(live=True)  # from now on every commit's notice reaches us
             self.connects += 1
             self.connected.set()
             # anything committed before LISTEN took effect (first start, or while we were away)
             self.hub.resync()
             while not self._stopped.is_set():
                 for note in conn.notifies(timeout=5.0):
-                    self.hub.notify(parse_notice(note.payload))
+                    if note.payload.startswith(SYNC_PREFIX):
+                        self.barrier.received(note.payload)
+                    else:
+                        self.hub.notify(parse_notice(note.payload))

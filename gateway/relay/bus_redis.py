@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gateway.relay.bus import LocalBus, notices, parse_notice
+from gateway.relay.fresh import SYNC_PREFIX, Barrier
 from gateway.relay.hub import Hub
 from gateway.store import Change
 
@@ -55,6 +56,7 @@ class RedisBus(LocalBus):
         self._client: redis.Redis | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self.barrier = Barrier(lambda marker: self._publisher().publish(self.channel, marker))
 
     def _publisher(self) -> redis.Redis:
         # created lazily in the worker (after the fork): no connection crosses a fork
@@ -118,12 +120,18 @@ class RedisBus(LocalBus):
                     # the first subscription, or redis-py's own resubscription after a
                     # reconnect: anything published meanwhile was lost to us
                     self.subscriptions += 1
+                    self.hub.seen.reset(live=True)
                     self.connected.set()
                     self.hub.resync()
                 elif message["type"] == "message":
                     data = message["data"]
-                    self.hub.notify(parse_notice(data.decode() if isinstance(data, bytes) else data))
+                    payload = data.decode() if isinstance(data, bytes) else data
+                    if payload.startswith(SYNC_PREFIX):
+                        self.barrier.received(payload)
+                    else:
+                        self.hub.notify(parse_notice(payload))
         finally:
             self.connected.clear()
+            self.hub.seen.reset(live=False)
             pubsub.close()
             client.close()
