@@ -81,6 +81,7 @@ class Change:
 
     job_id: str
     version: int
+    progress_only: bool = False  # only the progress moved: the relay may coalesce it (relay/coalesce.py)
 
 
 class Bus(Protocol):
@@ -382,9 +383,11 @@ class Writer:
 
         Compared in memory before flushing, so each job gets one UPDATE with its new version."""
         for job_id, job in self._touched.items():
-            if _public(job) != self._before.get(job_id):
+            before, after = self._before.get(job_id), _public(job)
+            if after != before:
                 job.version += 1
-                self.changes.append(Change(job_id, job.version))
+                progress_only = bool(before) and before[:3] == after[:3] and before[4:] == after[4:]  # type: ignore[index]
+                self.changes.append(Change(job_id, job.version, progress_only))
         self._touched.clear()
         self._before.clear()
         for entry in self._traces:

@@ -87,3 +87,25 @@ def test_a_lost_marker_means_read_the_database() -> None:
     bus = Loopback(drop=True)
     assert bus.barrier.wait(timeout=0.3) is False
     assert not bus.barrier.received("sync:someone-else:1")  # another process's marker
+
+
+# -- the progress coalescer (gateway/relay/coalesce.py) ----------------------------------------------------
+
+
+def test_progress_is_coalesced_state_changes_are_not_and_the_last_progress_follows() -> None:
+    from gateway.relay.coalesce import Coalescer
+    from gateway.store import Change
+
+    flushed: list[Change] = []
+    co = Coalescer(flushed.extend, interval=0.2)
+    assert co.split([Change("job_a", 2, progress_only=True)]) == [Change("job_a", 2, True)]  # leading edge
+    assert co.split([Change("job_a", 3, True)]) == []
+    assert co.split([Change("job_a", 4, True), Change("job_b", 7, True)]) == [Change("job_b", 7, True)]
+    assert co.is_held(Change("job_a", 4, True)) and co.held == 2
+    deadline = time.monotonic() + 5
+    while not flushed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert flushed == [Change("job_a", 4, True)]  # only the newest held version, once
+    assert co.split([Change("job_a", 5, True)]) == []  # still inside the interval of the trailing one
+    assert co.split([Change("job_a", 6, False)]) == [Change("job_a", 6, False)]  # a state change: at once
+    assert not co.is_held(Change("job_a", 5, True))  # covered by the announcement of version 6

@@ -475,7 +475,7 @@ def _metric(base: str, name: str) -> float:
 
 
 def test_conditional_polls_never_hide_an_acknowledged_change(bus_pair: tuple[Server, Server], db_url: str, request: pytest.FixtureRequest) -> None:
-    """Each round: an unchanged job is 304; then a webhook acknowledged by A is seen by the very
+    """Each round: an unchanged job is 304; then a change acknowledged by A is seen by the very
     next conditional poll on B (200 with the new progress), never hidden by a remembered version.
     With a bus that carries every change (PostgreSQL, Redis), B answers 304s from memory."""
     a, b = bus_pair
@@ -491,13 +491,49 @@ def test_conditional_polls_never_hide_an_acknowledged_change(bus_pair: tuple[Ser
         for _ in range(3):
             unchanged = s.get(url, headers={"If-None-Match": tag}, timeout=10)
             assert unchanged.status_code == 304 and unchanged.headers["ETag"] == tag
-        post_webhook(a.url, job["external_id"], "processing", offset_ms=i + 1, progress={"current": i, "total": 30})
+        # a new label: never coalesced (only progress-only changes of a storming job are)
+        post_webhook(a.url, job["external_id"], "processing", offset_ms=i + 1, label=f"step {i}", progress={"current": i, "total": 30})
         changed = s.get(url, headers={"If-None-Match": tag}, timeout=10)
         assert changed.status_code == 200, f"round {i}: the acknowledged change was hidden by a 304"
-        assert changed.json()["progress"]["current"] == i
+        assert changed.json()["progress"]["current"] == i and changed.json()["label"] == f"step {i}"
         tag = changed.headers["ETag"]
     from_memory = _metric(b.url, "gateway_relay_polls_from_memory_total") - before
     if request.node.callspec.params["bus_pair"] == "redis" or "postgres" in db_url:
         assert from_memory > 0, "no poll was answered from memory"
     else:
         assert from_memory == 0  # SQLite's change feed has no barrier: every poll reads
+
+
+# -- progress storms -----------------------------------------------------------------------------------------
+
+
+def test_a_progress_storm_is_coalesced_and_its_end_is_never_lost(
+    bus_pair: tuple[Server, Server], db_url: str, request: pytest.FixtureRequest, watcher_factory: Any
+) -> None:
+    """100 progress webhooks back to back: B's watcher gets far fewer frames than webhooks
+    (PostgreSQL and Redis buses coalesce), still gets the final progress, then the state change."""
+    a, b = bus_pair
+    reg = register(a.url)
+    job = reg["job"]
+    ws = watcher_factory(b.url)
+    ws.subscribe(job["id"], reg["token"])
+    ws.wait_for(job_frame(job["id"]))
+    post_webhook(a.url, job["external_id"], "processing", progress={"current": 0, "total": 100})
+    ws.wait_for(job_frame(job["id"], progress__current=0))
+    from tests.signing import STANDARD_SECRET, iso_now, standard_body, standard_headers
+
+    s = requests.Session()
+    started = time.monotonic()
+    for i in range(1, 101):
+        body = standard_body(job["external_id"], "processing", occurred_at=iso_now(i), progress={"current": i, "total": 100})
+        assert s.post(f"{a.url}/webhooks/worker", data=body, headers=standard_headers(STANDARD_SECRET, body), timeout=10).status_code == 200
+    storm = time.monotonic() - started
+    ws.wait_for(job_frame(job["id"], progress__current=100))  # the trailing announcement
+    post_webhook(a.url, job["external_id"], "complete", offset_ms=500, result={"ok": True})
+    ws.wait_for(job_frame(job["id"], state="complete"))
+    frames = [f for f in ws.seen if f.get("type") == "job" and f["job"]["state"] == "processing" and (f["job"]["progress"] or {}).get("current", 0) > 0]
+    if request.node.callspec.params["bus_pair"] == "redis" or "postgres" in db_url:
+        # per writer process (A has 2 workers): one leading notice, then at most one per 0.1 s
+        bound = 2 * (storm / 0.1 + 2)
+        assert len(frames) <= bound, f"{len(frames)} frames for 100 progress webhooks in {storm:.2f}s"
+        assert len(frames) < 100

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from gateway.relay.bus import LocalBus, notices, parse_notice
+from gateway.relay.coalesce import Coalescer
 from gateway.relay.fresh import SYNC_PREFIX, Barrier
 from gateway.relay.hub import Hub
 from gateway.store import Change
@@ -49,25 +50,40 @@ class PostgresBus(LocalBus):
         self.connects = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        self.barrier = Barrier(self._send_marker)
-        self._marker_conn: psycopg.Connection | None = None
+        self.barrier = Barrier(lambda marker: self._notify_outside([marker]))
+        self.coalescer = Coalescer(self._announce_later)
+        self._own_conn: psycopg.Connection | None = None
+        self._own_lock = threading.Lock()
 
-    def _send_marker(self, marker: str) -> None:
-        """A barrier marker on the changes' channel, from its own autocommit connection (one
-        sender per process: the barrier's thread)."""
-        try:
-            if self._marker_conn is None or self._marker_conn.closed:
-                self._marker_conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5, application_name=LISTENER_NAME + "-sync")
-            self._marker_conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, marker))
-        except psycopg.Error:
-            if self._marker_conn is not None:
-                self._marker_conn.close()
-            self._marker_conn = None
-            raise
+    def _notify_outside(self, payloads: list[str]) -> None:
+        """NOTIFY outside any writer's transaction (barrier markers, trailing progress), on this
+        process's own autocommit connection."""
+        with self._own_lock:
+            try:
+                if self._own_conn is None or self._own_conn.closed:
+                    self._own_conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5, application_name=LISTENER_NAME + "-notify")
+                self._own_conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (CHANNEL, payloads))
+            except psycopg.Error:
+                if self._own_conn is not None:
+                    self._own_conn.close()
+                self._own_conn = None
+                raise
+
+    def _announce_later(self, changes: list[Change]) -> None:
+        """The trailing announcement of held progress: committed versions, to everyone."""
+        self.hub.notify((c.job_id, c.version) for c in changes)
+        self._notify_outside(notices(changes))
 
     def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None:
-        """Inside the writer's transaction: the notices go out with the commit, never before."""
-        session.execute(_NOTIFY, {"channel": CHANNEL, "payloads": notices(changes)})
+        """Inside the writer's transaction: the notices go out with the commit, never before.
+        Progress-only changes of a storming job are held for one trailing notice (coalesce.py)."""
+        now = self.coalescer.split(changes)
+        if now:
+            session.execute(_NOTIFY, {"channel": CHANNEL, "payloads": notices(now)})
+
+    def published(self, changes: Sequence[Change]) -> None:
+        """After commit: this process's hub, except for progress held for the trailing notice."""
+        super().published([c for c in changes if not self.coalescer.is_held(c)])
 
     def start(self) -> None:
         """Start this process's listener (once)."""

@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gateway.relay.bus import LocalBus, notices, parse_notice
+from gateway.relay.coalesce import Coalescer
 from gateway.relay.fresh import SYNC_PREFIX, Barrier
 from gateway.relay.hub import Hub
 from gateway.store import Change
@@ -57,6 +58,7 @@ class RedisBus(LocalBus):
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.barrier = Barrier(lambda marker: self._publisher().publish(self.channel, marker))
+        self.coalescer = Coalescer(self._announce)
 
     def _publisher(self) -> redis.Redis:
         # created lazily in the worker (after the fork): no connection crosses a fork
@@ -72,6 +74,13 @@ class RedisBus(LocalBus):
 
         A failed publish is logged, not raised: the change is committed and acknowledged,
         and the other processes' resync will carry it."""
+        self._announce(self.coalescer.split(changes))
+
+    def _announce(self, changes: Sequence[Change]) -> None:
+        """This process's hub, then every other process through Redis (progress of a storming
+        job is held by the coalescer and comes here once per interval)."""
+        if not changes:
+            return
         super().published(changes)
         try:
             client = self._publisher()
