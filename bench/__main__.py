@@ -6,6 +6,8 @@ Suites (each module also runs alone, ``python -m bench.<name>``):
 * ``ingest`` (bench.ingest): webhooks/s through the full path on PostgreSQL against a no-op
   endpoint and the docs' naive handler;
 * ``polling`` (bench.ingest): conditional GETs (304) and plain GETs (200) against a no-op GET;
+* ``storm`` (bench.storm): one job reporting progress 100 times a second: bus notices and
+  watcher frames with coalescing, against the same storm without (one notice per change);
 * ``relay`` (bench.relay): webhook → WebSocket latency across two processes at a steady rate,
   on the PostgreSQL bus and on the Redis bus; idle watchers per gevent worker and memory per
   watcher against the naive flask-sock relay; fan-out of one change to 1,000 watchers against
@@ -28,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, relay
+from bench import ingest, relay, storm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,6 +44,8 @@ AIMS = (
     ("relay_pg_500_webhook_to_ws_p99_ms", 20, "max"),
     ("relay_pg_50_webhook_to_ws_p50_ms", 5, "max"),
     ("relay_pg_50_webhook_to_ws_p99_ms", 20, "max"),
+    ("storm_postgres_coalesced_max_frames_per_s", 10, "max"),
+    ("storm_redis_coalesced_max_frames_per_s", 10, "max"),
     ("idle_memory_gateway_to_naive", 0.5, "max"),
     ("fanout_1000_gateway_to_naive", 0.5, "max"),
 )
@@ -93,6 +97,13 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             flat["fanout_1000_gateway_send_loop_ms"] = fan_g["server_send_loop_mean_ms"]
             flat["fanout_1000_naive_send_loop_ms"] = fan_n["server_send_loop_mean_ms"]
             flat["fanout_1000_gateway_to_naive"] = round(fan_g["server_send_loop_mean_ms"] / fan_n["server_send_loop_mean_ms"], 3)
+    st = results.get("storm")
+    if st:
+        for run in st["runs"]:
+            tag = f"storm_{run['bus']}_{'coalesced' if run['progress_interval_ms'] else 'uncoalesced'}"
+            flat[f"{tag}_notices"] = run["bus_notices_for_the_job"]
+            flat[f"{tag}_max_frames_per_s"] = run["max_progress_frames_in_one_second"]
+            flat[f"{tag}_final_progress_delivered"] = run["last_progress_frame_is_final"]
     aims = {}
     for name, aim, kind in AIMS:
         if name in flat:
@@ -119,7 +130,7 @@ def run_relay(workdir: Path) -> dict[str, Any]:
 def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the gunicorn workers inherit it
-    suites = os.environ.get("BENCH_SUITES", "ingest,polling,relay").split(",")
+    suites = os.environ.get("BENCH_SUITES", "ingest,polling,storm,relay").split(",")
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -140,6 +151,10 @@ def main() -> None:
         t = time.monotonic()
         results["polling"] = ingest.polling(workdir, seconds, rounds, connections)
         timings["polling"] = round(time.monotonic() - t, 1)
+    if "storm" in suites:
+        t = time.monotonic()
+        results["storm"] = storm.run(workdir)
+        timings["storm"] = round(time.monotonic() - t, 1)
     if "relay" in suites:
         t = time.monotonic()
         results["relay"] = run_relay(workdir)

@@ -48,7 +48,9 @@ class Relay:
             registry=gw.metrics.registry,
         )
         self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe)
-        self.bus: RelayBus = make_bus(bus_name, self.hub, self.store, gw.config.redis_url)
+        self.bus: RelayBus = make_bus(
+            bus_name, self.hub, self.store, gw.config.redis_url, progress_interval=gw.config.progress_interval_ms / 1000
+        )
         self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
@@ -157,7 +159,9 @@ class Relay:
             self.unwatch(job_id, box)
 
 
-def make_bus(name: str, hub: Hub, store: Store, redis_url: str = "redis://127.0.0.1:6379/0") -> RelayBus:
+def make_bus(
+    name: str, hub: Hub, store: Store, redis_url: str = "redis://127.0.0.1:6379/0", *, progress_interval: float = 0.1
+) -> RelayBus:
     """The bus for ``gateway.bus``: ``auto`` picks the database's own; ``redis`` is for any database."""
     dialect = store.engine.dialect.name
     if name == "auto":
@@ -169,7 +173,7 @@ def make_bus(name: str, hub: Hub, store: Store, redis_url: str = "redis://127.0.
             raise ConfigError("gateway.bus: 'postgres' needs a PostgreSQL DATABASE_URL")
         from gateway.relay.bus_pg import PostgresBus
 
-        return PostgresBus(hub, store.engine)
+        return PostgresBus(hub, store.engine, progress_interval=progress_interval)
     if name == "sqlite":
         if dialect != "sqlite":
             raise ConfigError("gateway.bus: 'sqlite' needs a SQLite DATABASE_URL")
@@ -179,7 +183,7 @@ def make_bus(name: str, hub: Hub, store: Store, redis_url: str = "redis://127.0.
     if name == "redis":
         from gateway.relay.bus_redis import RedisBus
 
-        return RedisBus(hub, store.engine, redis_url)
+        return RedisBus(hub, store.engine, redis_url, progress_interval=progress_interval)
     raise ConfigError(f"gateway.bus: the {name!r} bus is not available in this installation")
 
 

@@ -42,7 +42,7 @@ class PostgresBus(LocalBus):
 
     name = "postgres"
 
-    def __init__(self, hub: Hub, engine: Engine, *, max_backoff: float = 10.0):
+    def __init__(self, hub: Hub, engine: Engine, *, max_backoff: float = 10.0, progress_interval: float = 0.1):
         super().__init__(hub)
         self.dsn = libpq_dsn(engine)
         self.max_backoff = max_backoff
@@ -51,7 +51,7 @@ class PostgresBus(LocalBus):
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.barrier = Barrier(lambda marker: self._notify_outside([marker]))
-        self.coalescer = Coalescer(self._announce_later)
+        self.coalescer = Coalescer(self._announce_later, progress_interval)
         self._own_conn: psycopg.Connection | None = None
         self._own_lock = threading.Lock()
 

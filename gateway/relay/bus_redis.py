@@ -47,7 +47,7 @@ class RedisBus(LocalBus):
 
     name = "redis"
 
-    def __init__(self, hub: Hub, engine: Engine, redis_url: str, *, max_backoff: float = 10.0):
+    def __init__(self, hub: Hub, engine: Engine, redis_url: str, *, max_backoff: float = 10.0, progress_interval: float = 0.1):
         super().__init__(hub)
         self.redis_url = redis_url
         self.channel = channel_for(engine)
@@ -58,7 +58,7 @@ class RedisBus(LocalBus):
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.barrier = Barrier(lambda marker: self._publisher().publish(self.channel, marker))
-        self.coalescer = Coalescer(self._announce)
+        self.coalescer = Coalescer(self._announce, progress_interval)
 
     def _publisher(self) -> redis.Redis:
         # created lazily in the worker (after the fork): no connection crosses a fork
