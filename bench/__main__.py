@@ -46,6 +46,7 @@ AIMS = (
     ("relay_pg_50_webhook_to_ws_p99_ms", 20, "max"),
     ("storm_postgres_coalesced_max_frames_per_s", 10, "max"),
     ("storm_redis_coalesced_max_frames_per_s", 10, "max"),
+    ("idle_watchers_two_workers", 30000, "min"),
     ("idle_memory_gateway_to_naive", 0.5, "max"),
     ("fanout_1000_gateway_to_naive", 0.5, "max"),
 )
@@ -86,9 +87,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 flat[f"relay_{tag}_webhook_to_ws_p50_ms"] = run["webhook_to_ws_ms"]["p50"]
                 flat[f"relay_{tag}_webhook_to_ws_p99_ms"] = run["webhook_to_ws_ms"]["p99"]
                 flat[f"relay_{tag}_achieved_webhooks_per_s"] = run["achieved_rate_per_s"]
-        idle_g, idle_n = rel.get("idle_gateway"), rel.get("idle_baseline_naive_flask_sock")
+        idle_g, idle_n = rel.get("idle_gateway_two_workers"), rel.get("idle_naive_two_workers")
         if idle_g and idle_n:
-            flat["idle_watchers_per_worker"] = idle_g["alive_after_idle"]
+            flat["idle_watchers_two_workers"] = idle_g["alive_after_idle"]
+            flat["idle_watchers_per_worker"] = idle_g["connections_per_worker"]
             flat["idle_kb_per_watcher_gateway"] = idle_g["kb_per_watcher"]
             flat["idle_kb_per_watcher_naive"] = idle_n["kb_per_watcher"]
             flat["idle_memory_gateway_to_naive"] = round(idle_g["kb_per_watcher"] / idle_n["kb_per_watcher"], 3)
@@ -116,14 +118,15 @@ def run_relay(workdir: Path) -> dict[str, Any]:
     """bench.relay's suites at the issue's load: 500 webhooks/s, both buses, idle and fan-out."""
     rates = [int(r) for r in os.environ.get("BENCH_RELAY_RATES", "50,500").split(",") if r]
     seconds = float(os.environ.get("BENCH_SECONDS", "8"))
-    idle_n = int(os.environ.get("BENCH_IDLE", "15000"))
+    idle_n = int(os.environ.get("BENCH_IDLE", "30000"))  # across the two workers of one instance
     fan_n = int(os.environ.get("BENCH_FANOUT", "1000"))
     rounds = int(os.environ.get("BENCH_ROUNDS", "15"))
     out: dict[str, Any] = {"latency": []}
     for rate in rates:  # a rate one worker sustains, and the issue's 500/s (beyond one worker's ingest)
         for bus in os.environ.get("BENCH_BUSES", "postgres,redis").split(","):
             out["latency"].append(relay.latency("postgres", rate, seconds, workdir, bus=bus))
-    out.update(relay.capacity_and_fanout(idle_n, fan_n, rounds, workdir))
+    out.update(relay.capacity_two_workers(idle_n, workdir))
+    out.update(relay.capacity_and_fanout(0, fan_n, rounds, workdir))  # fan-out only: idle is measured above
     return out
 
 
