@@ -313,9 +313,11 @@ def _idle_client(port: int, source: str, n: int, subscribe: list[str] | None, re
         swarm.close()
 
 
-def idle_across_workers(server: Server, n: int, subscribe: list[str] | None, clients: int = 2) -> dict[str, Any]:
+def idle_across_workers(server: Server, n: int, subscribe: list[str] | None, clients: int = 2, first_address: int = 2) -> dict[str, Any]:
     """``n`` idle watchers on a multi-worker server, from ``clients`` processes (each from its own
-    loopback address and under its own descriptor limit); RSS per watcher summed over the workers."""
+    loopback address, 127.0.0.<first_address + i>, and under its own descriptor limit); RSS per
+    watcher summed over the workers. A later run takes fresh addresses: closed connections keep
+    their ports in TIME_WAIT for a minute."""
     pids = server.worker_pids()
     before = {pid: rss_kb(pid) for pid in pids}
     fds_before = {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in pids}
@@ -324,7 +326,7 @@ def idle_across_workers(server: Server, n: int, subscribe: list[str] | None, cli
     for i in range(clients):
         ready = mp.Event()
         parent, child = mp.Pipe()
-        p = mp.Process(target=_idle_client, args=(server.port, f"127.0.0.{i + 2}", n // clients, subscribe, ready, stop, child), daemon=True)
+        p = mp.Process(target=_idle_client, args=(server.port, f"127.0.0.{first_address + i}", n // clients, subscribe, ready, stop, child), daemon=True)
         p.start()
         procs.append((p, ready))
         pipes.append(parent)
@@ -371,7 +373,7 @@ def capacity_two_workers(n: int, workdir: Path) -> dict[str, Any]:
         drop()
     naive = Server({"NAIVE_PING_INTERVAL": "25"}, workers=2, app="bench.naive_app:app", extra_args=args, log_path=workdir / "naive2.log").start()
     try:
-        out["idle_naive_two_workers"] = idle_across_workers(naive, n, None)
+        out["idle_naive_two_workers"] = idle_across_workers(naive, n, None, first_address=4)
     finally:
         naive.stop()
     return out
