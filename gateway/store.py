@@ -238,7 +238,7 @@ class Writer:
         job = self._lock_job(job_id, queue_lock=may_queue, seen=seen)
         before = job.state
         view = view_of(job)
-        links = self._links(job_id)
+        links = self._links(job_id, job)
         if view.last is None or event.sort_key() > view.last:
             view, decision = states.apply(view, event, links)
         else:
@@ -246,7 +246,7 @@ class Writer:
             view, decision = self._refold(job, links, event.uid)
             if decision is Decision.APPLIED and view.public() == old.public() and view.queue == old.queue:
                 decision = Decision.STALE  # arrived late: history absorbs it, the job does not move
-        self._store_view(job, view)
+        self._store_view(job, view, links)
         return Outcome(decision, job_id, before, job.state, None)
 
     def _refold(self, job: Job, links: list[states.Link], uid: str | None) -> tuple[states.JobView, Decision]:
@@ -363,8 +363,9 @@ class Writer:
             update(Delivery).where(Delivery.source == source, Delivery.external_id == external_id, Delivery.job_id.is_(None)).values(job_id=job.id)
         )
         self.session.flush()
-        view, _ = self._refold(job, self._links(job.id), None)
-        self._store_view(job, view)
+        links = self._links(job.id)  # from the table: a key may have been added just now
+        view, _ = self._refold(job, links, None)
+        self._store_view(job, view, links)
 
     # -- trace and deliveries -----------------------------------------------------------------
 
@@ -398,7 +399,7 @@ class Writer:
         self._traces.clear()
         self.session.flush()
 
-    def _store_view(self, job: Job, view: states.JobView) -> None:
+    def _store_view(self, job: Job, view: states.JobView, links: list[states.Link]) -> None:
         self._touch(job)
         was_queued, since = job.state == State.QUEUED.value, job.queued_since
         job.state = view.state.value
@@ -410,7 +411,7 @@ class Writer:
         job.state_changed_at = view.state_changed_at
         job.updated_at = view.updated_at
         job.queued_since = view.queued_since
-        job.fold = fold_of(view)
+        job.fold = {**fold_of(view), "keys": keys_of(links)}
         now_queued = view.state is State.QUEUED
         reported = view.queue or {}
         if now_queued:
@@ -493,7 +494,13 @@ class Writer:
     def _job_of_event(self, source: str, event_id: str) -> str | None:
         return self.session.scalar(select(Event.job_id).where(Event.source == source, Event.event_id == event_id))
 
-    def _links(self, job_id: str) -> list[states.Link]:
+    def _links(self, job_id: str, locked: Job | None = None) -> list[states.Link]:
+        """The job's keys as the fold sees them. From the ``locked`` row's fold when it carries
+        them (every key is added under the row lock, and the same transaction rewrites the fold),
+        else from the table."""
+        kept = (locked.fold or {}).get("keys") if locked is not None else None
+        if kept is not None:
+            return links_of(kept)
         rows = self.session.execute(_LINKS, {"job_id": job_id}).all()
         return [states.Link(key=(r.source, r.external_id), at=r.linked_at, uid=f"{r.id:012d}") for r in rows]
 
@@ -537,6 +544,16 @@ def fold_of(view: states.JobView) -> dict[str, Any]:
         "stalled": view.stalled,
         "last": [view.last[0].isoformat(), view.last[1], view.last[2]] if view.last else None,
     }
+
+
+def keys_of(links: list[states.Link]) -> list[list[Any]]:
+    """The job's keys for its fold JSON: [uid, source, external id, linked at or None]."""
+    return [[link.uid, link.key[0], link.key[1], link.at.isoformat() if link.at else None] for link in links]
+
+
+def links_of(keys: list[list[Any]]) -> list[states.Link]:
+    """``keys_of`` read back."""
+    return [states.Link(key=(k[1], k[2]), at=_dt(k[3]), uid=k[0]) for k in keys]
 
 
 def view_of(job: Job) -> states.JobView:
