@@ -70,16 +70,17 @@ def machine() -> dict[str, Any]:
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """The figures the issue asks for, flattened, each with its aim and whether it was met."""
     flat: dict[str, Any] = {}
-    ing = results.get("ingest")
+    ok = {k: v for k, v in results.items() if isinstance(v, dict) and "error" not in v}
+    ing = ok.get("ingest")
     if ing:
         flat["ingest_gateway_to_naive"] = ing["ratio_gateway_to_naive"]
         flat["ingest_gateway_to_noop"] = ing["ratio_gateway_to_noop"]
         flat["ingest_gateway_errors"] = ing["gateway"]["errors"]
-    poll = results.get("polling")
+    poll = ok.get("polling")
     if poll:
         flat["polling_304_to_noop"] = poll["ratio_304_to_noop"]
         flat["polling_200_to_noop"] = poll["ratio_200_to_noop"]
-    rel = results.get("relay")
+    rel = ok.get("relay")
     if rel:
         for run in rel.get("latency", []):
             tag = ("pg" if run["bus"] in ("auto", "postgres") else run["bus"]) + f"_{run['target_rate_per_s']}"
@@ -88,7 +89,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 flat[f"relay_{tag}_webhook_to_ws_p99_ms"] = run["webhook_to_ws_ms"]["p99"]
                 flat[f"relay_{tag}_achieved_webhooks_per_s"] = run["achieved_rate_per_s"]
         idle_g, idle_n = rel.get("idle_gateway_two_workers"), rel.get("idle_naive_two_workers")
-        if idle_g and idle_n:
+        if idle_g and idle_n and "error" not in idle_g:
             flat["idle_watchers_two_workers"] = idle_g["alive_after_idle"]
             flat["idle_watchers_per_worker"] = idle_g["connections_per_worker"]
             flat["idle_kb_per_watcher_gateway"] = idle_g["kb_per_watcher"]
@@ -99,7 +100,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             flat["fanout_1000_gateway_send_loop_ms"] = fan_g["server_send_loop_mean_ms"]
             flat["fanout_1000_naive_send_loop_ms"] = fan_n["server_send_loop_mean_ms"]
             flat["fanout_1000_gateway_to_naive"] = round(fan_g["server_send_loop_mean_ms"] / fan_n["server_send_loop_mean_ms"], 3)
-    st = results.get("storm")
+    st = ok.get("storm")
     if st:
         for run in st["runs"]:
             tag = f"storm_{run['bus']}_{'coalesced' if run['progress_interval_ms'] else 'uncoalesced'}"
@@ -125,7 +126,10 @@ def run_relay(workdir: Path) -> dict[str, Any]:
     for rate in rates:  # a rate one worker sustains, and the issue's 500/s (beyond one worker's ingest)
         for bus in os.environ.get("BENCH_BUSES", "postgres,redis").split(","):
             out["latency"].append(relay.latency("postgres", rate, seconds, workdir, bus=bus))
-    out.update(relay.capacity_two_workers(idle_n, workdir))
+    try:
+        out.update(relay.capacity_two_workers(idle_n, workdir))
+    except Exception as exc:  # reported, and the fan-out still runs
+        out["idle_gateway_two_workers"] = {"error": f"{type(exc).__name__}: {exc}"}
     out.update(relay.capacity_and_fanout(0, fan_n, rounds, workdir))  # fan-out only: idle is measured above
     return out
 
@@ -146,22 +150,21 @@ def main() -> None:
     seconds = float(os.environ.get("BENCH_INGEST_SECONDS", "6"))
     rounds = int(os.environ.get("BENCH_ROUNDS_HTTP", "3"))
     connections = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-    if "ingest" in suites:
+    runs = {
+        "ingest": lambda: ingest.ingest(workdir, seconds, rounds, connections, int(os.environ.get("BENCH_JOBS", "400"))),
+        "polling": lambda: ingest.polling(workdir, seconds, rounds, connections),
+        "storm": lambda: storm.run(workdir),
+        "relay": lambda: run_relay(workdir),
+    }
+    for name, fn in runs.items():
+        if name not in suites:
+            continue
         t = time.monotonic()
-        results["ingest"] = ingest.ingest(workdir, seconds, rounds, connections, int(os.environ.get("BENCH_JOBS", "400")))
-        timings["ingest"] = round(time.monotonic() - t, 1)
-    if "polling" in suites:
-        t = time.monotonic()
-        results["polling"] = ingest.polling(workdir, seconds, rounds, connections)
-        timings["polling"] = round(time.monotonic() - t, 1)
-    if "storm" in suites:
-        t = time.monotonic()
-        results["storm"] = storm.run(workdir)
-        timings["storm"] = round(time.monotonic() - t, 1)
-    if "relay" in suites:
-        t = time.monotonic()
-        results["relay"] = run_relay(workdir)
-        timings["relay"] = round(time.monotonic() - t, 1)
+        try:
+            results[name] = fn()
+        except Exception as exc:  # one suite failing still leaves the others' figures
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        timings[name] = round(time.monotonic() - t, 1)
     results["summary"] = ratios(results)
     results["seconds"] = {**timings, "total": round(time.monotonic() - started, 1)}
     text = json.dumps(results, indent=2)

@@ -295,10 +295,14 @@ def _idle_client(port: int, source: str, n: int, subscribe: list[str] | None, re
     got = [0]
     swarm = Swarm("127.0.0.1", port, on_text=lambda c, p, t: got.__setitem__(0, got[0] + 1), source=source)
     try:
-        conns = swarm.connect(n, timeout=300)
+        conns = []
+        for start in range(0, n, 1000):  # a ramp, as tabs arrive: 1,000 at a time, each subscribed
+            batch = swarm.connect(min(1000, n - start), batch=50, timeout=300)
+            if subscribe:
+                for i, conn in enumerate(batch):
+                    swarm.send_text(conn, subscribe[(start + i) % len(subscribe)])
+            conns += batch
         if subscribe:
-            for i, conn in enumerate(conns):
-                swarm.send_text(conn, subscribe[i % len(subscribe)])
             ok = swarm.run_until(lambda: got[0] >= n, 180)
         else:
             ok = True
@@ -334,17 +338,19 @@ def idle_across_workers(server: Server, n: int, subscribe: list[str] | None, cli
         ready.wait(400)
     setup = time.perf_counter() - t0
     time.sleep(3.0)  # idle: let the workers settle before reading RSS
-    after = {pid: rss_kb(pid) for pid in pids}
-    fds = {pid: len(os.listdir(f"/proc/{pid}/fd")) - fds_before[pid] for pid in pids}
+    alive_pids = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+    after = {pid: rss_kb(pid) for pid in alive_pids}
+    fds = {pid: len(os.listdir(f"/proc/{pid}/fd")) - fds_before[pid] for pid in alive_pids}
     stop.set()
     reports = [pipe.recv() for pipe in pipes]
     for p, _ in procs:
         p.join(30)
     alive = sum(r["alive"] for r in reports)
-    grown = sum(after.values()) - sum(before.values())
+    grown = sum(after.values()) - sum(before[pid] for pid in alive_pids)
     return {
         "watchers": n,
         "workers": len(pids),
+        "workers_lost": len(pids) - len(alive_pids),
         "alive_after_idle": alive,
         "all_subscribed": all(r["ok"] for r in reports),
         "errors": [r["error"] for r in reports if "error" in r],
