@@ -164,8 +164,15 @@ def test_queue_positions_move_for_the_jobs_behind(bus_pair: tuple[Server, Server
         ws.subscribe(reg["job"]["id"], reg["token"])
     ws.wait_for(job_frame(regs[2]["job"]["id"], queue__position=3))
     post_webhook(a.url, regs[0]["job"]["external_id"], "processing")
-    ws.wait_for(job_frame(regs[1]["job"]["id"], queue__position=1))
-    ws.wait_for(job_frame(regs[2]["job"]["id"], queue__position=2))
+    # both move, in either order: frames of different jobs are not ordered
+    pending = {regs[1]["job"]["id"]: 1, regs[2]["job"]["id"]: 2}
+
+    def both_moved(frame: dict[str, Any]) -> bool:
+        for job_id in [j for j, pos in pending.items() if job_frame(j, queue__position=pos)(frame)]:
+            del pending[job_id]
+        return not pending
+
+    ws.wait_for(both_moved)
 
 
 # -- WebSocket protocol ---------------------------------------------------------------------------------------
