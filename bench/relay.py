@@ -291,6 +291,103 @@ def idle_cost(server: Server, n: int, subscribe: list[str] | None) -> dict[str, 
         swarm.close()
 
 
+def _idle_client(port: int, source: str, n: int, subscribe: list[str] | None, ready: Any, stop: Any, out: Any) -> None:
+    """Child process: ``n`` idle watchers from ``source``; reports how many are still open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    got = [0]
+    swarm = Swarm("127.0.0.1", port, on_text=lambda c, p, t: got.__setitem__(0, got[0] + 1), source=source)
+    try:
+        conns = []
+        for start in range(0, n, 1000):  # a ramp, as tabs arrive: 1,000 at a time, each subscribed
+            batch = swarm.connect(min(1000, n - start), batch=50, timeout=300)
+            if subscribe:
+                for i, conn in enumerate(batch):
+                    swarm.send_text(conn, subscribe[(start + i) % len(subscribe)])
+            conns += batch
+        if subscribe:
+            ok = swarm.run_until(lambda: got[0] >= n, 180)
+        else:
+            ok = True
+        ready.set()
+        while not stop.is_set():
+            swarm.poll(0.1)
+        out.send({"ok": ok, "snapshots": got[0], "alive": sum(1 for c in swarm.conns if c.open)})
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        ready.set()
+        out.send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "alive": sum(1 for c in swarm.conns if c.open)})
+    finally:
+        swarm.close()
+
+
+def idle_across_workers(server: Server, n: int, subscribe: list[str] | None, clients: int = 2, first_address: int = 2) -> dict[str, Any]:
+    """``n`` idle watchers on a multi-worker server, from ``clients`` processes (each from its own
+    loopback address, 127.0.0.<first_address + i>, and under its own descriptor limit); RSS per
+    watcher summed over the workers. A later run takes fresh addresses: closed connections keep
+    their ports in TIME_WAIT for a minute."""
+    pids = server.worker_pids()
+    before = {pid: rss_kb(pid) for pid in pids}
+    fds_before = {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in pids}
+    procs, pipes, stop = [], [], mp.Event()
+    t0 = time.perf_counter()
+    for i in range(clients):
+        ready = mp.Event()
+        parent, child = mp.Pipe()
+        p = mp.Process(target=_idle_client, args=(server.port, f"127.0.0.{first_address + i}", n // clients, subscribe, ready, stop, child), daemon=True)
+        p.start()
+        procs.append((p, ready))
+        pipes.append(parent)
+    for p, ready in procs:
+        ready.wait(400)
+    setup = time.perf_counter() - t0
+    time.sleep(3.0)  # idle: let the workers settle before reading RSS
+    alive_pids = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+    after = {pid: rss_kb(pid) for pid in alive_pids}
+    fds = {pid: len(os.listdir(f"/proc/{pid}/fd")) - fds_before[pid] for pid in alive_pids}
+    stop.set()
+    reports = [pipe.recv() for pipe in pipes]
+    for p, _ in procs:
+        p.join(30)
+    alive = sum(r["alive"] for r in reports)
+    grown = sum(after.values()) - sum(before[pid] for pid in alive_pids)
+    return {
+        "watchers": n,
+        "workers": len(pids),
+        "workers_lost": len(pids) - len(alive_pids),
+        "alive_after_idle": alive,
+        "all_subscribed": all(r["ok"] for r in reports),
+        "errors": [r["error"] for r in reports if "error" in r],
+        "connections_per_worker": sorted(fds.values()),
+        "rss_before_mb": round(sum(before.values()) / 1024, 1),
+        "rss_after_mb": round(sum(after.values()) / 1024, 1),
+        "kb_per_watcher": round(grown / max(1, alive), 2),
+        "connect_and_subscribe_s": round(setup, 1),
+    }
+
+
+def capacity_two_workers(n: int, workdir: Path) -> dict[str, Any]:
+    """``n`` idle, subscribed watchers on one gateway instance with two gevent workers, and ``n``
+    idle sockets on the naive relay under the same two workers: memory per watcher side by side."""
+    out: dict[str, Any] = {}
+    url, drop = make_database("postgres", workdir)
+    cfg = workdir / "capacity2.toml"
+    cfg.write_text(CONFIG)
+    args = ("--worker-connections", str(n + 2000))
+    gw = Server({**ENV, "GATEWAY_CONFIG": str(cfg), "DATABASE_URL": url}, workers=2, extra_args=args, log_path=workdir / "capacity2.log").start()
+    try:
+        jobs = [register(gw.port) for _ in range(100)]
+        out["idle_gateway_two_workers"] = idle_across_workers(gw, n, [subscribe_msg(r) for r in jobs])
+    finally:
+        gw.stop()
+        drop()
+    naive = Server({"NAIVE_PING_INTERVAL": "25"}, workers=2, app="bench.naive_app:app", extra_args=args, log_path=workdir / "naive2.log").start()
+    try:
+        out["idle_naive_two_workers"] = idle_across_workers(naive, n, None, first_address=4)
+    finally:
+        naive.stop()
+    return out
+
+
 # -- 3. fan-out of one change -------------------------------------------------------------------------------------------
 
 
@@ -337,9 +434,10 @@ def capacity_and_fanout(idle_n: int, fan_n: int, rounds: int, workdir: Path) -> 
     naive = Server({"NAIVE_PING_INTERVAL": "25"}, workers=1, app="bench.naive_app:app",
                    extra_args=("--worker-connections", str(idle_n + 2000)), log_path=workdir / "naive.log").start()
     try:
-        jobs = [register(b.port) for _ in range(100)]
-        out["idle_gateway"] = idle_cost(b, idle_n, [subscribe_msg(r) for r in jobs])
-        out["idle_baseline_naive_flask_sock"] = idle_cost(naive, idle_n, None)
+        if idle_n:
+            jobs = [register(b.port) for _ in range(100)]
+            out["idle_gateway"] = idle_cost(b, idle_n, [subscribe_msg(r) for r in jobs])
+            out["idle_baseline_naive_flask_sock"] = idle_cost(naive, idle_n, None)
 
         target = register(a.port)
         first = [0]

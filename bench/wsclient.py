@@ -43,8 +43,11 @@ class Conn:
 class Swarm:
     """Many WebSocket connections to one server, driven by ``run_until``."""
 
-    def __init__(self, host: str, port: int, path: str = "/ws", on_text: Callable[[Conn, bytes, float], None] | None = None):
+    def __init__(
+        self, host: str, port: int, path: str = "/ws", on_text: Callable[[Conn, bytes, float], None] | None = None, source: str | None = None
+    ):
         self.host, self.port, self.path = host, port, path
+        self.source = source  # a loopback source address (127.0.0.2, ...): ~28k ephemeral ports each
         self.sel = selectors.DefaultSelector()
         self.conns: list[Conn] = []
         self.on_text = on_text
@@ -65,6 +68,8 @@ class Swarm:
             while started < n and started - finished < batch:
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.source:
+                    s.bind((self.source, 0))
                 s.connect((self.host, self.port))
                 s.setblocking(False)
                 req = (

@@ -30,6 +30,7 @@ class Background:
     tasks: list[Task] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _started_pid: int | None = None
+    on_stop: list[Callable[[], object]] = field(default_factory=list)  # e.g. the relay's listener
 
     def every(
         self, seconds: float, name: str, *, wake: threading.Event | None = None
@@ -53,8 +54,15 @@ class Background:
         for task in self.tasks:
             self._spawn(task)
 
+    @property
+    def running(self) -> bool:
+        """Started in this process and not stopped: a serving process, not a CLI or a test's app."""
+        return self._started_pid == os.getpid() and not self._stop.is_set()
+
     def stop(self) -> None:
         self._stop.set()
+        for fn in self.on_stop:
+            fn()
         for task in self.tasks:
             if task.wake is not None:
                 task.wake.set()

@@ -47,6 +47,7 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "retention_days": (int, 30),
     "bus": (str, "auto"),
     "redis_url": (str, "redis://127.0.0.1:6379/0"),
+    "progress_interval_ms": (int, 100),
     "support_email": (str, "support@example.com"),
     "demo": (bool, False),
     "outbox_interval": (int, 5),
@@ -104,6 +105,7 @@ class Config:
     retention_days: int = 30
     bus: str = "auto"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    progress_interval_ms: int = 100  # a storming job's progress is announced at most once per this; 0: every change
     support_email: str = "support@example.com"
     demo: bool = False
     outbox_interval: int = 5  # seconds between outbox sweeps (an enqueue in this process wakes it at once)

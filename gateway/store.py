@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +37,23 @@ TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization fai
 GATEWAY_SOURCE = "gateway"  # events the gateway itself records: retries, links, watchdog
 API_SOURCE = "api"  # events reported through POST /api/jobs/<id>/events
 JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{1,60}$")
+
+# The hot path's statements, built once: SQLAlchemy compiles each once per engine and reuses it.
+_JOB_OF_KEY = (
+    select(JobKey.job_id, Job.queue_name, Job.state)
+    .join(Job, Job.id == JobKey.job_id)
+    .where(JobKey.source == bindparam("source"), JobKey.external_id == bindparam("external_id"))
+)
+_QUEUE_OF_JOB = select(Job.queue_name, Job.state).where(Job.id == bindparam("job_id"))
+# NO KEY UPDATE, not UPDATE: inserting an event takes KEY SHARE on its job row (the foreign
+# key), and FOR UPDATE would deadlock two writers that both inserted first
+_LOCK_JOB = select(Job).where(Job.id == bindparam("job_id")).with_for_update(key_share=True).execution_options(populate_existing=True)
+_LINKS = select(JobKey.id, JobKey.source, JobKey.external_id, JobKey.linked_at).where(JobKey.job_id == bindparam("job_id"))
+_QUEUE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:k))")
+_INSERT_EVENT = {
+    name: dialect.insert(Event.__table__).on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(Event.__table__.c.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
 
 
 def utcnow() -> datetime:
@@ -64,6 +81,7 @@ class Change:
 
     job_id: str
     version: int
+    progress_only: bool = False  # only the progress moved: the relay may coalesce it (relay/coalesce.py)
 
 
 class Bus(Protocol):
@@ -153,6 +171,9 @@ class Writer:
         self._before: dict[str, tuple[Any, ...]] = {}
         self._touched: dict[str, Job] = {}
         self._traces: list[TraceEntry] = []  # written by finish_changes, stamped with the job's version
+        # every job row this transaction loaded: the session's identity map holds rows weakly,
+        # and reading one again (version_of, traces) must not cost another SELECT
+        self._held: dict[str, Job] = {}
         self.committed: list[Callable[[], None]] = []  # run after the commit (e.g. wake the outbox)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
@@ -174,13 +195,14 @@ class Writer:
     ) -> Outcome:
         """Record one event exactly once and apply it to its job, if the job is known yet."""
         received_at = received_at or utcnow()
+        seen: Any = None  # (queue_name, state) read with the key: saves a round trip before the lock
         if job_id is None:
-            job_id = self._job_for_key(source, pe.external_id)
+            seen = self.session.execute(_JOB_OF_KEY, {"source": source, "external_id": pe.external_id}).first()
+            job_id = seen.job_id if seen is not None else None
             if job_id is None and auto_register and pe.state is not None:
                 job_id = self.register(source, pe.external_id, None, pe.label, _queue_name(pe.queue), who="auto")[0].id
         data = {k: v for k, v in (("progress", pe.progress), ("queue", pe.queue), ("error", pe.error), ("result", pe.result), ("label", pe.label)) if v is not None}
-        inserted = self._insert_ignore(
-            Event,
+        inserted = self._insert_event(
             dict(
                 source=source,
                 event_id=pe.event_id,
@@ -192,8 +214,7 @@ class Writer:
                 occurred_at=pe.occurred_at,
                 received_at=received_at,
                 data=data or None,
-            ),
-            conflict=("source", "event_id"),
+            )
         )
         if not inserted:
             return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id))
@@ -211,13 +232,13 @@ class Writer:
             result=pe.result,
             label=pe.label,
         )
-        return self._apply(job_id, event, may_queue=pe.state is State.QUEUED)
+        return self._apply(job_id, event, may_queue=pe.state is State.QUEUED, seen=seen)
 
-    def _apply(self, job_id: str, event: states.Event, *, may_queue: bool) -> Outcome:
-        job = self._lock_job(job_id, queue_lock=may_queue)
+    def _apply(self, job_id: str, event: states.Event, *, may_queue: bool, seen: Any = None) -> Outcome:
+        job = self._lock_job(job_id, queue_lock=may_queue, seen=seen)
         before = job.state
         view = view_of(job)
-        links = self._links(job_id)
+        links = self._links(job_id, job)
         if view.last is None or event.sort_key() > view.last:
             view, decision = states.apply(view, event, links)
         else:
@@ -225,7 +246,7 @@ class Writer:
             view, decision = self._refold(job, links, event.uid)
             if decision is Decision.APPLIED and view.public() == old.public() and view.queue == old.queue:
                 decision = Decision.STALE  # arrived late: history absorbs it, the job does not move
-        self._store_view(job, view)
+        self._store_view(job, view, links)
         return Outcome(decision, job_id, before, job.state, None)
 
     def _refold(self, job: Job, links: list[states.Link], uid: str | None) -> tuple[states.JobView, Decision]:
@@ -342,8 +363,9 @@ class Writer:
             update(Delivery).where(Delivery.source == source, Delivery.external_id == external_id, Delivery.job_id.is_(None)).values(job_id=job.id)
         )
         self.session.flush()
-        view, _ = self._refold(job, self._links(job.id), None)
-        self._store_view(job, view)
+        links = self._links(job.id)  # from the table: a key may have been added just now
+        view, _ = self._refold(job, links, None)
+        self._store_view(job, view, links)
 
     # -- trace and deliveries -----------------------------------------------------------------
 
@@ -358,23 +380,26 @@ class Writer:
     # -- versions and queue positions ------------------------------------------------------------
 
     def finish_changes(self) -> None:
-        """Raise each touched job's version once if its JSON changed, and collect the changes."""
-        self.session.flush()
+        """Raise each touched job's version once if its JSON changed, and collect the changes.
+
+        Compared in memory before flushing, so each job gets one UPDATE with its new version."""
         for job_id, job in self._touched.items():
-            if _public(job) != self._before.get(job_id):
+            before, after = self._before.get(job_id), _public(job)
+            if after != before:
                 job.version += 1
-                self.changes.append(Change(job_id, job.version))
+                progress_only = bool(before) and before[:3] == after[:3] and before[4:] == after[4:]  # type: ignore[index]
+                self.changes.append(Change(job_id, job.version, progress_only))
         self._touched.clear()
         self._before.clear()
         for entry in self._traces:
-            job = self.session.get(Job, entry.job_id)
+            job = self._held.get(entry.job_id) or self.session.get(Job, entry.job_id)
             if job is not None and "version" not in (entry.detail or {}):
                 entry.detail = {**(entry.detail or {}), "version": job.version}
             self.session.add(entry)
         self._traces.clear()
         self.session.flush()
 
-    def _store_view(self, job: Job, view: states.JobView) -> None:
+    def _store_view(self, job: Job, view: states.JobView, links: list[states.Link]) -> None:
         self._touch(job)
         was_queued, since = job.state == State.QUEUED.value, job.queued_since
         job.state = view.state.value
@@ -386,7 +411,7 @@ class Writer:
         job.state_changed_at = view.state_changed_at
         job.updated_at = view.updated_at
         job.queued_since = view.queued_since
-        job.fold = fold_of(view)
+        job.fold = {**fold_of(view), "keys": keys_of(links)}
         now_queued = view.state is State.QUEUED
         reported = view.queue or {}
         if now_queued:
@@ -421,6 +446,7 @@ class Writer:
                 job.queue = shown
 
     def _touch(self, job: Job) -> None:
+        self._held[job.id] = job
         if job.id not in self._touched:
             self._touched[job.id] = job
             self._before.setdefault(job.id, _public(job))
@@ -429,27 +455,38 @@ class Writer:
 
     def version_of(self, job_id: str | None) -> int | None:
         """The job's version as this transaction sees it."""
-        job = self.session.get(Job, job_id) if job_id else None
+        if not job_id:
+            return None
+        job = self._held.get(job_id) or self.session.get(Job, job_id)
         return job.version if job is not None else None
 
     def lock_job(self, job_id: str) -> Job:
         """The job, locked for this transaction; NotFound if there is none."""
         return self._lock_job(job_id, queue_lock=False)
 
-    def _lock_job(self, job_id: str, *, queue_lock: bool) -> Job:
+    def _lock_job(self, job_id: str, *, queue_lock: bool, seen: Any = None) -> Job:
         """The job's row, locked for this transaction. Writers that may move a job into or out
-        of a queue first take that queue's lock, so position recomputation never interleaves."""
+        of a queue first take that queue's lock, so position recomputation never interleaves.
+
+        ``seen``: the job's (queue_name, state) as read earlier in this transaction, if any."""
+        locked: str | None = None
         if self.postgres:
-            row = self.session.execute(select(Job.queue_name, Job.state).where(Job.id == job_id)).first()
-            if row is not None and (queue_lock or row.state in (State.QUEUED.value, State.FAILED.value)):
-                self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "gateway.queue:" + row.queue_name})
-        # NO KEY UPDATE, not UPDATE: inserting an event takes KEY SHARE on its job row (the
-        # foreign key), and FOR UPDATE would deadlock two writers that both inserted first
-        stmt = select(Job).where(Job.id == job_id).with_for_update(key_share=True).execution_options(populate_existing=True)
-        job = self.session.scalars(stmt).first()
+            row = seen if seen is not None else self.session.execute(_QUEUE_OF_JOB, {"job_id": job_id}).first()
+            if row is not None and (queue_lock or row.state in _QUEUE_STATES):
+                locked = self._queue_lock(row.queue_name)
+        job = self.session.scalars(_LOCK_JOB, {"job_id": job_id}).first()
         if job is None:
             raise NotFound("no such job", code="job_not_found")
+        self._held[job.id] = job
+        if self.postgres and locked != job.queue_name and job.state in _QUEUE_STATES:
+            # the job entered a queue between the unlocked read and the row lock: take that
+            # queue's lock now (a deadlock this may cause is detected and retried by Store.write)
+            self._queue_lock(job.queue_name)
         return job
+
+    def _queue_lock(self, queue_name: str) -> str:
+        self.session.execute(_QUEUE_LOCK, {"k": "gateway.queue:" + queue_name})
+        return queue_name
 
     def _job_for_key(self, source: str, external_id: str) -> str | None:
         return self.session.scalar(select(JobKey.job_id).where(JobKey.source == source, JobKey.external_id == external_id))
@@ -457,9 +494,19 @@ class Writer:
     def _job_of_event(self, source: str, event_id: str) -> str | None:
         return self.session.scalar(select(Event.job_id).where(Event.source == source, Event.event_id == event_id))
 
-    def _links(self, job_id: str) -> list[states.Link]:
-        rows = self.session.scalars(select(JobKey).where(JobKey.job_id == job_id)).all()
+    def _links(self, job_id: str, locked: Job | None = None) -> list[states.Link]:
+        """The job's keys as the fold sees them. From the ``locked`` row's fold when it carries
+        them (every key is added under the row lock, and the same transaction rewrites the fold),
+        else from the table."""
+        kept = (locked.fold or {}).get("keys") if locked is not None else None
+        if kept is not None:
+            return links_of(kept)
+        rows = self.session.execute(_LINKS, {"job_id": job_id}).all()
         return [states.Link(key=(r.source, r.external_id), at=r.linked_at, uid=f"{r.id:012d}") for r in rows]
+
+    def _insert_event(self, values: dict[str, Any]) -> int | None:
+        """Insert an event unless (source, event_id) is taken; its id, or None for a duplicate."""
+        return self.session.execute(_INSERT_EVENT["postgresql" if self.postgres else "sqlite"], values).scalar()
 
     def _insert_ignore(self, model: type, values: dict[str, Any], *, conflict: tuple[str, ...]) -> int | None:
         dialect = postgresql if self.postgres else sqlite
@@ -468,6 +515,9 @@ class Writer:
 
 
 # -- conversions between rows and the pure fold ----------------------------------------------------
+
+
+_QUEUE_STATES = (State.QUEUED.value, State.FAILED.value)
 
 
 def _public(job: Job) -> tuple[Any, ...]:
@@ -494,6 +544,16 @@ def fold_of(view: states.JobView) -> dict[str, Any]:
         "stalled": view.stalled,
         "last": [view.last[0].isoformat(), view.last[1], view.last[2]] if view.last else None,
     }
+
+
+def keys_of(links: list[states.Link]) -> list[list[Any]]:
+    """The job's keys for its fold JSON: [uid, source, external id, linked at or None]."""
+    return [[link.uid, link.key[0], link.key[1], link.at.isoformat() if link.at else None] for link in links]
+
+
+def links_of(keys: list[list[Any]]) -> list[states.Link]:
+    """``keys_of`` read back."""
+    return [states.Link(key=(k[1], k[2]), at=_dt(k[3]), uid=k[0]) for k in keys]
 
 
 def view_of(job: Job) -> states.JobView:

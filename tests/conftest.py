@@ -132,6 +132,23 @@ def pg_url() -> Iterator[str]:
     drop_pg_database(url)
 
 
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis for the Redis bus; required (a failure, not a skip) when GATEWAY_REQUIRE_REDIS=1."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:  # noqa: BLE001
+        if _require("GATEWAY_REQUIRE_REDIS"):
+            pytest.fail(f"Redis is required (GATEWAY_REQUIRE_REDIS=1) but unreachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    return REDIS_URL
+
+
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("sqlite") / "gateway.db"

@@ -48,17 +48,30 @@ def pair(db_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory:
     return _pair(db_url, pairs, tmp_path_factory)
 
 
-def _pair(db_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, Server]:
-    """Instance A (takes the webhooks) and instance B (holds the watchers), sharing one database."""
-    if db_url not in pairs:
+@pytest.fixture(params=["native", "redis"])
+def bus_pair(request: pytest.FixtureRequest, db_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, Server]:
+    """A pair on the database's own bus, and a pair on the Redis bus: the cross-instance tests run on both."""
+    if request.param == "redis":
+        return _pair(db_url, pairs, tmp_path_factory, redis_url=request.getfixturevalue("redis_url"))
+    return _pair(db_url, pairs, tmp_path_factory)
+
+
+def _pair(
+    db_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory: pytest.TempPathFactory, redis_url: str | None = None
+) -> tuple[Server, Server]:
+    """Instance A (takes the webhooks) and instance B (holds the watchers), sharing one database
+    (and, with ``redis_url``, one Redis bus)."""
+    key = f"{db_url} {redis_url or ''}"
+    if key not in pairs:
         d = tmp_path_factory.mktemp("relay")
-        cfg = write_config(d / "gateway.toml", extra_gateway=RELAY_SETTINGS)
+        settings = RELAY_SETTINGS + (f'bus = "redis"\nredis_url = "{redis_url}"\n' if redis_url else "")
+        cfg = write_config(d / "gateway.toml", extra_gateway=settings)
         ARTIFACTS.mkdir(exist_ok=True)
-        tag = "pg" if "postgres" in db_url else "sqlite"
+        tag = ("pg" if "postgres" in db_url else "sqlite") + ("-redis" if redis_url else "")
         a = Server(server_env(db_url, cfg), log_path=ARTIFACTS / f"relay-{tag}-a-{os.getpid()}.log").start()
         b = Server(server_env(db_url, cfg), log_path=ARTIFACTS / f"relay-{tag}-b-{os.getpid()}.log").start()
-        pairs[db_url] = (a, b)
-    return pairs[db_url]
+        pairs[key] = (a, b)
+    return pairs[key]
 
 
 @pytest.fixture
@@ -98,8 +111,8 @@ class LongPoll(threading.Thread):
 # -- fan-out across instances -------------------------------------------------------------------------
 
 
-def test_webhook_on_a_reaches_ws_sse_and_long_poll_on_b(pair: tuple[Server, Server], watcher_factory: Any) -> None:
-    a, b = pair
+def test_webhook_on_a_reaches_ws_sse_and_long_poll_on_b(bus_pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = bus_pair
     reg = register(a.url)
     job, token = reg["job"], reg["token"]
     ws = watcher_factory(b.url)
@@ -128,8 +141,8 @@ def test_webhook_on_a_reaches_ws_sse_and_long_poll_on_b(pair: tuple[Server, Serv
     assert sse.retry is not None and sse.retry > 0
 
 
-def test_many_jobs_on_one_connection_each_get_their_own_changes(pair: tuple[Server, Server], watcher_factory: Any) -> None:
-    a, b = pair
+def test_many_jobs_on_one_connection_each_get_their_own_changes(bus_pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = bus_pair
     regs = [register(a.url) for _ in range(3)]
     ws = watcher_factory(b.url)
     for reg in regs:
@@ -142,8 +155,8 @@ def test_many_jobs_on_one_connection_each_get_their_own_changes(pair: tuple[Serv
         assert ws.wait_for(job_frame(reg["job"]["id"], state="processing"))["job"]["progress"]["current"] == i
 
 
-def test_queue_positions_move_for_the_jobs_behind(pair: tuple[Server, Server], watcher_factory: Any) -> None:
-    a, b = pair
+def test_queue_positions_move_for_the_jobs_behind(bus_pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = bus_pair
     queue = "q-" + uuid.uuid4().hex[:8]
     regs = [register(a.url, queue=queue) for _ in range(3)]
     ws = watcher_factory(b.url)
@@ -157,8 +170,8 @@ def test_queue_positions_move_for_the_jobs_behind(pair: tuple[Server, Server], w
 # -- WebSocket protocol ---------------------------------------------------------------------------------------
 
 
-def test_pending_then_snapshot_when_the_job_is_registered_elsewhere(pair: tuple[Server, Server], watcher_factory: Any) -> None:
-    a, b = pair
+def test_pending_then_snapshot_when_the_job_is_registered_elsewhere(bus_pair: tuple[Server, Server], watcher_factory: Any) -> None:
+    a, b = bus_pair
     job_id = "job_pending_" + uuid.uuid4().hex[:10]
     r = requests.post(f"{a.url}/api/tokens", json={"job": job_id}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
     token = r.json()["token"]
@@ -379,6 +392,36 @@ def test_killed_listener_reconnects_and_resyncs(
     ws.wait_for(job_frame(reg["job"]["id"], progress__current=2))
 
 
+def test_killed_redis_subscriber_resubscribes_and_resyncs(
+    pg_url: str, redis_url: str, pairs: dict[str, tuple[Server, Server]], tmp_path_factory: pytest.TempPathFactory, watcher_factory: Any
+) -> None:
+    """The Redis twin of the test above: B's subscriber connections are killed; a change
+    published meanwhile is lost on the wire but reaches B's watcher through the resync."""
+    import redis
+
+    from gateway.relay.bus_redis import SUBSCRIBER_NAME
+
+    a, b = _pair(pg_url, pairs, tmp_path_factory, redis_url=redis_url)
+    reg = register(a.url)
+    ws = watcher_factory(b.url)
+    ws.subscribe(reg["job"]["id"], reg["token"])
+    ws.wait_for(job_frame(reg["job"]["id"]))
+    admin = redis.Redis.from_url(redis_url)
+    ours = [c for c in admin.client_list(_type="pubsub") if c.get("name") == SUBSCRIBER_NAME]
+    assert ours, "no relay subscriber connection"
+    for c in ours:
+        admin.client_kill_filter(_id=c["id"])
+    post_webhook(a.url, reg["job"]["external_id"], "processing", progress={"current": 1, "total": 2})
+    ws.wait_for(job_frame(reg["job"]["id"], state="processing"), timeout=30)
+    deadline = time.monotonic() + 15
+    ids = {c["id"] for c in ours}
+    while time.monotonic() < deadline and not [c for c in admin.client_list(_type="pubsub") if c.get("name") == SUBSCRIBER_NAME and c["id"] not in ids]:
+        time.sleep(0.1)
+    assert [c for c in admin.client_list(_type="pubsub") if c.get("name") == SUBSCRIBER_NAME and c["id"] not in ids], "no new subscriber"
+    post_webhook(a.url, reg["job"]["external_id"], "processing", offset_ms=5, progress={"current": 2, "total": 2})
+    ws.wait_for(job_frame(reg["job"]["id"], progress__current=2))
+
+
 def test_resync_catches_up_what_the_bus_never_carried(db_url: str, tmp_path: Any) -> None:
     """Two apps on one database with the process-local bus: only B's resync can tell B."""
     from gateway.app import create_app
@@ -420,3 +463,76 @@ def test_notify_payloads_round_trip_under_the_limit(pairs_: list[tuple[str, int]
     payloads = notices(changes, limit=900)
     assert all(len(p.encode()) <= 900 for p in payloads)
     assert [c for p in payloads for c in parse_notice(p)] == pairs_
+
+
+# -- conditional polls answered from memory -------------------------------------------------------------------
+
+
+def _metric(base: str, name: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def test_conditional_polls_never_hide_an_acknowledged_change(bus_pair: tuple[Server, Server], db_url: str, request: pytest.FixtureRequest) -> None:
+    """Each round: an unchanged job is 304; then a change acknowledged by A is seen by the very
+    next conditional poll on B (200 with the new progress), never hidden by a remembered version.
+    With a bus that carries every change (PostgreSQL, Redis), B answers 304s from memory."""
+    a, b = bus_pair
+    reg = register(a.url)
+    job, token = reg["job"], reg["token"]
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {token}"
+    url = f"{b.url}/api/jobs/{job['id']}"
+    first = s.get(url, timeout=10)
+    tag = first.headers["ETag"]
+    before = _metric(b.url, "gateway_relay_polls_from_memory_total")
+    for i in range(30):
+        for _ in range(3):
+            unchanged = s.get(url, headers={"If-None-Match": tag}, timeout=10)
+            assert unchanged.status_code == 304 and unchanged.headers["ETag"] == tag
+        # a new label: never coalesced (only progress-only changes of a storming job are)
+        post_webhook(a.url, job["external_id"], "processing", offset_ms=i + 1, label=f"step {i}", progress={"current": i, "total": 30})
+        changed = s.get(url, headers={"If-None-Match": tag}, timeout=10)
+        assert changed.status_code == 200, f"round {i}: the acknowledged change was hidden by a 304"
+        assert changed.json()["progress"]["current"] == i and changed.json()["label"] == f"step {i}"
+        tag = changed.headers["ETag"]
+    from_memory = _metric(b.url, "gateway_relay_polls_from_memory_total") - before
+    if request.node.callspec.params["bus_pair"] == "redis" or "postgres" in db_url:
+        assert from_memory > 0, "no poll was answered from memory"
+    else:
+        assert from_memory == 0  # SQLite's change feed has no barrier: every poll reads
+
+
+# -- progress storms -----------------------------------------------------------------------------------------
+
+
+def test_a_progress_storm_is_coalesced_and_its_end_is_never_lost(
+    bus_pair: tuple[Server, Server], db_url: str, request: pytest.FixtureRequest, watcher_factory: Any
+) -> None:
+    """100 progress webhooks back to back: B's watcher gets far fewer frames than webhooks
+    (PostgreSQL and Redis buses coalesce), still gets the final progress, then the state change."""
+    a, b = bus_pair
+    reg = register(a.url)
+    job = reg["job"]
+    ws = watcher_factory(b.url)
+    ws.subscribe(job["id"], reg["token"])
+    ws.wait_for(job_frame(job["id"]))
+    post_webhook(a.url, job["external_id"], "processing", progress={"current": 0, "total": 100})
+    ws.wait_for(job_frame(job["id"], progress__current=0))
+    from tests.signing import STANDARD_SECRET, iso_now, standard_body, standard_headers
+
+    s = requests.Session()
+    started = time.monotonic()
+    for i in range(1, 101):
+        body = standard_body(job["external_id"], "processing", occurred_at=iso_now(i), progress={"current": i, "total": 100})
+        assert s.post(f"{a.url}/webhooks/worker", data=body, headers=standard_headers(STANDARD_SECRET, body), timeout=10).status_code == 200
+    storm = time.monotonic() - started
+    ws.wait_for(job_frame(job["id"], progress__current=100))  # the trailing announcement
+    post_webhook(a.url, job["external_id"], "complete", offset_ms=500, result={"ok": True})
+    ws.wait_for(job_frame(job["id"], state="complete"))
+    frames = [f for f in ws.seen if f.get("type") == "job" and f["job"]["state"] == "processing" and (f["job"]["progress"] or {}).get("current", 0) > 0]
+    if request.node.callspec.params["bus_pair"] == "redis" or "postgres" in db_url:
+        # per writer process (A has 2 workers): one leading notice, then at most one per 0.1 s
+        bound = 2 * (storm / 0.1 + 2)
+        assert len(frames) <= bound, f"{len(frames)} frames for 100 progress webhooks in {storm:.2f}s"
+        assert len(frames) < 100

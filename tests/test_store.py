@@ -131,3 +131,27 @@ def test_link_supersedes_the_old_attempts_late_events(store):
     with store.transaction() as w:
         w.record_event("worker", new)
     assert (store.get_job(job).state, store.get_job(job).attempt) == ("processing", 2)
+
+
+def test_the_keys_kept_in_the_fold_are_the_job_keys_table(store):
+    """The fold JSON carries the job's keys so a webhook skips the links query: after
+    registration, an attempt link and events from both keys, they match the table."""
+    from sqlalchemy import select
+
+    from gateway.models import Job, JobKey
+    from gateway.store import links_of
+
+    job_id = register(store)
+    send(store, job_id, "k1", State.PROCESSING, 1)
+    with store.transaction() as w:
+        w.lock_job(job_id)
+        w.link_attempt(job_id, "worker", "second-" + job_id, by="test")
+    pe = ProviderEvent(event_id="k2", external_id="second-" + job_id, occurred_at=FUTURE + timedelta(milliseconds=5), state=State.COMPLETE)
+    with store.transaction() as w:
+        w.record_event("worker", pe)
+    with store.reading() as session:
+        job = session.get(Job, job_id)
+        table = session.execute(select(JobKey).where(JobKey.job_id == job_id).order_by(JobKey.id)).scalars().all()
+        kept = links_of(job.fold["keys"])
+    assert [(link.key, link.at, link.uid) for link in kept] == [((k.source, k.external_id), k.linked_at, f"{k.id:012d}") for k in table]
+    assert len(kept) == 2 and job.state == "complete"

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 
 from gateway.api import _matches
@@ -43,8 +43,14 @@ class Relay:
             "gateway_relay_fanout_seconds", "Time to hand one snapshot to every local watcher of its job",
             registry=gw.metrics.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
         )
+        self.polls_from_memory = Counter(
+            "gateway_relay_polls_from_memory", "Conditional polls answered 304 from the version cache, with no database read",
+            registry=gw.metrics.registry,
+        )
         self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe)
-        self.bus: RelayBus = make_bus(bus_name, self.hub, self.store)
+        self.bus: RelayBus = make_bus(
+            bus_name, self.hub, self.store, gw.config.redis_url, progress_interval=gw.config.progress_interval_ms / 1000
+        )
         self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
@@ -93,6 +99,42 @@ class Relay:
         """Catch up with anything the bus missed; see ``Hub.resync``."""
         return self.hub.resync()
 
+    # -- polls answered from memory (see fresh.py) ---------------------------------------------------
+
+    def fresh_etag(self, job_id: str) -> str | None:
+        """The job's current ETag if this process knows it without reading the database: the
+        version is in the cache and a barrier proved no acknowledged change is still on its way.
+        None means "read the database"."""
+        barrier = getattr(self.bus, "barrier", None)
+        if barrier is None or not self._serving():
+            return None
+        if self.hub.seen.get(job_id) is None or not barrier.wait():
+            return None
+        version = self.hub.seen.get(job_id)
+        return f'"{job_id}.{version}"' if version is not None else None
+
+    def _serving(self) -> bool:
+        return bool(getattr(self.gw.background, "running", False))
+
+    def stop(self) -> None:
+        """Stop this process's bus follower and dispatcher (the app is shutting down)."""
+        self.bus.stop()
+        self.hub.stop()
+
+    def answered_from_memory(self) -> None:
+        """Count a 304 that cost no database read."""
+        self.polls_from_memory.inc()
+
+    def read_job(self, job_id: str) -> Job | None:
+        """The job from the database; its version is remembered if the bus listened throughout."""
+        if self._serving():
+            self.start()
+        epoch = self.hub.seen.epoch
+        job = self.store.get_job(job_id)
+        if job is not None:
+            self.hub.seen.saw(job.id, job.version, epoch)
+        return job
+
     # -- long-poll ---------------------------------------------------------------------------------
 
     def wait_for_change(self, job_id: str, if_none_match: str, seconds: float) -> Job | None:
@@ -117,8 +159,10 @@ class Relay:
             self.unwatch(job_id, box)
 
 
-def make_bus(name: str, hub: Hub, store: Store) -> RelayBus:
-    """The bus for ``gateway.bus``: ``auto`` picks the database's own."""
+def make_bus(
+    name: str, hub: Hub, store: Store, redis_url: str = "redis://127.0.0.1:6379/0", *, progress_interval: float = 0.1
+) -> RelayBus:
+    """The bus for ``gateway.bus``: ``auto`` picks the database's own; ``redis`` is for any database."""
     dialect = store.engine.dialect.name
     if name == "auto":
         name = "postgres" if dialect == "postgresql" else "sqlite" if dialect == "sqlite" else "local"
@@ -129,13 +173,17 @@ def make_bus(name: str, hub: Hub, store: Store) -> RelayBus:
             raise ConfigError("gateway.bus: 'postgres' needs a PostgreSQL DATABASE_URL")
         from gateway.relay.bus_pg import PostgresBus
 
-        return PostgresBus(hub, store.engine)
+        return PostgresBus(hub, store.engine, progress_interval=progress_interval)
     if name == "sqlite":
         if dialect != "sqlite":
             raise ConfigError("gateway.bus: 'sqlite' needs a SQLite DATABASE_URL")
         from gateway.relay.bus_sqlite import SqliteBus
 
         return SqliteBus(hub, store.engine)
+    if name == "redis":
+        from gateway.relay.bus_redis import RedisBus
+
+        return RedisBus(hub, store.engine, redis_url, progress_interval=progress_interval)
     raise ConfigError(f"gateway.bus: the {name!r} bus is not available in this installation")
 
 
@@ -146,6 +194,7 @@ def init_app(app: Flask, gw: Any) -> None:
 
     relay = Relay(gw, gw.config.bus)
     gw.relay = relay
+    gw.background.on_stop.append(relay.stop)
     gw.store.bus = relay.bus
     app.register_blueprint(sse_bp)
     init_ws(app, relay)

@@ -20,6 +20,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from gateway.relay.bus import LocalBus, notices, parse_notice
+from gateway.relay.coalesce import Coalescer
+from gateway.relay.fresh import SYNC_PREFIX, Barrier
 from gateway.relay.hub import Hub
 from gateway.store import Change
 
@@ -40,7 +42,7 @@ class PostgresBus(LocalBus):
 
     name = "postgres"
 
-    def __init__(self, hub: Hub, engine: Engine, *, max_backoff: float = 10.0):
+    def __init__(self, hub: Hub, engine: Engine, *, max_backoff: float = 10.0, progress_interval: float = 0.1):
         super().__init__(hub)
         self.dsn = libpq_dsn(engine)
         self.max_backoff = max_backoff
@@ -48,10 +50,40 @@ class PostgresBus(LocalBus):
         self.connects = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self.barrier = Barrier(lambda marker: self._notify_outside([marker]))
+        self.coalescer = Coalescer(self._announce_later, progress_interval)
+        self._own_conn: psycopg.Connection | None = None
+        self._own_lock = threading.Lock()
+
+    def _notify_outside(self, payloads: list[str]) -> None:
+        """NOTIFY outside any writer's transaction (barrier markers, trailing progress), on this
+        process's own autocommit connection."""
+        with self._own_lock:
+            try:
+                if self._own_conn is None or self._own_conn.closed:
+                    self._own_conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5, application_name=LISTENER_NAME + "-notify")
+                self._own_conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (CHANNEL, payloads))
+            except psycopg.Error:
+                if self._own_conn is not None:
+                    self._own_conn.close()
+                self._own_conn = None
+                raise
+
+    def _announce_later(self, changes: list[Change]) -> None:
+        """The trailing announcement of held progress: committed versions, to everyone."""
+        self.hub.notify((c.job_id, c.version) for c in changes)
+        self._notify_outside(notices(changes))
 
     def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None:
-        """Inside the writer's transaction: the notices go out with the commit, never before."""
-        session.execute(_NOTIFY, {"channel": CHANNEL, "payloads": notices(changes)})
+        """Inside the writer's transaction: the notices go out with the commit, never before.
+        Progress-only changes of a storming job are held for one trailing notice (coalesce.py)."""
+        now = self.coalescer.split(changes)
+        if now:
+            session.execute(_NOTIFY, {"channel": CHANNEL, "payloads": notices(now)})
+
+    def published(self, changes: Sequence[Change]) -> None:
+        """After commit: this process's hub, except for progress held for the trailing notice."""
+        super().published([c for c in changes if not self.coalescer.is_held(c)])
 
     def start(self) -> None:
         """Start this process's listener (once)."""
@@ -73,6 +105,7 @@ class PostgresBus(LocalBus):
                 backoff = 0.25
             except Exception as exc:  # the database restarted or the backend was terminated
                 self.connected.clear()
+                self.hub.seen.reset(live=False)
                 log.warning("relay listener lost its connection; reconnecting in %.2fs", backoff, extra={"error": type(exc).__name__})
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -83,10 +116,14 @@ class PostgresBus(LocalBus):
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
         ) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
+            self.hub.seen.reset(live=True)  # from now on every commit's notice reaches us
             self.connects += 1
             self.connected.set()
             # anything committed before LISTEN took effect (first start, or while we were away)
             self.hub.resync()
             while not self._stopped.is_set():
                 for note in conn.notifies(timeout=5.0):
-                    self.hub.notify(parse_notice(note.payload))
+                    if note.payload.startswith(SYNC_PREFIX):
+                        self.barrier.received(note.payload)
+                    else:
+                        self.hub.notify(parse_notice(note.payload))

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+from gateway.relay.fresh import VersionCache
+
 log = logging.getLogger("gateway.relay")
 
 #: reads the current JSON of the given jobs (absent ids are not known yet): one query
@@ -119,6 +121,7 @@ class Hub:
     load: Loader
     versions: VersionReader
     on_fanout: Callable[[float], None] | None = None
+    seen: VersionCache = field(default_factory=VersionCache)  # every job's latest version the bus told us
     watchers: dict[str, set[Watcher]] = field(default_factory=dict)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     _pending: dict[str, int] = field(default_factory=dict)
@@ -185,6 +188,7 @@ class Hub:
         """Change notices from any bus; only newer versions of watched jobs are queued."""
         woke = False
         for job_id, version in changes:
+            self.seen.saw(job_id, version)
             if job_id not in self.watchers:
                 continue
             held = self.snapshots.get(job_id)

@@ -1,0 +1,104 @@
+"""Baselines for the ingest and polling benchmarks, run under the same gunicorn settings as the gateway.
+
+* ``bench.baselines:noop_app`` — a no-op Flask endpoint: ``POST /hook`` reads the body and
+  returns 200; ``GET /job`` returns a small JSON body (the polling baseline).
+* ``bench.baselines:naive_app`` — the handler the providers' docs show: verify with the SDK
+  (``standardwebhooks.Webhook.verify``), insert the event, commit, 200. SQLAlchemy Core with
+  the same pool settings as the gateway's engine; ``BENCH_NAIVE_DATABASE_URL`` names the
+  database (the table is created on first use).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from flask import Flask, Response, request
+
+
+def create_noop() -> Flask:
+    """The no-op endpoint: what Flask + gunicorn cost with no work at all."""
+    app = Flask("noop")
+    body = json.dumps({"id": "job_x", "state": "processing", "version": 3}).encode()
+
+    @app.post("/hook")
+    def hook() -> Any:
+        request.get_data()
+        return Response(b'{"status":"ok"}', 200, mimetype="application/json")
+
+    @app.get("/job")
+    def job() -> Any:
+        return Response(body, 200, mimetype="application/json")
+
+    @app.get("/readyz")
+    def ready() -> Any:
+        return {"status": "ok"}
+
+    return app
+
+
+def naive_table() -> Any:
+    """The naive handler's one table: an event per row, unique on the provider's event id."""
+    from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, func
+
+    return Table(
+        "naive_events", MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("event_id", String(255), unique=True, nullable=False),
+        Column("payload", JSON, nullable=False),
+        Column("received_at", DateTime(timezone=True), server_default=func.now()),
+    )
+
+
+def create_naive_table(url: str) -> None:
+    """Create the table before the workers start (two workers racing on CREATE TABLE would fail)."""
+    from gateway.db import make_engine
+
+    engine = make_engine(url)
+    naive_table().metadata.create_all(engine)
+    engine.dispose()
+
+
+def create_naive() -> Flask:
+    """The docs' handler: SDK verify, insert the event, commit."""
+    from sqlalchemy import insert
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    from gateway.db import make_engine
+
+    app = Flask("naive")
+    hook = Webhook(os.environ["WORKER_SECRETS"].split(",")[0])
+    events = naive_table()
+    state: dict[str, Any] = {}
+
+    def engine() -> Any:
+        if "engine" not in state:  # after the fork, in the worker
+            state["engine"] = make_engine(os.environ["BENCH_NAIVE_DATABASE_URL"])
+        return state["engine"]
+
+    @app.post("/hook")
+    def receive() -> Any:
+        body = request.get_data()
+        try:
+            payload = hook.verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            return {"error": "bad signature"}, 401
+        with engine().begin() as conn:
+            conn.execute(insert(events).values(event_id=request.headers["webhook-id"], payload=payload))
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def ready() -> Any:
+        return {"status": "ok"}
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # gunicorn imports ``bench.baselines:noop_app``; built on first access, no import-time app
+    if name == "noop_app":
+        return create_noop()
+    if name == "naive_app":
+        return create_naive()
+    raise AttributeError(name)

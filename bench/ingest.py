@@ -1,0 +1,163 @@
+"""Ingest and polling throughput, each against its baselines in the same run: ``python -m bench.ingest``.
+
+All servers run under the same gunicorn settings (``-k gevent``, 2 workers, the gateway's
+gunicorn config) and are loaded by the same ``wrk`` (closed loop, 2 threads, C connections).
+
+* ingest: verified, unique webhooks through the gateway's full path (verify, dedup, fold,
+  commit, NOTIFY) on PostgreSQL; baselines: (a) a no-op Flask endpoint that reads the body,
+  (b) the providers' docs' naive handler (SDK verify, insert, commit). Every request is a
+  distinct Standard Webhooks event signed with the ``standardwebhooks`` library, pre-made
+  before the clock starts; events of one job are sent in ``occurred_at`` order.
+* polling: conditional ``GET /api/jobs/<id>`` answered 304 and unconditional ones answered
+  200, against the no-op ``GET``.
+
+Rounds are interleaved (gateway, naive, no-op, gateway, …) and medians reported, because the
+machine is shared. Options (environment): BENCH_INGEST_SECONDS (6), BENCH_ROUNDS_HTTP (3),
+BENCH_CONNECTIONS (16), BENCH_JOBS (400).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import wrk
+from bench.baselines import create_naive_table
+from bench.relay import API_KEY, CONFIG, ENV, Http, iso_at, make_database, register
+from tests.servers import Server
+from tests.signing import STANDARD_SECRET, standard_headers
+
+WORKERS = 2
+
+
+def gateway(url: str, workdir: Path, name: str, extra_config: str = "") -> Server:
+    """The gateway under gunicorn (gevent, ``WORKERS`` workers) on ``url``."""
+    cfg = workdir / f"{name}.toml"
+    cfg.write_text(CONFIG.replace("[sources.worker]", extra_config + "\n[sources.worker]"))
+    env = {**ENV, "GATEWAY_CONFIG": str(cfg), "DATABASE_URL": url}
+    return Server(env, workers=WORKERS, log_path=workdir / f"{name}.log").start()
+
+
+def baseline(app: str, workdir: Path, name: str, env: dict[str, str] | None = None) -> Server:
+    """A baseline app under the same gunicorn settings."""
+    return Server({**ENV, **(env or {})}, workers=WORKERS, app=app, log_path=workdir / f"{name}.log").start()
+
+
+def signed_pool(path: str, jobs: list[dict[str, Any]], n: int, start_at: float) -> list[bytes]:
+    """``n`` distinct signed webhooks (processing, rising progress), round-robin over ``jobs``;
+    each job's events in ``occurred_at`` order along the pool."""
+    pool = []
+    for k in range(n):
+        ext = jobs[k % len(jobs)]["job"]["external_id"]
+        body = json.dumps({"external_id": ext, "state": "processing", "occurred_at": iso_at(start_at + k / 1000),
+                           "progress": {"current": k + 1, "total": n}}).encode()
+        headers = standard_headers(STANDARD_SECRET, body)
+        pool.append(wrk.raw_request("POST", path, headers, body))
+    return pool
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of each figure over the rounds (errors summed), with every round's rate kept."""
+    out: dict[str, Any] = {}
+    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms"):
+        out[key] = round(statistics.median(r[key] for r in runs), 2)
+    for key in ("errors", "requests", "pool_wrapped"):
+        out[key] = sum(r[key] for r in runs)
+    out["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
+    return out
+
+
+def ingest(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs: int) -> dict[str, Any]:
+    """Webhooks/s through the gateway, the naive handler and the no-op endpoint."""
+    url, drop = make_database("postgres", workdir)
+    naive_url, naive_drop = make_database("postgres", workdir)
+    create_naive_table(naive_url)
+    servers = {
+        "gateway": gateway(url, workdir, "ingest-gateway"),
+        "naive_sdk_insert_commit": baseline("bench.baselines:naive_app", workdir, "ingest-naive", {"BENCH_NAIVE_DATABASE_URL": naive_url}),
+        "noop_flask": baseline("bench.baselines:noop_app", workdir, "ingest-noop"),
+    }
+    try:
+        jobs = [register(servers["gateway"].port) for _ in range(n_jobs)]
+        warm = Http(servers["gateway"].port)
+        for reg in jobs:  # every job processing before the clock starts
+            body = json.dumps({"external_id": reg["job"]["external_id"], "state": "processing", "occurred_at": iso_at(time.time() - 3600)}).encode()
+            assert warm.request("POST", "/webhooks/worker", body, standard_headers(STANDARD_SECRET, body))[0] == 200
+        # enough distinct events that no run wraps around (a wrapped pool would send duplicates)
+        size = int(os.environ.get("BENCH_POOL", "20000"))
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in servers}
+        clock = time.time() - 1800
+        for r in range(rounds):
+            # fresh events (and timestamps inside the providers' 5-minute tolerance) every round
+            events = signed_pool("/hook", jobs, size, clock)
+            clock += size / 1000 + 1
+            for name, srv in servers.items():
+                pool = [e.replace(b"POST /hook ", b"POST /webhooks/worker ", 1) for e in events] if name == "gateway" else events
+                runs[name].append(wrk.run(srv.port, seconds=seconds, connections=connections, pool=pool, workdir=workdir))
+        out = {name: median_of(rs) for name, rs in runs.items()}
+        g, naive, noop = out["gateway"]["requests_per_s"], out["naive_sdk_insert_commit"]["requests_per_s"], out["noop_flask"]["requests_per_s"]
+        out["ratio_gateway_to_naive"] = round(g / naive, 3)
+        out["ratio_gateway_to_noop"] = round(g / noop, 3)
+        out["setup"] = f"gunicorn -k gevent -w {WORKERS}; wrk -t2 -c{connections} -d{seconds}s, {rounds} interleaved rounds, medians; PostgreSQL; {n_jobs} jobs in processing, one distinct signed event per request"
+        return out
+    finally:
+        for srv in servers.values():
+            srv.stop()
+        drop()
+        naive_drop()
+
+
+def polling(workdir: Path, seconds: float, rounds: int, connections: int) -> dict[str, Any]:
+    """Conditional GETs answered 304 and plain GETs answered 200, against the no-op GET."""
+    url, drop = make_database("postgres", workdir)
+    gw = gateway(url, workdir, "poll-gateway")
+    noop = baseline("bench.baselines:noop_app", workdir, "poll-noop")
+    try:
+        reg = register(gw.port)
+        job, token = reg["job"], reg["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        status, data = Http(gw.port).request("GET", f"/api/jobs/{job['id']}", headers=auth)
+        assert status == 200, data
+        etag = f'"{job["id"]}.{json.loads(data)["version"]}"'
+        cases = {
+            "gateway_304": (gw.port, wrk.raw_request("GET", f"/api/jobs/{job['id']}", {**auth, "If-None-Match": etag}), 304),
+            "gateway_200": (gw.port, wrk.raw_request("GET", f"/api/jobs/{job['id']}", auth), 200),
+            "noop_flask_get": (noop.port, wrk.raw_request("GET", "/job", {}), 200),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in cases}
+        for _ in range(rounds):
+            for name, (port, req, expect) in cases.items():
+                runs[name].append(wrk.run(port, seconds=seconds, connections=connections, request=req, expect=expect, workdir=workdir))
+        out = {name: median_of(rs) for name, rs in runs.items()}
+        out["ratio_304_to_noop"] = round(out["gateway_304"]["requests_per_s"] / out["noop_flask_get"]["requests_per_s"], 3)
+        out["ratio_200_to_noop"] = round(out["gateway_200"]["requests_per_s"] / out["noop_flask_get"]["requests_per_s"], 3)
+        out["setup"] = f"gunicorn -k gevent -w {WORKERS}; wrk -t2 -c{connections} -d{seconds}s, {rounds} interleaved rounds, medians; job token in Authorization"
+        return out
+    finally:
+        gw.stop()
+        noop.stop()
+        drop()
+
+
+def main() -> None:
+    seconds = float(os.environ.get("BENCH_INGEST_SECONDS", "6"))
+    rounds = int(os.environ.get("BENCH_ROUNDS_HTTP", "3"))
+    connections = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+    n_jobs = int(os.environ.get("BENCH_JOBS", "400"))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    which = os.environ.get("BENCH_SUITES", "ingest,polling").split(",")
+    out: dict[str, Any] = {}
+    if "ingest" in which:
+        out["ingest"] = ingest(workdir, seconds, rounds, connections, n_jobs)
+    if "polling" in which:
+        out["polling"] = polling(workdir, seconds, rounds, connections)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Markdown tables from a ``make bench`` result: ``python -m bench.report [bench/results/latest.json]``.
+
+docs/performance.md pastes this output, so the tables there are one run's, unedited."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(r: dict[str, Any]) -> str:
+    out = [f"Run: {r['date']} · `{r['command']}` · {r['machine']['cpus']} cores ({r['machine']['cpu_model']}), "
+           f"Python {r['machine']['python']}, PostgreSQL {r['machine']['postgres']}, "
+           f"load average at start {r['machine']['load_average_at_start']} · {r['seconds']['total']} s in all"]
+    ing = r.get("ingest")
+    if ing:
+        names = {"gateway": "gateway (verify, dedup, fold, commit, NOTIFY)", "naive_sdk_insert_commit": "naive: SDK verify, INSERT, COMMIT",
+                 "noop_flask": "no-op Flask endpoint"}
+        out += ["", "### Ingest (webhooks/s, PostgreSQL)", "", ing["setup"], "",
+                table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"],
+                      [[names[k], ing[k]["requests_per_s"], ing[k]["rounds_requests_per_s"], ing[k]["p50_ms"], ing[k]["p99_ms"], ing[k]["errors"]] for k in names]),
+                "", f"gateway / naive = **{ing['ratio_gateway_to_naive']}** (aim ≥ 0.8); gateway / no-op = **{ing['ratio_gateway_to_noop']}** (aim ≥ 0.35)"]
+    poll = r.get("polling")
+    if poll:
+        names = {"gateway_304": "gateway, conditional GET → 304", "gateway_200": "gateway, GET → 200", "noop_flask_get": "no-op Flask GET"}
+        out += ["", "### Polling", "", poll["setup"], "",
+                table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"],
+                      [[names[k], poll[k]["requests_per_s"], poll[k]["rounds_requests_per_s"], poll[k]["p50_ms"], poll[k]["p99_ms"], poll[k]["errors"]] for k in names]),
+                "", f"304 / no-op = **{poll['ratio_304_to_noop']}** (aim ≥ 0.7); 200 / no-op = {poll['ratio_200_to_noop']}"]
+    st = r.get("storm")
+    if st:
+        out += ["", f"### Progress storm (one job, {st['rate_per_s']} progress webhooks/s for {st['seconds']} s, then complete)", "",
+                table(["bus", "coalescing", "webhooks", "bus notices", "watcher frames", "max frames/s", "final progress delivered", "last ack → final frame ms", "complete → frame ms"],
+                      [[x["bus"], f"{x['progress_interval_ms']} ms" if x["progress_interval_ms"] else "off (baseline)", x["webhooks"], x["bus_notices_for_the_job"],
+                        x["watcher_progress_frames"], x["max_progress_frames_in_one_second"], x["last_progress_frame_is_final"],
+                        x["last_webhook_ack_to_final_progress_frame_ms"], x["complete_webhook_to_frame_ms"]] for x in st["runs"]])]
+    rel = r.get("relay")
+    if rel:
+        out += ["", "### Relay: webhook → WebSocket watcher on another instance (1 gevent worker each)", "",
+                table(["bus", "target/s", "achieved/s", "errors", "p50 ms", "p99 ms", "ack p50 ms (baseline)", "frame − ack p50 / p99 ms"],
+                      [[x["bus"], x["target_rate_per_s"], x["achieved_rate_per_s"], x["webhook_errors"],
+                        (x["webhook_to_ws_ms"] or {}).get("p50"), (x["webhook_to_ws_ms"] or {}).get("p99"),
+                        (x["baseline_webhook_ack_ms"] or {}).get("p50"),
+                        f"{(x['ws_frame_minus_ack_ms'] or {}).get('p50')} / {(x['ws_frame_minus_ack_ms'] or {}).get('p99')}"] for x in rel["latency"]])]
+        g, n = rel.get("idle_gateway_two_workers"), rel.get("idle_naive_two_workers")
+        if g and n:
+            out += ["", "### Idle watchers, one instance with two gevent workers", "",
+                    table(["server", "asked", "alive after idle", "per worker", "RSS before → after MB", "KB per watcher", "connect + subscribe s"],
+                          [[name, x["watchers"], x["alive_after_idle"], x["connections_per_worker"], f"{x['rss_before_mb']} → {x['rss_after_mb']}",
+                            x["kb_per_watcher"], x["connect_and_subscribe_s"]] for name, x in (("gateway (subscribed)", g), ("naive flask-sock", n))])]
+        fg, fo, fn = (rel.get(k) for k in ("fanout_gateway_webhook_to_same_worker", "fanout_gateway_webhook_to_other_instance", "fanout_baseline_naive_flask_sock"))
+        if fg and fn:
+            out += ["", f"### Fan-out of one change to {fg['watchers']} watchers ({fg['rounds']} rounds)", "",
+                    table(["", "server send loop ms (mean)", "trigger → last frame p50 ms", "first → last frame p50 ms"],
+                          [[name, x["server_send_loop_mean_ms"], x["trigger_to_last_ms"]["p50"], x["first_to_last_ms"]["p50"]]
+                           for name, x in (("gateway, webhook to the watchers' worker", fg), ("gateway, webhook to another instance", fo),
+                                           ("naive loop of ws.send", fn)) if x])]
+    aims = r.get("summary", {}).get("aims", {})
+    if aims:
+        out += ["", "### Aims", "", table(["figure", "value", "aim", "met"],
+                                            [[k, v["value"], ("≥ " if v["kind"] == "min" else "≤ ") + str(v["aim"]), "yes" if v["met"] else "**no**"] for k, v in aims.items()])]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+    print(render(json.loads(path.read_text())))
+
+
+if __name__ == "__main__":
+    main()

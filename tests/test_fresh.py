@@ -1,0 +1,111 @@
+"""The version cache and the barrier behind polls answered from memory (gateway/relay/fresh.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.relay.fresh import Barrier, VersionCache
+
+
+@given(st.lists(st.tuples(st.sampled_from(["job_a", "job_b", "job_c"]), st.integers(0, 50)), max_size=60))
+def test_the_cache_keeps_the_highest_version_seen(notices: list[tuple[str, int]]) -> None:
+    cache = VersionCache()
+    cache.reset(live=True)
+    for job_id, version in notices:
+        cache.saw(job_id, version)
+    for job_id in ("job_a", "job_b", "job_c"):
+        versions = [v for j, v in notices if j == job_id]
+        assert cache.get(job_id) == (max(versions) if versions else None)
+
+
+def test_the_cache_forgets_on_disconnect_and_ignores_reads_from_an_older_epoch() -> None:
+    cache = VersionCache()
+    cache.saw("job_a", 3)
+    assert cache.get("job_a") is None  # not listening yet: nothing is known
+    cache.reset(live=True)
+    epoch = cache.epoch
+    cache.saw("job_a", 3, epoch)
+    assert cache.get("job_a") == 3
+    cache.reset(live=False)  # the subscriber dropped: notices may be lost from now on
+    assert cache.get("job_a") is None
+    cache.reset(live=True)
+    cache.saw("job_a", 2, epoch)  # a read that began before the reconnect
+    assert cache.get("job_a") is None
+
+
+def test_the_cache_is_bounded() -> None:
+    cache = VersionCache(size=3)
+    cache.reset(live=True)
+    for i in range(5):
+        cache.saw(f"job_{i}", 1)
+    assert [cache.get(f"job_{i}") for i in range(5)] == [None, None, 1, 1, 1]
+
+
+class Loopback:
+    """A bus stand-in that delivers each marker back after ``delay`` (or drops it)."""
+
+    def __init__(self, delay: float = 0.01, drop: bool = False):
+        self.delay, self.drop, self.sent = delay, drop, []
+        self.barrier = Barrier(self.send, timeout=0.5)
+
+    def send(self, marker: str) -> None:
+        self.sent.append(marker)
+        if not self.drop:
+            threading.Timer(self.delay, self.barrier.received, args=(marker,)).start()
+
+
+def test_one_marker_serves_every_poll_waiting_for_it() -> None:
+    bus = Loopback(delay=0.05)
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(bus.barrier.wait())) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert results == [True] * 20
+    assert 1 <= len(bus.sent) <= 3  # not one marker per poll
+
+
+def test_a_marker_sent_before_the_wait_does_not_count() -> None:
+    bus = Loopback(delay=0.2)
+    first = threading.Thread(target=bus.barrier.wait)
+    first.start()
+    deadline = time.monotonic() + 5
+    while not bus.sent and time.monotonic() < deadline:  # until the first marker is in flight
+        time.sleep(0.001)
+    assert bus.sent
+    assert bus.barrier.wait()
+    assert len(bus.sent) == 2  # the second waiter needed a marker sent after it arrived
+    first.join(5)
+
+
+def test_a_lost_marker_means_read_the_database() -> None:
+    bus = Loopback(drop=True)
+    assert bus.barrier.wait(timeout=0.3) is False
+    assert not bus.barrier.received("sync:someone-else:1")  # another process's marker
+
+
+# -- the progress coalescer (gateway/relay/coalesce.py) ----------------------------------------------------
+
+
+def test_progress_is_coalesced_state_changes_are_not_and_the_last_progress_follows() -> None:
+    from gateway.relay.coalesce import Coalescer
+    from gateway.store import Change
+
+    flushed: list[Change] = []
+    co = Coalescer(flushed.extend, interval=0.2)
+    assert co.split([Change("job_a", 2, progress_only=True)]) == [Change("job_a", 2, True)]  # leading edge
+    assert co.split([Change("job_a", 3, True)]) == []
+    assert co.split([Change("job_a", 4, True), Change("job_b", 7, True)]) == [Change("job_b", 7, True)]
+    assert co.is_held(Change("job_a", 4, True)) and co.held == 2
+    deadline = time.monotonic() + 5
+    while not flushed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert flushed == [Change("job_a", 4, True)]  # only the newest held version, once
+    assert co.split([Change("job_a", 5, True)]) == []  # still inside the interval of the trailing one
+    assert co.split([Change("job_a", 6, False)]) == [Change("job_a", 6, False)]  # a state change: at once
+    assert not co.is_held(Change("job_a", 5, True))  # covered by the announcement of version 6
