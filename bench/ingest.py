@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import wrk
 from bench.baselines import create_naive_table
-from bench.relay import API_KEY, CONFIG, ENV, Http, iso_at, make_database, register
+from bench.relay import CONFIG, ENV, Http, iso_at, make_database, register
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET, standard_headers
 

@@ -13,7 +13,6 @@ from adapters.base import ProviderEvent
 from adapters.standard import canonical_fields
 from gateway.app import gateway
 from gateway.auth import SCOPES, Principal
-from gateway.config import SOURCE_NAME_RE
 from gateway.errors import BadRequest, NotFound
 from gateway.jobjson import job_json
 from gateway.models import Job

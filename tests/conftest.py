@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from gateway.config import Config, SourceConfig
+from gateway.config import Config
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, STRIPE_SECRET_2
 from tests import signing as _sig

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
