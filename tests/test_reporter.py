@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import uuid
 from typing import Any
@@ -146,6 +148,8 @@ def test_example_task_through_a_real_rq_worker(server, monkeypatch):
     try:
         redis.ping()
     except Exception as exc:  # noqa: BLE001
+        if os.environ.get("GATEWAY_REQUIRE_REDIS") == "1":
+            pytest.fail(f"Redis is required (GATEWAY_REQUIRE_REDIS=1) but unreachable: {exc}")
         pytest.skip(f"Redis unreachable: {exc}")
     monkeypatch.setenv("GATEWAY_URL", server.url)
     monkeypatch.setenv("GATEWAY_SOURCE", "worker")

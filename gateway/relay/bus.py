@@ -9,13 +9,18 @@ notice it has already seen, so the same change arriving twice costs a dict looku
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from gateway.relay.fresh import SYNC_PREFIX
 from gateway.relay.hub import Hub
 from gateway.store import Change
+
+log = logging.getLogger("gateway.relay")
 
 
 class RelayBus(Protocol):
@@ -53,6 +58,58 @@ class LocalBus:
 
     def stop(self) -> None:
         pass
+
+
+class ListeningBus(LocalBus):
+    """A bus with one listener thread per process that keeps itself connected: on any error it
+    marks the bus disconnected (so nothing is answered from memory) and reconnects with
+    exponential backoff; each subclass's ``_listen`` resyncs the hub once it is connected."""
+
+    thread_name = "gateway-relay-listen"
+    what = "listener"
+
+    def __init__(self, hub: Hub, *, max_backoff: float = 10.0):
+        super().__init__(hub)
+        self.max_backoff = max_backoff
+        self.connected = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start this process's listener (once)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._listen_forever, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Let the listener end after its current wait."""
+        self._stopped.set()
+
+    def _listen(self) -> None:
+        """Connect, subscribe, resync, then deliver notices until stopped or disconnected."""
+        raise NotImplementedError
+
+    def _deliver(self, payload: str) -> None:
+        """One received notice: a barrier marker, or (job id, version) pairs for the hub."""
+        if payload.startswith(SYNC_PREFIX):
+            self.barrier.received(payload)  # type: ignore[attr-defined]
+        else:
+            self.hub.notify(parse_notice(payload))
+
+    def _listen_forever(self) -> None:
+        backoff = 0.25
+        while not self._stopped.is_set():
+            try:
+                self._listen()
+                backoff = 0.25
+            except Exception as exc:  # the server restarted, or our connection was killed
+                self.connected.clear()
+                self.hub.seen.reset(live=False)
+                log.warning("relay %s lost its connection; reconnecting in %.2fs", self.what, backoff, extra={"error": type(exc).__name__})
+                self._stopped.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
 
 
 def parse_notice(payload: str) -> list[tuple[str, int]]:

@@ -19,9 +19,9 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from gateway.relay.bus import LocalBus, notices, parse_notice
+from gateway.relay.bus import ListeningBus, notices
 from gateway.relay.coalesce import Coalescer
-from gateway.relay.fresh import SYNC_PREFIX, Barrier
+from gateway.relay.fresh import Barrier
 from gateway.relay.hub import Hub
 from gateway.store import Change
 
@@ -37,19 +37,17 @@ def libpq_dsn(engine: Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-class PostgresBus(LocalBus):
+class PostgresBus(ListeningBus):
     """LISTEN/NOTIFY between processes and hosts, plus the local bus for this process."""
 
     name = "postgres"
+    thread_name = "gateway-relay-listen"
+    what = "PostgreSQL listener"
 
     def __init__(self, hub: Hub, engine: Engine, *, max_backoff: float = 10.0, progress_interval: float = 0.1):
-        super().__init__(hub)
+        super().__init__(hub, max_backoff=max_backoff)
         self.dsn = libpq_dsn(engine)
-        self.max_backoff = max_backoff
-        self.connected = threading.Event()
         self.connects = 0
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
         self.barrier = Barrier(lambda marker: self._notify_outside([marker]))
         self.coalescer = Coalescer(self._announce_later, progress_interval)
         self._own_conn: psycopg.Connection | None = None
@@ -85,31 +83,6 @@ class PostgresBus(LocalBus):
         """After commit: this process's hub, except for progress held for the trailing notice."""
         super().published([c for c in changes if not self.coalescer.is_held(c)])
 
-    def start(self) -> None:
-        """Start this process's listener (once)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stopped.clear()
-        self._thread = threading.Thread(target=self._listen_forever, name="gateway-relay-listen", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Let the listener end after its current wait."""
-        self._stopped.set()
-
-    def _listen_forever(self) -> None:
-        backoff = 0.25
-        while not self._stopped.is_set():
-            try:
-                self._listen()
-                backoff = 0.25
-            except Exception as exc:  # the database restarted or the backend was terminated
-                self.connected.clear()
-                self.hub.seen.reset(live=False)
-                log.warning("relay listener lost its connection; reconnecting in %.2fs", backoff, extra={"error": type(exc).__name__})
-                self._stopped.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-
     def _listen(self) -> None:
         with psycopg.connect(
             self.dsn, autocommit=True, connect_timeout=5, application_name=LISTENER_NAME,
@@ -123,7 +96,4 @@ class PostgresBus(LocalBus):
             self.hub.resync()
             while not self._stopped.is_set():
                 for note in conn.notifies(timeout=5.0):
-                    if note.payload.startswith(SYNC_PREFIX):
-                        self.barrier.received(note.payload)
-                    else:
-                        self.hub.notify(parse_notice(note.payload))
+                    self._deliver(note.payload)

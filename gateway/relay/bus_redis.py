@@ -17,16 +17,15 @@ deployments — or test runs — can share one Redis without seeing each other's
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gateway.relay.bus import LocalBus, notices, parse_notice
+from gateway.relay.bus import ListeningBus, notices
 from gateway.relay.coalesce import Coalescer
-from gateway.relay.fresh import SYNC_PREFIX, Barrier
+from gateway.relay.fresh import Barrier
 from gateway.relay.hub import Hub
 from gateway.store import Change
 
@@ -42,21 +41,19 @@ def channel_for(engine: Engine) -> str:
     return f"{CHANNEL_PREFIX}:{url.host or ''}:{url.port or ''}/{url.database or ''}"
 
 
-class RedisBus(LocalBus):
+class RedisBus(ListeningBus):
     """Redis pub/sub between processes and hosts, plus the local bus for this process."""
 
     name = "redis"
+    thread_name = "gateway-relay-redis"
+    what = "Redis subscriber"
 
     def __init__(self, hub: Hub, engine: Engine, redis_url: str, *, max_backoff: float = 10.0, progress_interval: float = 0.1):
-        super().__init__(hub)
+        super().__init__(hub, max_backoff=max_backoff)
         self.redis_url = redis_url
         self.channel = channel_for(engine)
-        self.max_backoff = max_backoff
-        self.connected = threading.Event()
         self.subscriptions = 0  # confirmed (re)subscriptions: each one resyncs
         self._client: redis.Redis | None = None
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
         self.barrier = Barrier(lambda marker: self._publisher().publish(self.channel, marker))
         self.coalescer = Coalescer(self._announce, progress_interval)
 
@@ -89,30 +86,6 @@ class RedisBus(LocalBus):
         except redis.RedisError as exc:
             log.warning("relay: could not publish to Redis; the resync will catch up", extra={"error": type(exc).__name__})
 
-    def start(self) -> None:
-        """Start this process's subscriber (once)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stopped.clear()
-        self._thread = threading.Thread(target=self._listen_forever, name="gateway-relay-redis", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Let the subscriber end after its current wait."""
-        self._stopped.set()
-
-    def _listen_forever(self) -> None:
-        backoff = 0.25
-        while not self._stopped.is_set():
-            try:
-                self._listen()
-                backoff = 0.25
-            except Exception as exc:  # Redis restarted, or the connection was killed
-                self.connected.clear()
-                log.warning("relay subscriber lost Redis; reconnecting in %.2fs", backoff, extra={"error": type(exc).__name__})
-                self._stopped.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-
     def _listen(self) -> None:
         client = redis.Redis.from_url(
             self.redis_url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=15,
@@ -134,11 +107,7 @@ class RedisBus(LocalBus):
                     self.hub.resync()
                 elif message["type"] == "message":
                     data = message["data"]
-                    payload = data.decode() if isinstance(data, bytes) else data
-                    if payload.startswith(SYNC_PREFIX):
-                        self.barrier.received(payload)
-                    else:
-                        self.hub.notify(parse_notice(payload))
+                    self._deliver(data.decode() if isinstance(data, bytes) else data)
         finally:
             self.connected.clear()
             self.hub.seen.reset(live=False)
