@@ -178,6 +178,11 @@ def utc_from_iso(text: Any) -> datetime:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise PayloadError(f"timestamp is not ISO 8601: {text[:40]!r}") from None
+    return as_utc_ms(dt)
+
+
+def as_utc_ms(dt: datetime) -> datetime:
+    """A provider's datetime in UTC, truncated to milliseconds; naive means UTC."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     try:

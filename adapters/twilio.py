@@ -34,7 +34,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
-from adapters.base import Adapter, ProviderEvent, WebhookRequest, constant_time_in, form_body
+from adapters.base import Adapter, ProviderEvent, WebhookRequest, as_utc_ms, constant_time_in, form_body
 from gateway.errors import PayloadError, SignatureError
 from gateway.states import State
 
@@ -191,15 +191,8 @@ def _occurred_at(params: Mapping[str, str], request: WebhookRequest) -> datetime
             dt = parsedate_to_datetime(stamp)
         except (TypeError, ValueError, IndexError, OverflowError):
             raise PayloadError("Timestamp is not an RFC 2822 date") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        try:
-            dt = dt.astimezone(timezone.utc)
-        except (OverflowError, ValueError):
-            raise PayloadError("Timestamp out of range") from None
-        return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
-    when = request.received_at or datetime.now(timezone.utc)
-    return when.replace(microsecond=when.microsecond // 1000 * 1000)
+        return as_utc_ms(dt)
+    return as_utc_ms(request.received_at or datetime.now(timezone.utc))
 
 
 def _error(kind: str, status: str, params: Mapping[str, str]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from gateway.models import Event, Job
 from tests.conftest import ARTIFACTS, register, server_env, write_config
+from tests.loadgen import wait_for
 from tests.servers import Server
 from tests.signing import (STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, standard_body, standard_headers, stripe_event,
                            stripe_headers)
@@ -124,14 +125,6 @@ def test_secrets_are_compared_in_constant_time_against_every_secret(client, monk
 
 # -- rotation by reload --------------------------------------------------------------------------------
 
-
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_rotated_out_secret_stops_working_after_a_reload(sqlite_url: str, tmp_path: Path) -> None:
