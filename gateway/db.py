@@ -9,13 +9,15 @@ acknowledged only once its event is durable.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
 DEFAULT_SQLITE_URL = "sqlite:///gateway.db"
 READ_ONLY = "gateway_read_only"  # execution option: a transaction that only reads
+PING_AFTER_IDLE_S = 2.0  # a pooled PostgreSQL connection idle this long is pinged before use
 
 
 def default_database_url() -> str:
@@ -46,13 +48,38 @@ def make_engine(url: str, **kw: Any) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    kw.setdefault("pool_pre_ping", True)
     kw.setdefault("pool_size", 5)
     kw.setdefault("max_overflow", 10)
     kw.setdefault("pool_timeout", 5)
     connect_args = kw.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", 5)
-    return create_engine(url, connect_args=connect_args, **kw)
+    engine = create_engine(url, connect_args=connect_args, **kw)
+    _ping_when_idle(engine, PING_AFTER_IDLE_S)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Pessimistic disconnect handling that costs nothing under load: a connection is pinged on
+    checkout only when it has sat in the pool ``idle_s`` or longer (where a database restart or
+    an idle-connection timeout would have broken it). A connection in steady use is handed out
+    as it is; if the server dies mid-use, the error invalidates it and ``Store.write`` retries."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+        if dbapi_conn is not None and dbapi_conn.autocommit:  # never pooled in autocommit (see gateway.hotpath)
+            dbapi_conn.autocommit = False
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return  # brand new, or in steady use
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as err:
+            # the pool discards this connection and checks out (or opens) another
+            raise exc.DisconnectionError(f"pooled connection failed its ping: {err}") from err
 
 
 def is_postgres(engine: Engine) -> bool:

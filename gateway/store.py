@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Engine, bindparam, select, text, update
+import psycopg
+from sqlalchemy import Engine, bindparam, inspect, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from adapters.base import ProviderEvent
-from gateway import states
+from gateway import hotpath, states
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.models import Delivery, Event, Job, JobKey, TraceEntry
@@ -50,6 +52,12 @@ _QUEUE_OF_JOB = select(Job.queue_name, Job.state).where(Job.id == bindparam("job
 _LOCK_JOB = select(Job).where(Job.id == bindparam("job_id")).with_for_update(key_share=True).execution_options(populate_existing=True)
 _LINKS = select(JobKey.id, JobKey.source, JobKey.external_id, JobKey.linked_at).where(JobKey.job_id == bindparam("job_id"))
 _QUEUE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:k))")
+_DELIVERIES, _TRACE = Delivery.__table__, TraceEntry.__table__
+# inline: no generated id asked back, so the INSERT needs no answer before the COMMIT
+_INSERTS = {table.name: table.insert().inline() for table in (_DELIVERIES, _TRACE)}
+_DELIVERY_COLUMNS = tuple(c.key for c in _DELIVERIES.columns if c.key != "id")
+# SET takes the columns given in the parameters: the ones that changed
+_UPDATE_JOB = update(Job.__table__).where(Job.__table__.c.id == bindparam("job_id_"))
 _INSERT_EVENT = {
     name: dialect.insert(Event.__table__).on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(Event.__table__.c.id)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
@@ -87,17 +95,37 @@ class Change:
 class Bus(Protocol):
     """Carries changes to watchers in every process; see gateway.relay."""
 
-    def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None: ...
+    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None: ...
 
     def published(self, changes: Sequence[Change]) -> None: ...
 
 
 class NullBus:
-    def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None:
+    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
         pass
 
     def published(self, changes: Sequence[Change]) -> None:
         pass
+
+
+@contextmanager
+def driver_errors(session: Session) -> Iterator[None]:
+    """psycopg's errors from statements run on the session's connection but not through
+    SQLAlchemy, raised as SQLAlchemy's (which the app maps to HTTP once); a connection found
+    dead is invalidated, so the pool never hands it out again and ``Store.write`` may retry."""
+    try:
+        yield
+    except psycopg.Error as err:
+        conn = session.connection()
+        raw = conn.connection.driver_connection
+        dead = raw is None or raw.closed or raw.broken
+        if dead:
+            conn.invalidate(err)
+        raise DBAPIError.instance(None, None, err, psycopg.Error, connection_invalidated=dead) from err
+
+
+class RetryTransaction(Exception):
+    """Another transaction changed what this one read between two statements: run it again."""
 
 
 @dataclass
@@ -125,11 +153,13 @@ class Store:
         """One database transaction; changes reach the bus with the commit, never before."""
         with self.sessions() as session:
             writer = Writer(session, self.postgres)
-            with session.begin():
-                yield writer
-                writer.finish_changes()
-                if writer.changes:
-                    self.bus.publish_in_transaction(session, writer.changes)
+            try:
+                with session.begin():
+                    yield writer
+                    writer.close(self.bus)
+            finally:
+                if writer._raw is not None:  # after the commit or the rollback
+                    hotpath.end_own_begin(writer._raw)
         if writer.changes:
             self.bus.published(writer.changes)
         for fn in writer.committed:
@@ -137,14 +167,20 @@ class Store:
 
     def write(self, fn: Callable[[Writer], T], attempts: int = 3) -> tuple[T, list[Change]]:
         """Run ``fn`` in one transaction, again from the start if PostgreSQL reports a transient
-        conflict (deadlock, serialization failure); returns its result and the changes."""
+        conflict (deadlock, serialization failure) or the pooled connection turned out dead;
+        returns its result and the changes. Nothing of a failed attempt was committed."""
         for attempt in range(attempts):
             try:
                 with self.transaction() as writer:
                     result = fn(writer)
                 return result, writer.changes
+            except RetryTransaction:
+                if attempt + 1 < attempts:
+                    continue
+                raise
             except DBAPIError as exc:
-                if attempt + 1 < attempts and getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+                transient = getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES or exc.connection_invalidated
+                if attempt + 1 < attempts and transient:
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -170,7 +206,12 @@ class Writer:
         self.changes: list[Change] = []
         self._before: dict[str, tuple[Any, ...]] = {}
         self._touched: dict[str, Job] = {}
-        self._traces: list[TraceEntry] = []  # written by finish_changes, stamped with the job's version
+        self._traces: list[TraceEntry] = []  # stamped with the job's version by finish_changes
+        self._rows: list[tuple[Any, dict[str, Any]]] = []  # (table, values): inserted with the closing writes
+        self._raw_jobs: dict[str, Any] = {}  # rows changed on the hot path (gateway.hotpath), not yet written
+        self._raw: Any = None  # the psycopg connection, once asked for
+        self._closing_sql: list[tuple[str, Sequence[Any]]] = []  # PostgreSQL: run in one script with the COMMIT
+        self._adopted: dict[str, Decision] = {}  # each adopted event's decision, from the last re-fold on adoption
         # every job row this transaction loaded: the session's identity map holds rows weakly,
         # and reading one again (version_of, traces) must not cost another SELECT
         self._held: dict[str, Job] = {}
@@ -195,44 +236,90 @@ class Writer:
     ) -> Outcome:
         """Record one event exactly once and apply it to its job, if the job is known yet."""
         received_at = received_at or utcnow()
+        self._catch_up()
+        values = dict(
+            source=source,
+            event_id=pe.event_id,
+            external_id=pe.external_id,
+            job_id=job_id,
+            kind=kind.value,
+            type=pe.type or None,
+            state=pe.state.value if pe.state else None,
+            occurred_at=pe.occurred_at,
+            received_at=received_at,
+            data={k: v for k, v in (("progress", pe.progress), ("queue", pe.queue), ("error", pe.error), ("result", pe.result), ("label", pe.label)) if v is not None} or None,
+        )
+        if job_id is None and self.postgres and kind is Kind.PROVIDER:
+            return self._record_by_key(pe, values, auto_register=auto_register)
         seen: Any = None  # (queue_name, state) read with the key: saves a round trip before the lock
         if job_id is None:
             seen = self.session.execute(_JOB_OF_KEY, {"source": source, "external_id": pe.external_id}).first()
             job_id = seen.job_id if seen is not None else None
             if job_id is None and auto_register and pe.state is not None:
                 job_id = self.register(source, pe.external_id, None, pe.label, _queue_name(pe.queue), who="auto")[0].id
-        data = {k: v for k, v in (("progress", pe.progress), ("queue", pe.queue), ("error", pe.error), ("result", pe.result), ("label", pe.label)) if v is not None}
-        inserted = self._insert_event(
-            dict(
-                source=source,
-                event_id=pe.event_id,
-                external_id=pe.external_id,
-                job_id=job_id,
-                kind=kind.value,
-                type=pe.type or None,
-                state=pe.state.value if pe.state else None,
-                occurred_at=pe.occurred_at,
-                received_at=received_at,
-                data=data or None,
-            )
-        )
-        if not inserted:
+        values["job_id"] = job_id
+        if not self._insert_event(values):
             return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id))
         if job_id is None:
             return Outcome(Decision.HELD)
-        event = states.Event(
-            uid=f"{source}:{pe.event_id}",
-            occurred_at=pe.occurred_at,
-            state=pe.state,
-            kind=kind,
-            key=(source, pe.external_id) if kind is Kind.PROVIDER else None,
-            progress=pe.progress,
-            queue=pe.queue,
-            error=pe.error,
-            result=pe.result,
-            label=pe.label,
-        )
-        return self._apply(job_id, event, may_queue=pe.state is State.QUEUED, seen=seen)
+        return self._apply(job_id, _fold_event(source, pe, kind), may_queue=pe.state is State.QUEUED, seen=seen)
+
+    def _record_by_key(self, pe: ProviderEvent, values: dict[str, Any], *, auto_register: bool) -> Outcome:
+        """PostgreSQL, a provider's event: the common case in two round trips (gateway.hotpath);
+        the rest goes on through the ORM path from the locks taken."""
+        source = values["source"]
+        if self.session.dirty or self.session.new:
+            self.session.flush()  # the raw statements below must see what the ORM holds
+        may_queue = pe.state is State.QUEUED
+        with driver_errors(self.session):
+            found = hotpath.insert_and_lock(self._driver_connection(), values, may_queue=may_queue)
+        if not found.inserted:
+            return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id))
+        job, event = found.job, _fold_event(source, pe, Kind.PROVIDER)
+        if job is None or found.event_job_id != job.id:
+            if job is not None or found.event_job_id is not None:
+                raise RetryTransaction("the key was registered between two statements")
+            if not (auto_register and pe.state is not None):
+                return Outcome(Decision.HELD)
+            registered, _ = self.register(source, pe.external_id, None, pe.label, _queue_name(pe.queue), who="auto")
+            return Outcome(self._adopted.get(event.uid, Decision.APPLIED), registered.id, State.QUEUED.value, registered.state)
+        if job.state in hotpath.QUEUE_STATES and found.queue_locked != job.queue_name:
+            with driver_errors(self.session):
+                hotpath.lock_queue(self._driver_connection(), job.queue_name)  # it entered a queue just now
+        keys = (job.fold or {}).get("keys")
+        view = view_of(job)  # type: ignore[arg-type]
+        if keys is not None and job.id not in self._held and job.state != State.QUEUED.value and (view.last is None or event.sort_key() > view.last):
+            links = links_of(keys)
+            after, decision = states.apply(view, event, links)
+            if after.state is not State.QUEUED:
+                return self._write_by_key(job, after, links, decision)
+        # late, queue-bound or already in this session's hands: the ORM path, from here
+        return self._apply(job.id, event, may_queue=may_queue, seen=job)
+
+    def _write_by_key(self, job: Any, view: states.JobView, links: list[states.Link], decision: Decision) -> Outcome:
+        """The new view into the raw row; its UPDATE goes with the closing writes."""
+        state_before, before = job.state, _public(job)
+        for key, value in job_columns(job, view, links).items():
+            setattr(job, key, value)
+        after = _public(job)
+        if after != before:
+            job.version += 1
+            self.changes.append(Change(job.id, job.version, _progress_only(before, after)))
+        self._raw_jobs[job.id] = job
+        return Outcome(decision, job.id, state_before, job.state, None)
+
+    def _catch_up(self) -> None:
+        """Write the hot path's rows now: what follows reads the jobs from the database."""
+        if self._raw_jobs:
+            with driver_errors(self.session):
+                hotpath.run(self._driver_connection(), [hotpath.update_job(job) for job in self._raw_jobs.values()])
+            self._raw_jobs.clear()
+
+    def _driver_connection(self) -> Any:
+        """The psycopg connection under this transaction's session."""
+        if self._raw is None:
+            self._raw = self.session.connection().connection.driver_connection
+        return self._raw
 
     def _apply(self, job_id: str, event: states.Event, *, may_queue: bool, seen: Any = None) -> Outcome:
         job = self._lock_job(job_id, queue_lock=may_queue, seen=seen)
@@ -267,6 +354,7 @@ class Writer:
         who: str,
     ) -> tuple[Job, bool]:
         """The job for (source, external_id), created if new; events that came first are adopted."""
+        self._catch_up()
         existing = self._job_for_key(source, external_id)
         if existing is not None:
             job = self.session.get(Job, existing)
@@ -318,6 +406,7 @@ class Writer:
 
     def retry(self, job_id: str, *, by: str) -> Job:
         """Open the next attempt of a failed, retryable job in `queued`; one attempt however many clicks."""
+        self._catch_up()
         job = self._lock_job(job_id, queue_lock=True)
         if job.state != State.FAILED.value:
             raise Conflict(f"job is {job.state}, only a failed job can be retried", code="not_failed")
@@ -333,6 +422,7 @@ class Writer:
 
     def link_attempt(self, job_id: str, source: str, external_id: str, *, by: str) -> Job:
         """Bind the next attempt's (source, external_id) to the job; its events drive the job from now on."""
+        self._catch_up()
         job = self._lock_job(job_id, queue_lock=True)
         owner = self._job_for_key(source, external_id)
         if owner == job.id:
@@ -356,6 +446,7 @@ class Writer:
 
     def _adopt(self, job: Job, source: str, external_id: str) -> None:
         """Claim events and deliveries that arrived for this key before the job knew it, and re-fold."""
+        self._insert_rows()  # this transaction's own deliveries too
         self.session.execute(
             update(Event).where(Event.source == source, Event.external_id == external_id, Event.job_id.is_(None)).values(job_id=job.id)
         )
@@ -364,7 +455,8 @@ class Writer:
         )
         self.session.flush()
         links = self._links(job.id)  # from the table: a key may have been added just now
-        view, _ = self._refold(job, links, None)
+        rows = self.session.scalars(select(Event).where(Event.job_id == job.id)).all()
+        view, self._adopted = states.fold(job.created_at, [event_of(r) for r in rows], links, job.registered_label)
         self._store_view(job, view, links)
 
     # -- trace and deliveries -----------------------------------------------------------------
@@ -374,57 +466,82 @@ class Writer:
         self._traces.append(TraceEntry(job_id=job_id, at=at or utcnow(), what=what, detail=detail))
 
     def add_delivery(self, **values: Any) -> None:
-        values.setdefault("received_at", utcnow())
-        self.session.add(Delivery(**values))
+        """Record one HTTP delivery; written with the transaction's closing writes."""
+        row = dict.fromkeys(_DELIVERY_COLUMNS)
+        row.update(size=0, received_at=utcnow())
+        row.update(values)
+        self._rows.append((_DELIVERIES, row))
 
     # -- versions and queue positions ------------------------------------------------------------
 
     def finish_changes(self) -> None:
         """Raise each touched job's version once if its JSON changed, and collect the changes.
 
-        Compared in memory before flushing, so each job gets one UPDATE with its new version."""
+        Compared in memory, so each job gets one UPDATE with its new version."""
         for job_id, job in self._touched.items():
             before, after = self._before.get(job_id), _public(job)
             if after != before:
                 job.version += 1
-                progress_only = bool(before) and before[:3] == after[:3] and before[4:] == after[4:]  # type: ignore[index]
-                self.changes.append(Change(job_id, job.version, progress_only))
+                self.changes.append(Change(job_id, job.version, _progress_only(before, after)))
         self._touched.clear()
         self._before.clear()
         for entry in self._traces:
-            job = self._held.get(entry.job_id) or self.session.get(Job, entry.job_id)
-            if job is not None and "version" not in (entry.detail or {}):
-                entry.detail = {**(entry.detail or {}), "version": job.version}
-            self.session.add(entry)
+            job = self._known(entry.job_id)
+            detail = entry.detail or {}
+            if job is not None and "version" not in detail:
+                detail = {**detail, "version": job.version}
+            self._rows.append((_TRACE, {"job_id": entry.job_id, "at": entry.at, "what": entry.what, "detail": detail or None}))
         self._traces.clear()
-        self.session.flush()
+
+    def close(self, bus: Bus) -> None:
+        """The transaction's closing writes, then (on PostgreSQL) its COMMIT.
+
+        Changed job rows become plain UPDATEs of the columns that changed (the session is told
+        they are written), deliveries and trace lines plain INSERTs; the bus adds its notice.
+        On PostgreSQL the hot path's rows, the deliveries, NOTIFY and COMMIT go to the server as
+        one script in one round trip (gateway.hotpath); the session's own commit then finds
+        nothing left to do."""
+        self.finish_changes()
+        conn = self.session.connection()
+        for job in self._held.values():
+            state = inspect(job)
+            changed = {a.key: a.value for a in state.attrs if a.history.has_changes()} if state.persistent else None
+            if changed:
+                conn.execute(_UPDATE_JOB, {"job_id_": job.id, **changed})
+                for key, value in changed.items():
+                    set_committed_value(job, key, value)
+        self.session.flush()  # anything else the ORM holds (outbox rows)
+        rows, self._rows = self._rows, []
+        for table, values in rows:
+            if self.postgres and table is _DELIVERIES:
+                self.closing_sql(*hotpath.insert_delivery(values))
+            else:
+                conn.execute(_INSERTS[table.name], values)
+        for job in self._raw_jobs.values():
+            self.closing_sql(*hotpath.update_job(job))
+        self._raw_jobs.clear()
+        if self.changes:
+            bus.publish_in_transaction(self, self.changes)
+        if self.postgres:
+            with driver_errors(self.session):
+                hotpath.run_and_commit(self._driver_connection(), self._closing_sql)
+
+    def closing_sql(self, sql: str, params: Sequence[Any]) -> None:
+        """PostgreSQL: a statement (``%s`` placeholders) to run with the COMMIT, in its round trip."""
+        self._closing_sql.append((sql, params))
+
+    def _insert_rows(self) -> None:
+        rows, self._rows = self._rows, []
+        conn = self.session.connection()
+        for table, values in rows:
+            conn.execute(_INSERTS[table.name], values)
 
     def _store_view(self, job: Job, view: states.JobView, links: list[states.Link]) -> None:
         self._touch(job)
         was_queued, since = job.state == State.QUEUED.value, job.queued_since
-        job.state = view.state.value
-        job.attempt = view.attempt
-        job.label = view.label
-        job.progress = view.progress
-        job.error = view.error
-        job.result = view.result
-        job.state_changed_at = view.state_changed_at
-        job.updated_at = view.updated_at
-        job.queued_since = view.queued_since
-        job.fold = {**fold_of(view), "keys": keys_of(links)}
+        for key, value in job_columns(job, view, links).items():
+            setattr(job, key, value)
         now_queued = view.state is State.QUEUED
-        reported = view.queue or {}
-        if now_queued:
-            shown = dict(job.queue or {}) if was_queued else {}
-            shown["name"] = reported.get("name") or job.queue_name
-            for k in ("position", "total"):
-                if reported.get(k) is not None:
-                    shown[k] = reported[k]
-                else:
-                    shown.setdefault(k, None)
-            job.queue = shown
-        else:
-            job.queue = None
         if was_queued != now_queued or (now_queued and (since != view.queued_since or job.queue.get("position") is None)):
             self.session.flush()
             self._recompute_queue(job.queue_name)
@@ -457,11 +574,16 @@ class Writer:
         """The job's version as this transaction sees it."""
         if not job_id:
             return None
-        job = self._held.get(job_id) or self.session.get(Job, job_id)
+        job = self._known(job_id)
         return job.version if job is not None else None
+
+    def _known(self, job_id: str) -> Any:
+        """The job as this transaction has it: the hot path's row, the ORM's, or the table's."""
+        return self._raw_jobs.get(job_id) or self._held.get(job_id) or self.session.get(Job, job_id)
 
     def lock_job(self, job_id: str) -> Job:
         """The job, locked for this transaction; NotFound if there is none."""
+        self._catch_up()
         return self._lock_job(job_id, queue_lock=False)
 
     def _lock_job(self, job_id: str, *, queue_lock: bool, seen: Any = None) -> Job:
@@ -520,6 +642,27 @@ class Writer:
 _QUEUE_STATES = (State.QUEUED.value, State.FAILED.value)
 
 
+def _fold_event(source: str, pe: ProviderEvent, kind: Kind) -> states.Event:
+    """A provider's (or the gateway's) event as the fold sees it."""
+    return states.Event(
+        uid=f"{source}:{pe.event_id}",
+        occurred_at=pe.occurred_at,
+        state=pe.state,
+        kind=kind,
+        key=(source, pe.external_id) if kind is Kind.PROVIDER else None,
+        progress=pe.progress,
+        queue=pe.queue,
+        error=pe.error,
+        result=pe.result,
+        label=pe.label,
+    )
+
+
+def _progress_only(before: tuple[Any, ...] | None, after: tuple[Any, ...]) -> bool:
+    """Only the progress moved: the relay may coalesce it (relay/coalesce.py)."""
+    return bool(before) and before[:3] == after[:3] and before[4:] == after[4:]  # type: ignore[index]
+
+
 def _public(job: Job) -> tuple[Any, ...]:
     queue_pos = (job.queue or {}).get("position") if job.state == State.QUEUED.value else None
     return (job.state, job.attempt, job.label, job.progress, job.error, job.result, queue_pos)
@@ -554,6 +697,36 @@ def keys_of(links: list[states.Link]) -> list[list[Any]]:
 def links_of(keys: list[list[Any]]) -> list[states.Link]:
     """``keys_of`` read back."""
     return [states.Link(key=(k[1], k[2]), at=_dt(k[3]), uid=k[0]) for k in keys]
+
+
+def job_columns(job: Any, view: states.JobView, links: list[states.Link]) -> dict[str, Any]:
+    """The job row's columns for a new view. The queue shown keeps what it showed while the
+    job stays queued (a position the gateway computed), takes what the provider reports, and
+    is null once the job has left the queue."""
+    columns = dict(
+        state=view.state.value,
+        attempt=view.attempt,
+        label=view.label,
+        progress=view.progress,
+        error=view.error,
+        result=view.result,
+        state_changed_at=view.state_changed_at,
+        updated_at=view.updated_at,
+        queued_since=view.queued_since,
+        fold={**fold_of(view), "keys": keys_of(links)},
+        queue=None,
+    )
+    if view.state is State.QUEUED:
+        reported = view.queue or {}
+        shown = dict(job.queue or {}) if job.state == State.QUEUED.value else {}
+        shown["name"] = reported.get("name") or job.queue_name
+        for k in ("position", "total"):
+            if reported.get(k) is not None:
+                shown[k] = reported[k]
+            else:
+                shown.setdefault(k, None)
+        columns["queue"] = shown
+    return columns
 
 
 def view_of(job: Job) -> states.JobView:

@@ -104,7 +104,7 @@ def test_changes_are_reported_with_versions(store):
     seen = []
 
     class Recorder:
-        def publish_in_transaction(self, session, changes):
+        def publish_in_transaction(self, writer, changes):
             pass
 
         def published(self, changes):

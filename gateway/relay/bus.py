@@ -14,11 +14,9 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from sqlalchemy.orm import Session
-
 from gateway.relay.fresh import SYNC_PREFIX
 from gateway.relay.hub import Hub
-from gateway.store import Change
+from gateway.store import Change, Writer
 
 log = logging.getLogger("gateway.relay")
 
@@ -28,7 +26,7 @@ class RelayBus(Protocol):
 
     name: str
 
-    def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None: ...
+    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None: ...
 
     def published(self, changes: Sequence[Change]) -> None: ...
 
@@ -46,7 +44,7 @@ class LocalBus:
     def __init__(self, hub: Hub):
         self.hub = hub
 
-    def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None:
+    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
         pass
 
     def published(self, changes: Sequence[Change]) -> None:

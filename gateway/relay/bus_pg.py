@@ -16,20 +16,19 @@ import threading
 from collections.abc import Sequence
 
 import psycopg
-from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from gateway.relay.bus import ListeningBus, notices
 from gateway.relay.coalesce import Coalescer
 from gateway.relay.fresh import Barrier
 from gateway.relay.hub import Hub
-from gateway.store import Change
+from gateway.store import Change, Writer
 
 log = logging.getLogger("gateway.relay")
 
 CHANNEL = "gateway_jobs"
 LISTENER_NAME = "gateway-relay-listener"  # application_name: operators (and tests) can find it
-_NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
+_NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"
 
 
 def libpq_dsn(engine: Engine) -> str:
@@ -72,12 +71,13 @@ class PostgresBus(ListeningBus):
         self.hub.notify((c.job_id, c.version) for c in changes)
         self._notify_outside(notices(changes))
 
-    def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None:
-        """Inside the writer's transaction: the notices go out with the commit, never before.
-        Progress-only changes of a storming job are held for one trailing notice (coalesce.py)."""
+    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
+        """Inside the writer's transaction: the notices go out with the commit, never before
+        (in the same round trip). Progress-only changes of a storming job are held for one
+        trailing notice (coalesce.py)."""
         now = self.coalescer.split(changes)
         if now:
-            session.execute(_NOTIFY, {"channel": CHANNEL, "payloads": notices(now)})
+            writer.closing_sql(_NOTIFY, [CHANNEL, notices(now)])
 
     def published(self, changes: Sequence[Change]) -> None:
         """After commit: this process's hub, except for progress held for the trailing notice."""

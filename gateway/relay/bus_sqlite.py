@@ -18,12 +18,11 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert
-from sqlalchemy.orm import Session
 
 from gateway.models import ChangeFeed
 from gateway.relay.bus import LocalBus
 from gateway.relay.hub import Hub
-from gateway.store import Change, utcnow
+from gateway.store import Change, Writer, utcnow
 
 log = logging.getLogger("gateway.relay")
 
@@ -47,10 +46,10 @@ class SqliteBus(LocalBus):
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def publish_in_transaction(self, session: Session, changes: Sequence[Change]) -> None:
+    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
         """Inside the writer's transaction: the rows become visible with the commit."""
         now = utcnow()
-        session.execute(insert(ChangeFeed), [{"job_id": c.job_id, "version": c.version, "at": now} for c in changes])
+        writer.session.execute(insert(ChangeFeed), [{"job_id": c.job_id, "version": c.version, "at": now} for c in changes])
 
     def start(self) -> None:
         """Start this process's follower (once), from the feed's current end."""
