@@ -81,42 +81,52 @@ def test_two_events_of_one_job_in_one_transaction(pg):
     """The second event reads the job the first one left, not the row before the transaction."""
     ext = "two-" + uuid.uuid4().hex[:10]
     job_id = _register(pg, ext)
-    with pg.transaction() as w:
-        first = w.record_event("worker", _event(ext, 1, State.PROCESSING, progress={"current": 1, "total": 2}))
-        second = w.record_event("worker", _event(ext, 2, State.COMPLETE))
-        assert w.version_of(job_id) == 2
-    assert (first.state_before, first.state_after) == ("queued", "processing")
+    with pg.transaction() as w:  # queued -> processing: the ORM path (the job leaves a queue)
+        w.record_event("worker", _event(ext, 1, State.PROCESSING))
+    v = pg.get_job(job_id).version
+    with pg.transaction() as w:  # as ingest records a body holding several events
+        first = w.record_event("worker", _event(ext, 2, State.PROCESSING, progress={"current": 1, "total": 2}))
+        w.finish_changes()
+        second = w.record_event("worker", _event(ext, 3, State.COMPLETE))
+        w.finish_changes()
+        assert w.version_of(job_id) == v + 2
+    assert (first.state_before, first.state_after) == ("processing", "processing")
     assert (second.state_before, second.state_after) == ("processing", "complete")
     job = pg.get_job(job_id)
-    assert (job.state, job.version) == ("complete", 2)
-    assert [(c.job_id, c.version) for c in w.changes] == [(job_id, 1), (job_id, 2)]
+    assert (job.state, job.version, job.progress, job.result) == ("complete", v + 2, None, None)
+    assert [(c.job_id, c.version, c.progress_only) for c in w.changes] == [(job_id, v + 1, True), (job_id, v + 2, False)]
 
 
 def test_an_unstorable_value_is_sqlalchemys_data_error_and_the_connection_recovers(pg):
     ext = "nul-" + uuid.uuid4().hex[:10]
     job_id = _register(pg, ext)
+    with pg.transaction() as w:
+        w.record_event("worker", _event(ext, 1, State.PROCESSING))
     with pytest.raises(DataError):
         with pg.transaction() as w:
-            w.record_event("worker", _event(ext, 1, State.PROCESSING, label="nul\x00here"))
+            w.record_event("worker", _event(ext, 2, State.PROCESSING, label="nul\x00here"))
     # the one pooled connection is usable, in a transaction of its own, and not in autocommit
     with pg.engine.connect() as conn:
         assert conn.connection.driver_connection.autocommit is False
     with pg.transaction() as w:
-        assert w.record_event("worker", _event(ext, 2, State.PROCESSING)).decision is Decision.APPLIED
-    assert pg.get_job(job_id).state == "processing"
+        assert w.record_event("worker", _event(ext, 3, State.PROCESSING, progress={"current": 1})).decision is Decision.APPLIED
+    assert pg.get_job(job_id).progress == {"current": 1}
 
 
 def test_a_rolled_back_hot_path_transaction_leaves_nothing(pg):
     """The script's own BEGIN still makes one transaction: an error after it undoes the event."""
     ext = "rb-" + uuid.uuid4().hex[:10]
     job_id = _register(pg, ext)
+    with pg.transaction() as w:
+        w.record_event("worker", _event(ext, 1, State.PROCESSING))
+    before = pg.get_job(job_id).version
     with pytest.raises(RuntimeError):
         with pg.transaction() as w:
-            w.record_event("worker", _event(ext, 1, State.COMPLETE))
+            w.record_event("worker", _event(ext, 2, State.COMPLETE))
             raise RuntimeError("the handler failed after the event")
     job = pg.get_job(job_id)
-    assert (job.state, job.version) == ("queued", 0)
+    assert (job.state, job.version) == ("processing", before)
     with pg.transaction() as w:  # the same event again is new, not a duplicate
-        assert w.record_event("worker", _event(ext, 1, State.COMPLETE)).decision is Decision.APPLIED
+        assert w.record_event("worker", _event(ext, 2, State.COMPLETE)).decision is Decision.APPLIED
     with pg.engine.connect() as conn:
         assert conn.connection.driver_connection.autocommit is False
