@@ -76,6 +76,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         flat["ingest_gateway_to_naive"] = ing["ratio_gateway_to_naive"]
         flat["ingest_gateway_to_noop"] = ing["ratio_gateway_to_noop"]
         flat["ingest_gateway_errors"] = ing["gateway"]["errors"]
+        flat["ingest_cpu_naive_to_gateway"] = ing.get("cpu_ratio_naive_to_gateway")
     poll = ok.get("polling")
     if poll:
         flat["polling_304_to_noop"] = poll["ratio_304_to_noop"]

@@ -61,10 +61,29 @@ def signed_pool(path: str, jobs: list[dict[str, Any]], n: int, start_at: float) 
     return pool
 
 
+def cpu_seconds(srv: Server) -> float:
+    """CPU time (user + system) the server's workers have used so far."""
+    total = 0
+    for pid in srv.worker_pids():
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measured(srv: Server, **kw: Any) -> dict[str, Any]:
+    """One ``wrk`` run, with the workers' CPU per request: the cost that does not drift with
+    what else the shared machine is doing (requests/s does)."""
+    before = cpu_seconds(srv)
+    run = wrk.run(srv.port, **kw)
+    run["worker_cpu_ms_per_request"] = round((cpu_seconds(srv) - before) * 1000 / max(run["requests"], 1), 3)
+    return run
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of each figure over the rounds (errors summed), with every round's rate kept."""
     out: dict[str, Any] = {}
-    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms"):
+    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "worker_cpu_ms_per_request"):
         out[key] = round(statistics.median(r[key] for r in runs), 2)
     for key in ("errors", "requests", "pool_wrapped"):
         out[key] = sum(r[key] for r in runs)
@@ -98,11 +117,13 @@ def ingest(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs:
             clock += size / 1000 + 1
             for name, srv in servers.items():
                 pool = [e.replace(b"POST /hook ", b"POST /webhooks/worker ", 1) for e in events] if name == "gateway" else events
-                runs[name].append(wrk.run(srv.port, seconds=seconds, connections=connections, pool=pool, workdir=workdir))
+                runs[name].append(measured(srv, seconds=seconds, connections=connections, pool=pool, workdir=workdir))
         out = {name: median_of(rs) for name, rs in runs.items()}
         g, naive, noop = out["gateway"]["requests_per_s"], out["naive_sdk_insert_commit"]["requests_per_s"], out["noop_flask"]["requests_per_s"]
         out["ratio_gateway_to_naive"] = round(g / naive, 3)
         out["ratio_gateway_to_noop"] = round(g / noop, 3)
+        cpu = {name: out[name]["worker_cpu_ms_per_request"] for name in servers}
+        out["cpu_ratio_naive_to_gateway"] = round(cpu["naive_sdk_insert_commit"] / cpu["gateway"], 3)  # ≈ the rate ratio, without the drift
         out["setup"] = f"gunicorn -k gevent -w {WORKERS}; wrk -t2 -c{connections} -d{seconds}s, {rounds} interleaved rounds, medians; PostgreSQL; {n_jobs} jobs in processing, one distinct signed event per request"
         return out
     finally:
@@ -129,10 +150,11 @@ def polling(workdir: Path, seconds: float, rounds: int, connections: int) -> dic
             "gateway_200": (gw.port, wrk.raw_request("GET", f"/api/jobs/{job['id']}", auth), 200),
             "noop_flask_get": (noop.port, wrk.raw_request("GET", "/job", {}), 200),
         }
+        servers = {gw.port: gw, noop.port: noop}
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in cases}
         for _ in range(rounds):
             for name, (port, req, expect) in cases.items():
-                runs[name].append(wrk.run(port, seconds=seconds, connections=connections, request=req, expect=expect, workdir=workdir))
+                runs[name].append(measured(servers[port], seconds=seconds, connections=connections, request=req, expect=expect, workdir=workdir))
         out = {name: median_of(rs) for name, rs in runs.items()}
         out["ratio_304_to_noop"] = round(out["gateway_304"]["requests_per_s"] / out["noop_flask_get"]["requests_per_s"], 3)
         out["ratio_200_to_noop"] = round(out["gateway_200"]["requests_per_s"] / out["noop_flask_get"]["requests_per_s"], 3)

@@ -27,15 +27,16 @@ def render(r: dict[str, Any]) -> str:
         names = {"gateway": "gateway (verify, dedup, fold, commit, NOTIFY)", "naive_sdk_insert_commit": "naive: SDK verify, INSERT, COMMIT",
                  "noop_flask": "no-op Flask endpoint"}
         out += ["", "### Ingest (webhooks/s, PostgreSQL)", "", ing["setup"], "",
-                table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"],
-                      [[names[k], ing[k]["requests_per_s"], ing[k]["rounds_requests_per_s"], ing[k]["p50_ms"], ing[k]["p99_ms"], ing[k]["errors"]] for k in names]),
-                "", f"gateway / naive = **{ing['ratio_gateway_to_naive']}** (aim ≥ 0.8); gateway / no-op = **{ing['ratio_gateway_to_noop']}** (aim ≥ 0.35)"]
+                table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "worker CPU ms / request", "errors"],
+                      [[names[k], ing[k]["requests_per_s"], ing[k]["rounds_requests_per_s"], ing[k]["p50_ms"], ing[k]["p99_ms"], ing[k].get("worker_cpu_ms_per_request"), ing[k]["errors"]] for k in names]),
+                "", f"gateway / naive = **{ing['ratio_gateway_to_naive']}** (aim ≥ 0.8); gateway / no-op = **{ing['ratio_gateway_to_noop']}** (aim ≥ 0.35); "
+                f"naive's worker CPU per webhook / the gateway's = {ing.get('cpu_ratio_naive_to_gateway')}"]
     poll = r.get("polling")
     if poll:
         names = {"gateway_304": "gateway, conditional GET → 304", "gateway_200": "gateway, GET → 200", "noop_flask_get": "no-op Flask GET"}
         out += ["", "### Polling", "", poll["setup"], "",
-                table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"],
-                      [[names[k], poll[k]["requests_per_s"], poll[k]["rounds_requests_per_s"], poll[k]["p50_ms"], poll[k]["p99_ms"], poll[k]["errors"]] for k in names]),
+                table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "worker CPU ms / request", "errors"],
+                      [[names[k], poll[k]["requests_per_s"], poll[k]["rounds_requests_per_s"], poll[k]["p50_ms"], poll[k]["p99_ms"], poll[k].get("worker_cpu_ms_per_request"), poll[k]["errors"]] for k in names]),
                 "", f"304 / no-op = **{poll['ratio_304_to_noop']}** (aim ≥ 0.7); 200 / no-op = {poll['ratio_200_to_noop']}"]
     st = r.get("storm")
     if st:

@@ -35,7 +35,7 @@ from sqlalchemy import JSON
 from gateway.models import Delivery, Event, Job
 from gateway.states import State
 
-QUEUE_STATES = [State.QUEUED.value, State.FAILED.value]
+QUEUE_STATES = (State.QUEUED.value, State.FAILED.value)
 JOB_COLUMNS = tuple(c.name for c in Job.__table__.columns)
 WRITTEN_COLUMNS = ("state", "attempt", "label", "progress", "queue", "error", "result", "state_changed_at", "updated_at", "queued_since", "fold", "version")
 DELIVERY_COLUMNS = tuple(c.name for c in Delivery.__table__.columns if c.name != "id")
@@ -46,17 +46,22 @@ _DATETIME_COLUMNS = ("created_at", "updated_at", "state_changed_at", "queued_sin
 _JOB_OF_KEY = "(SELECT job_id FROM job_keys WHERE source = %s AND external_id = %s)"
 
 # The queue lock, taken only when needed; the answer says whether it was, and for which queue.
-QUEUE_LOCK_IF_NEEDED = f"""SELECT queue_name,
-  (CASE WHEN state = ANY(%s) OR %s THEN pg_advisory_xact_lock(hashtext('gateway.queue:' || queue_name))::text END) IS NOT NULL AS locked
+_QUEUE_LOCK_WHEN = {
+    False: f"state IN ({', '.join(repr(st) for st in QUEUE_STATES)})",  # in a queue, or one a retry may put back in
+    True: "true",  # the event may queue the job
+}
+QUEUE_LOCK_IF_NEEDED = {
+    may_queue: f"""SELECT queue_name,
+  (CASE WHEN {when} THEN pg_advisory_xact_lock(hashtext('gateway.queue:' || queue_name))::text END) IS NOT NULL AS locked
 FROM jobs WHERE id = {_JOB_OF_KEY}"""
+    for may_queue, when in _QUEUE_LOCK_WHEN.items()
+}
 INSERT_EVENT = f"""INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)})
 VALUES ({_JOB_OF_KEY}, {', '.join(['%s'] * len(EVENT_COLUMNS))})
 ON CONFLICT (source, event_id) DO NOTHING RETURNING job_id"""
 # NO KEY UPDATE, as on the ORM path: the event's foreign key takes KEY SHARE on this row
 LOCK_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = {_JOB_OF_KEY} FOR NO KEY UPDATE"
 QUEUE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('gateway.queue:' || %s))"
-UPDATE_JOB = f"UPDATE jobs SET {', '.join(f'{c} = %s' for c in WRITTEN_COLUMNS)} WHERE id = %s"
-INSERT_DELIVERY = f"INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)}) VALUES ({', '.join(['%s'] * len(DELIVERY_COLUMNS))})"
 
 
 @dataclass
@@ -76,8 +81,8 @@ def insert_and_lock(conn: Connection[Any], event: dict[str, Any], *, may_queue: 
     begin = _begin_here(conn)
     with ClientCursor(conn, row_factory=dict_row) as cur:
         cur.execute(
-            f"{begin}{QUEUE_LOCK_IF_NEEDED};\n{INSERT_EVENT};\n{LOCK_JOB}",
-            [QUEUE_STATES, may_queue, *key, *key, *_bind(EVENT_COLUMNS, event), *key],
+            f"{begin}{QUEUE_LOCK_IF_NEEDED[may_queue]};\n{INSERT_EVENT};\n{LOCK_JOB}",
+            [*key, *key, *_bind(EVENT_COLUMNS, event), *key],
         )
         if begin:
             cur.nextset()
@@ -98,14 +103,21 @@ def lock_queue(conn: Connection[Any], queue_name: str) -> None:
     conn.execute(QUEUE_LOCK, [queue_name])
 
 
-def update_job(job: SimpleNamespace) -> tuple[str, list[Any]]:
-    """The job row's UPDATE, as (sql, params)."""
-    return UPDATE_JOB, [*_bind(WRITTEN_COLUMNS, vars(job)), job.id]
+def update_job(job: SimpleNamespace) -> tuple[str, list[Any]] | None:
+    """The job row's UPDATE of the columns that changed since it was read, as (sql, params)."""
+    read = job.read_as
+    changed = [c for c in WRITTEN_COLUMNS if getattr(job, c) != read[c]]
+    job.read_as = {c: getattr(job, c) for c in WRITTEN_COLUMNS}  # written: the next UPDATE starts here
+    if not changed:
+        return None
+    sql = f"UPDATE jobs SET {', '.join(f'{c} = %s' for c in changed)} WHERE id = %s"
+    return sql, [*_bind(changed, vars(job)), job.id]
 
 
 def insert_delivery(values: dict[str, Any]) -> tuple[str, list[Any]]:
-    """A delivery's INSERT, as (sql, params)."""
-    return INSERT_DELIVERY, _bind(DELIVERY_COLUMNS, values)
+    """A delivery's INSERT of its non-null columns, as (sql, params)."""
+    columns = [c for c in DELIVERY_COLUMNS if values.get(c) is not None]
+    return f"INSERT INTO deliveries ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", _bind(columns, values)
 
 
 def run(conn: Connection[Any], statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
@@ -144,7 +156,7 @@ def end_own_begin(conn: Connection[Any]) -> None:
 def _job_of(row: dict[str, Any]) -> SimpleNamespace:
     for c in _DATETIME_COLUMNS:
         row[c] = row[c].replace(tzinfo=timezone.utc)  # stored naive UTC, as models.UTCDateTime does
-    return SimpleNamespace(**row)
+    return SimpleNamespace(**row, read_as={c: row[c] for c in WRITTEN_COLUMNS})
 
 
 def _bind(columns: Sequence[str], values: dict[str, Any]) -> list[Any]:

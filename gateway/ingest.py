@@ -8,11 +8,12 @@ duplicate 200 only after commit, database down 503 with Retry-After.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, request
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from adapters.base import ProviderEvent, WebhookRequest
@@ -134,7 +135,11 @@ def receive(source_name: str) -> Any:
     status = _status(outcomes)
     gw.metrics.webhooks.labels(source=source.name, outcome=status).inc()
     gw.metrics.ingest_seconds.labels(source=source.name).observe(time.perf_counter() - started)
-    return jsonify({"status": status})
+    return Response(_ACKS[status], 200, mimetype="application/json")
+
+
+# the acknowledgement bodies, encoded once
+_ACKS = {status: json.dumps({"status": status}).encode() for status in ("accepted", "duplicate", "ignored")}
 
 
 def _outcome_name(decision: Decision, no_state: bool) -> str:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
 import psycopg
-from sqlalchemy import Engine, bindparam, inspect, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, inspect, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -109,14 +109,13 @@ class NullBus:
 
 
 @contextmanager
-def driver_errors(session: Session) -> Iterator[None]:
-    """psycopg's errors from statements run on the session's connection but not through
+def driver_errors(conn: Connection) -> Iterator[None]:
+    """psycopg's errors from statements run on the transaction's connection but not through
     SQLAlchemy, raised as SQLAlchemy's (which the app maps to HTTP once); a connection found
     dead is invalidated, so the pool never hands it out again and ``Store.write`` may retry."""
     try:
         yield
     except psycopg.Error as err:
-        conn = session.connection()
         raw = conn.connection.driver_connection
         dead = raw is None or raw.closed or raw.broken
         if dead:
@@ -151,15 +150,14 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Writer]:
         """One database transaction; changes reach the bus with the commit, never before."""
-        with self.sessions() as session:
-            writer = Writer(session, self.postgres)
+        with self.engine.connect() as conn:
+            writer = Writer(conn, self.sessions, self.postgres)
             try:
-                with session.begin():
+                with conn.begin():
                     yield writer
                     writer.close(self.bus)
             finally:
-                if writer._raw is not None:  # after the commit or the rollback
-                    hotpath.end_own_begin(writer._raw)
+                writer.release()  # after the commit or the rollback
         if writer.changes:
             self.bus.published(writer.changes)
         for fn in writer.committed:
@@ -200,8 +198,10 @@ class Store:
 class Writer:
     """The operations that change jobs, inside one transaction."""
 
-    def __init__(self, session: Session, postgres: bool):
-        self.session = session
+    def __init__(self, conn: Connection, sessions: sessionmaker[Session], postgres: bool):
+        self.conn = conn
+        self._sessions = sessions
+        self._session: Session | None = None
         self.postgres = postgres
         self.changes: list[Change] = []
         self._before: dict[str, tuple[Any, ...]] = {}
@@ -216,6 +216,22 @@ class Writer:
         # and reading one again (version_of, traces) must not cost another SELECT
         self._held: dict[str, Job] = {}
         self.committed: list[Callable[[], None]] = []  # run after the commit (e.g. wake the outbox)
+
+    @property
+    def session(self) -> Session:
+        """The ORM session, joined to this transaction's connection, opened on first use: the
+        hot path needs none (gateway.hotpath), and a session costs more than the SQL it saves."""
+        if self._session is None:
+            self._session = self._sessions(bind=self.conn)  # joins the transaction; never commits it
+        return self._session
+
+    def release(self) -> None:
+        """After the commit or the rollback: close the session (its objects stay readable,
+        detached) and hand psycopg its own transactions back."""
+        if self._session is not None:
+            self._session.close()
+        if self._raw is not None:
+            hotpath.end_own_begin(self._raw)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once this transaction has committed (never if it rolls back)."""
@@ -268,10 +284,10 @@ class Writer:
         """PostgreSQL, a provider's event: the common case in two round trips (gateway.hotpath);
         the rest goes on through the ORM path from the locks taken."""
         source = values["source"]
-        if self.session.dirty or self.session.new:
-            self.session.flush()  # the raw statements below must see what the ORM holds
+        if self._session is not None and (self._session.dirty or self._session.new):
+            self._session.flush()  # the raw statements below must see what the ORM holds
         may_queue = pe.state is State.QUEUED
-        with driver_errors(self.session):
+        with driver_errors(self.conn):
             found = hotpath.insert_and_lock(self._driver_connection(), values, may_queue=may_queue)
         if not found.inserted:
             return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id))
@@ -284,7 +300,7 @@ class Writer:
             registered, _ = self.register(source, pe.external_id, None, pe.label, _queue_name(pe.queue), who="auto")
             return Outcome(self._adopted.get(event.uid, Decision.APPLIED), registered.id, State.QUEUED.value, registered.state)
         if job.state in hotpath.QUEUE_STATES and found.queue_locked != job.queue_name:
-            with driver_errors(self.session):
+            with driver_errors(self.conn):
                 hotpath.lock_queue(self._driver_connection(), job.queue_name)  # it entered a queue just now
         keys = (job.fold or {}).get("keys")
         view = view_of(job)  # type: ignore[arg-type]
@@ -311,14 +327,14 @@ class Writer:
     def _catch_up(self) -> None:
         """Write the hot path's rows now: what follows reads the jobs from the database."""
         if self._raw_jobs:
-            with driver_errors(self.session):
-                hotpath.run(self._driver_connection(), [hotpath.update_job(job) for job in self._raw_jobs.values()])
+            with driver_errors(self.conn):
+                hotpath.run(self._driver_connection(), [u for job in self._raw_jobs.values() if (u := hotpath.update_job(job))])
             self._raw_jobs.clear()
 
     def _driver_connection(self) -> Any:
         """The psycopg connection under this transaction's session."""
         if self._raw is None:
-            self._raw = self.session.connection().connection.driver_connection
+            self._raw = self.conn.connection.driver_connection
         return self._raw
 
     def _apply(self, job_id: str, event: states.Event, *, may_queue: bool, seen: Any = None) -> Outcome:
@@ -502,7 +518,7 @@ class Writer:
         one script in one round trip (gateway.hotpath); the session's own commit then finds
         nothing left to do."""
         self.finish_changes()
-        conn = self.session.connection()
+        conn = self.conn
         for job in self._held.values():
             state = inspect(job)
             changed = {a.key: a.value for a in state.attrs if a.history.has_changes()} if state.persistent else None
@@ -510,7 +526,8 @@ class Writer:
                 conn.execute(_UPDATE_JOB, {"job_id_": job.id, **changed})
                 for key, value in changed.items():
                     set_committed_value(job, key, value)
-        self.session.flush()  # anything else the ORM holds (outbox rows)
+        if self._session is not None:
+            self._session.flush()  # anything else the ORM holds (outbox rows)
         rows, self._rows = self._rows, []
         for table, values in rows:
             if self.postgres and table is _DELIVERIES:
@@ -518,12 +535,13 @@ class Writer:
             else:
                 conn.execute(_INSERTS[table.name], values)
         for job in self._raw_jobs.values():
-            self.closing_sql(*hotpath.update_job(job))
+            if update := hotpath.update_job(job):
+                self.closing_sql(*update)
         self._raw_jobs.clear()
         if self.changes:
             bus.publish_in_transaction(self, self.changes)
         if self.postgres:
-            with driver_errors(self.session):
+            with driver_errors(self.conn):
                 hotpath.run_and_commit(self._driver_connection(), self._closing_sql)
 
     def closing_sql(self, sql: str, params: Sequence[Any]) -> None:
@@ -532,7 +550,7 @@ class Writer:
 
     def _insert_rows(self) -> None:
         rows, self._rows = self._rows, []
-        conn = self.session.connection()
+        conn = self.conn
         for table, values in rows:
             conn.execute(_INSERTS[table.name], values)
 

@@ -102,9 +102,8 @@ def test_an_unstorable_value_is_sqlalchemys_data_error_and_the_connection_recove
     job_id = _register(pg, ext)
     with pg.transaction() as w:
         w.record_event("worker", _event(ext, 1, State.PROCESSING))
-    with pytest.raises(DataError):
-        with pg.transaction() as w:
-            w.record_event("worker", _event(ext, 2, State.PROCESSING, label="nul\x00here"))
+    with pytest.raises(DataError), pg.transaction() as w:
+        w.record_event("worker", _event(ext, 2, State.PROCESSING, label="nul\x00here"))
     # the one pooled connection is usable, in a transaction of its own, and not in autocommit
     with pg.engine.connect() as conn:
         assert conn.connection.driver_connection.autocommit is False
@@ -120,10 +119,9 @@ def test_a_rolled_back_hot_path_transaction_leaves_nothing(pg):
     with pg.transaction() as w:
         w.record_event("worker", _event(ext, 1, State.PROCESSING))
     before = pg.get_job(job_id).version
-    with pytest.raises(RuntimeError):
-        with pg.transaction() as w:
-            w.record_event("worker", _event(ext, 2, State.COMPLETE))
-            raise RuntimeError("the handler failed after the event")
+    with pytest.raises(RuntimeError), pg.transaction() as w:
+        w.record_event("worker", _event(ext, 2, State.COMPLETE))
+        raise RuntimeError("the handler failed after the event")
     job = pg.get_job(job_id)
     assert (job.state, job.version) == ("processing", before)
     with pg.transaction() as w:  # the same event again is new, not a duplicate
