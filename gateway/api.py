@@ -174,10 +174,7 @@ def _tag_matches(if_none_match: str | None, tag: str) -> bool:
 
 
 def _not_modified(tag: str) -> Response:
-    response = make_response("", 304)
-    response.headers["ETag"] = tag
-    response.headers["Cache-Control"] = "no-cache, private"
-    return response
+    return Response(status=304, headers={"ETag": tag, "Cache-Control": "no-cache, private"})
 
 
 @bp.get("/jobs/<job_id>")
@@ -196,17 +193,17 @@ def get_job(job_id: str) -> Any:
         # an unchanged job costs no database read when this process provably knows its version
         tag = gw.relay.fresh_etag(job_id) if inm and gw.relay is not None else None
         if tag is not None and _tag_matches(inm, tag):
-            gw.metrics.polls.labels(kind=kind, status="304").inc()
+            gw.metrics.count_poll(kind, "304")
             gw.relay.answered_from_memory()
             return _not_modified(tag)
         job = gw.relay.read_job(job_id) if gw.relay is not None else gw.store.get_job(job_id)
     if job is None:
-        gw.metrics.polls.labels(kind=kind, status="404").inc()
+        gw.metrics.count_poll(kind, "404")
         raise NotFound("no such job (yet)", code="job_not_found")
     if _matches(inm, job):
-        gw.metrics.polls.labels(kind=kind, status="304").inc()
+        gw.metrics.count_poll(kind, "304")
         return _not_modified(etag_of(job))
-    gw.metrics.polls.labels(kind=kind, status="200").inc()
+    gw.metrics.count_poll(kind, "200")
     return job_response(job)
 
 

@@ -7,8 +7,7 @@ Nothing happens at import time; every connection lives on the app's ``Gateway`` 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,22 +147,22 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
 def _install_request_hooks(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
-        g.started = time.perf_counter()
+        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else os.urandom(16).hex()
 
     @app.after_request
     def _finish(response: Any) -> Any:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        origin = request.headers.get("Origin")
+        headers = response.headers
+        headers["X-Request-ID"] = g.get("request_id", "")
+        origin = request.environ.get("HTTP_ORIGIN")
         if origin and request.path.startswith("/api/") and origin_allowed(origin):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID, Retry-After"
-            response.headers["Vary"] = "Origin"
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID, Retry-After"
+            headers["Vary"] = "Origin"
             if request.method == "OPTIONS":  # the preflight for Authorization / If-None-Match
-                response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Request-ID"
-                response.headers["Access-Control-Max-Age"] = "600"
+                headers["Access-Control-Allow-Methods"] = "GET, POST"
+                headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Request-ID"
+                headers["Access-Control-Max-Age"] = "600"
         return response
 
 
