@@ -164,20 +164,24 @@ def read_principal(job_id: str) -> Principal:
 
 
 def _matches(if_none_match: str | None, job: Job) -> bool:
-    return _tag_matches(if_none_match, etag_of(job))
+    return tag_matches(if_none_match, etag_of(job))
 
 
-def _tag_matches(if_none_match: str | None, tag: str) -> bool:
+def tag_matches(if_none_match: str | None, tag: str) -> bool:
+    """True when an ``If-None-Match`` value names ``tag`` (strong or weak) or is ``*``."""
     if not if_none_match:
         return False
     return any(part.strip() in (tag, "W/" + tag, "*") for part in if_none_match.split(","))
 
 
-def _not_modified(tag: str) -> Response:
-    response = make_response("", 304)
-    response.headers["ETag"] = tag
-    response.headers["Cache-Control"] = "no-cache, private"
-    return response
+def not_modified(tag: str) -> Response:
+    """The 304 for a job whose current ETag is ``tag``."""
+    return Response(status=304, headers=not_modified_headers(tag))
+
+
+def not_modified_headers(tag: str) -> dict[str, str]:
+    """A 304's headers (all it has: no body, so no Content-Type or Content-Length)."""
+    return {"ETag": tag, "Cache-Control": "no-cache, private"}
 
 
 @bp.get("/jobs/<job_id>")
@@ -195,18 +199,18 @@ def get_job(job_id: str) -> Any:
         kind = "poll"
         # an unchanged job costs no database read when this process provably knows its version
         tag = gw.relay.fresh_etag(job_id) if inm and gw.relay is not None else None
-        if tag is not None and _tag_matches(inm, tag):
-            gw.metrics.polls.labels(kind=kind, status="304").inc()
+        if tag is not None and tag_matches(inm, tag):
+            gw.metrics.count_poll(kind, "304")
             gw.relay.answered_from_memory()
-            return _not_modified(tag)
+            return not_modified(tag)
         job = gw.relay.read_job(job_id) if gw.relay is not None else gw.store.get_job(job_id)
     if job is None:
-        gw.metrics.polls.labels(kind=kind, status="404").inc()
+        gw.metrics.count_poll(kind, "404")
         raise NotFound("no such job (yet)", code="job_not_found")
     if _matches(inm, job):
-        gw.metrics.polls.labels(kind=kind, status="304").inc()
-        return _not_modified(etag_of(job))
-    gw.metrics.polls.labels(kind=kind, status="200").inc()
+        gw.metrics.count_poll(kind, "304")
+        return not_modified(etag_of(job))
+    gw.metrics.count_poll(kind, "200")
     return job_response(job)
 
 

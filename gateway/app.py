@@ -7,8 +7,8 @@ Nothing happens at import time; every connection lives on the app's ``Gateway`` 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
+import os
+from collections.abc import Collection, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ from flask import Flask, current_app, g, jsonify, request
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request
 
 from adapters.base import Adapter
 from adapters.registry import Registry, load_registry
@@ -140,6 +141,9 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     watchdog.init_app(app, gw)
     _install_request_hooks(app)
     _install_error_handlers(app)
+    from gateway import fastpoll
+
+    fastpoll.init_app(app, gw)
     if background:
         gw.background.start()
     return app
@@ -148,31 +152,44 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
 def _install_request_hooks(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
-        g.started = time.perf_counter()
+        g.request_id = request_id_of(request.environ)
 
     @app.after_request
     def _finish(response: Any) -> Any:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        origin = request.headers.get("Origin")
-        if origin and request.path.startswith("/api/") and origin_allowed(origin):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID, Retry-After"
-            response.headers["Vary"] = "Origin"
-            if request.method == "OPTIONS":  # the preflight for Authorization / If-None-Match
-                response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Request-ID"
-                response.headers["Access-Control-Max-Age"] = "600"
+        finish_headers(response.headers, request, g.get("request_id", ""), gateway().config.allowed_origins)
         return response
+
+
+def request_id_of(environ: dict[str, Any]) -> str:
+    """The client's ``X-Request-ID`` when it is usable (1-64 printable characters), else a new one."""
+    incoming = environ.get("HTTP_X_REQUEST_ID", "")
+    return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else os.urandom(16).hex()
+
+
+def finish_headers(headers: MutableMapping[str, str], req: Request, request_id: str, allowed_origins: Collection[str]) -> None:
+    """What every response gets: its request id, and CORS headers for an allowed origin on ``/api/``
+    (the ``after_request`` hook, and the conditional polls answered before Flask, fastpoll.py)."""
+    headers["X-Request-ID"] = request_id
+    origin = req.environ.get("HTTP_ORIGIN")
+    if origin and req.path.startswith("/api/") and origin_allowed_for(origin, allowed_origins, req.host_url):
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID, Retry-After"
+        headers["Vary"] = "Origin"
+        if req.method == "OPTIONS":  # the preflight for Authorization / If-None-Match
+            headers["Access-Control-Allow-Methods"] = "GET, POST"
+            headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Request-ID"
+            headers["Access-Control-Max-Age"] = "600"
 
 
 def origin_allowed(origin: str) -> bool:
     """A browser origin may use the push and API endpoints: configured in allowed_origins, or the
     gateway's own origin (its demo page and any page it serves are never foreign)."""
-    if origin in gateway().config.allowed_origins:
-        return True
-    return origin == request.host_url.rstrip("/")
+    return origin_allowed_for(origin, gateway().config.allowed_origins, request.host_url)
+
+
+def origin_allowed_for(origin: str, allowed_origins: Collection[str], host_url: str) -> bool:
+    """``origin_allowed`` outside a Flask request: the configured origins and this request's host URL."""
+    return origin in allowed_origins or origin == host_url.rstrip("/")
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:

@@ -7,10 +7,11 @@ accepted as ``?token=`` because EventSource cannot set headers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from flask import Request
@@ -20,6 +21,7 @@ from gateway.errors import Forbidden, Unauthorized
 
 SCOPES = ("read", "retry")
 MAX_TOKEN_LENGTH = 1024
+VERIFIED_TOKENS = 4096  # job tokens whose signature each process remembers having checked
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,21 @@ def fingerprint(secret: str) -> str:
 
 
 class Auth:
-    def __init__(self, secret_key: str, api_keys: Sequence[str], token_ttl: int):
+    """API keys and job tokens. A browser polls with the same token many times a second, so each
+    process remembers the tokens whose signature it has verified (a bounded LRU of
+    ``VERIFIED_TOKENS``; an invalid token is never remembered); the expiry is checked on every
+    use, remembered or not."""
+
+    def __init__(self, secret_key: str, api_keys: Sequence[str], token_ttl: int, *, clock: Callable[[], float] = time.time):
         self._serializer = URLSafeSerializer(secret_key, salt="gateway.job-token.v1")
         self._api_keys = [k.encode() for k in api_keys]
         self.token_ttl = token_ttl
+        self.clock = clock
+        self._verified = functools.lru_cache(maxsize=VERIFIED_TOKENS)(self._verify)
 
     def issue(self, job_id: str, scopes: Iterable[str] = SCOPES, ttl: int | None = None) -> tuple[str, int]:
         """A browser token for one job and its expiry (unix seconds)."""
-        expires = int(time.time()) + (ttl or self.token_ttl)
+        expires = int(self.clock()) + (ttl or self.token_ttl)
         token = self._serializer.dumps({"j": job_id, "s": sorted(set(scopes)), "x": expires})
         return token, expires
 
@@ -60,19 +69,24 @@ class Auth:
             found |= hmac.compare_digest(given, key)
         return found
 
-    def _job_token(self, credential: str) -> Principal:
-        if len(credential) > MAX_TOKEN_LENGTH:
-            raise Unauthorized("invalid token", code="invalid_token")
+    def _verify(self, credential: str) -> tuple[Principal, int]:
+        """A job token's principal and expiry, once its signature and shape are checked."""
         try:
             data = self._serializer.loads(credential)
         except (BadSignature, ValueError, TypeError, UnicodeError):
             raise Unauthorized("invalid token", code="invalid_token") from None
         if not isinstance(data, dict) or not isinstance(data.get("j"), str) or not isinstance(data.get("x"), int):
             raise Unauthorized("invalid token", code="invalid_token")
-        if data["x"] < time.time():
-            raise Unauthorized("token expired", code="token_expired")
         scopes = tuple(s for s in data.get("s", []) if s in SCOPES)
-        return Principal("job_token", data["j"], scopes, name="token:" + data["j"])
+        return Principal("job_token", data["j"], scopes, name="token:" + data["j"]), data["x"]
+
+    def _job_token(self, credential: str) -> Principal:
+        if len(credential) > MAX_TOKEN_LENGTH:
+            raise Unauthorized("invalid token", code="invalid_token")
+        who, expires = self._verified(credential)
+        if expires < self.clock():
+            raise Unauthorized("token expired", code="token_expired")
+        return who
 
     def principal(self, credential: str | None) -> Principal:
         """The principal for a presented credential; Unauthorized when missing or invalid."""

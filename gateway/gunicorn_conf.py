@@ -6,7 +6,7 @@
   operator set; ``child_exit`` marks a dead worker's live gauges gone.
 * Logs: gunicorn's own lines in the gateway's format on stderr; the access log, when enabled
   (GATEWAY_ACCESS_LOG=1), records the path without the query string, so ``?token=`` never
-  reaches it.
+  reaches it. ``GatewayLogger`` (accesslog.py) builds the access line only when it is written.
 
 The master imports nothing of the app and not psycopg (it decides at import time whether
 gevent patched ``select``; the workers patch first, then load ``wsgi:app``).
@@ -20,11 +20,13 @@ import shutil
 import tempfile
 from typing import Any
 
+from gateway.accesslog import GatewayLogger
 from gateway.logs import ACCESS_LOG_FORMAT, gunicorn_logconfig
 
 _OWNED_DIR = "GATEWAY_OWNS_PROMETHEUS_DIR"
 
 access_log_format = ACCESS_LOG_FORMAT
+logger_class = GatewayLogger
 logconfig_dict = gunicorn_logconfig(bool(os.environ.get("GATEWAY_ACCESS_LOG")))
 
 

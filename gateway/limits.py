@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, g, request
+from werkzeug.wrappers import Request
 
 from gateway.errors import RateLimited, RequestTimeout
 
@@ -167,9 +168,18 @@ class Limits:
         self.body_timeout = config.body_timeout
 
 
-def client_address() -> str:
+def client_address(req: Request | None = None) -> str:
     """The peer's address as the server saw it (configure the proxy's ProxyFix upstream if any)."""
-    return request.remote_addr or "unknown"
+    return (req or request).remote_addr or "unknown"
+
+
+def public_request_allowed(gw: Any, req: Request) -> bool:
+    """For a request on a browser endpoint answered before Flask (fastpoll.py): spend its token
+    as the ``before_request`` hook would, True if allowed. When False, nothing was spent and
+    the request goes on to Flask, whose hook answers 429."""
+    if _is_api_key(gw, req):
+        return True
+    return gw.extras["limits"].public_per_address.take("addr:" + client_address(req)) == 0
 
 
 def init_app(app: Flask, gw: Any) -> None:
@@ -186,7 +196,7 @@ def init_app(app: Flask, gw: Any) -> None:
             if source in gw.sources:
                 _counted(gw, source, lambda: limits.webhooks_per_source.check("source:" + source, "for this source"))
             _counted(gw, source, lambda: limits.webhooks_per_address.check("addr:" + address, "from this address"))
-        elif PUBLIC_PATHS.match(path) and not _is_api_key(gw):
+        elif PUBLIC_PATHS.match(path) and not _is_api_key(gw, request):
             limits.public_per_address.check("addr:" + address, "from this address")
         if request.method == "GET" and LONG_LIVED_PATHS.match(path):
             if not limits.connections.acquire(address):
@@ -229,6 +239,6 @@ def _counted(gw: Any, source: str, check: Callable[[], None]) -> None:
         raise
 
 
-def _is_api_key(gw: Any) -> bool:
-    header = request.headers.get("Authorization", "")
+def _is_api_key(gw: Any, req: Request) -> bool:
+    header = req.headers.get("Authorization", "")
     return header[:7].lower() == "bearer " and gw.auth.is_api_key(header[7:].strip())

@@ -29,6 +29,15 @@ class Metrics:
         self.jobs_by_state = Gauge("gateway_jobs", "Jobs by state (sampled at scrape)", ["state"], registry=r, multiprocess_mode="mostrecent")
         self.outbox_tries = Counter("gateway_outbox_tries", "Outbound calls tried (callbacks, details) by outcome", ["kind", "outcome"], registry=r)
         self.stalls = Counter("gateway_jobs_stalled", "Jobs the watchdog failed as stalled", ["source"], registry=r)
+        self._poll_counts: dict[tuple[str, str], Counter] = {}
+
+    def count_poll(self, kind: str, status: str) -> None:
+        """One job read answered: ``gateway_polls_total{kind,status}`` (the labelled child is
+        looked up once, not on every poll)."""
+        child = self._poll_counts.get((kind, status))
+        if child is None:
+            child = self._poll_counts[(kind, status)] = self.polls.labels(kind=kind, status=status)
+        child.inc()
 
     def render(self) -> bytes:
         """The exposition text; in multiprocess mode, merged over every worker's files."""

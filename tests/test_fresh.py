@@ -89,6 +89,60 @@ def test_a_lost_marker_means_read_the_database() -> None:
     assert not bus.barrier.received("sync:someone-else:1")  # another process's marker
 
 
+def test_a_late_marker_does_not_release_a_later_round() -> None:
+    """A marker that comes back after its round timed out proves nothing about the round after."""
+    bus = Loopback(drop=True)
+    bus.barrier.timeout = 0.2
+    assert bus.barrier.wait(timeout=0.2) is False  # round 1: its marker is lost for now
+    results: list[bool] = []
+    second = threading.Thread(target=lambda: results.append(bus.barrier.wait(timeout=5)))
+    second.start()
+    deadline = time.monotonic() + 5
+    while len(bus.sent) < 2 and time.monotonic() < deadline:  # round 2's marker is on its way
+        time.sleep(0.001)
+    first, latest = bus.sent[0], bus.sent[-1]
+    bus.barrier.received(first)  # round 1's marker, late
+    second.join(0.1)
+    assert second.is_alive() and results == []
+    bus.barrier.received(latest)
+    second.join(5)
+    assert results == [True]
+
+
+def test_postgres_markers_follow_every_earlier_notice_and_reach_only_their_process(pg_url: str) -> None:
+    """A barrier marker travels on its process's own channel: it still comes back after every
+    notice committed before it (PostgreSQL has one notification queue for all channels), and
+    no other process's listener receives it."""
+    import psycopg
+
+    from gateway.db import make_engine
+    from gateway.relay.bus_pg import CHANNEL, PostgresBus, libpq_dsn
+    from gateway.relay.hub import Hub
+
+    engine = make_engine(pg_url)
+    buses = [PostgresBus(Hub(load=lambda ids: {}, versions=lambda ids: {}), engine) for _ in range(2)]
+    a, b = buses
+    heard_by_b: list[str] = []
+    deliver_b = b._deliver
+    b._deliver = lambda payload: (heard_by_b.append(payload), deliver_b(payload))  # type: ignore[method-assign]
+    try:
+        for bus in buses:
+            bus.start()
+            assert bus.connected.wait(10)
+        with psycopg.connect(libpq_dsn(engine), autocommit=True) as conn:
+            for version in range(1, 51):
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"job_marker_order:{version}"))
+        assert a.barrier.wait(timeout=10)
+        assert a.hub.seen.get("job_marker_order") == 50  # every notice sent before the marker is in
+        assert b.barrier.wait(timeout=10)
+        assert heard_by_b and not [p for p in heard_by_b if p.startswith(a.barrier.token)]
+        assert [p for p in heard_by_b if p.startswith(b.barrier.token)]
+    finally:
+        for bus in buses:
+            bus.stop()
+        engine.dispose()
+
+
 # -- the progress coalescer (gateway/relay/coalesce.py) ----------------------------------------------------
 
 

@@ -169,3 +169,55 @@ def test_formatter_output_is_one_json_line_even_with_odd_extras() -> None:
     record.path = Path("/tmp")
     out = JsonFormatter().format(record)
     assert "\n" not in out and json.loads(out)["msg"] == "multi\nline arg"
+
+
+@pytest.fixture
+def logging_restored() -> Any:
+    """gunicorn's logger applies its logconfig_dict to this process's logging: put it back after."""
+    loggers = [logging.getLogger(), logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access")]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_the_access_line_is_built_only_when_written_and_says_what_gunicorn_would(access_log: bool, logging_restored: Any) -> None:
+    """``GatewayLogger``: with the access log off no atoms are built at all; with it on, the few
+    atoms the gateway's format shows render the same line as gunicorn's full set, and the JSON
+    line gets the same fields."""
+    import datetime
+
+    from gunicorn import glogging
+    from gunicorn.config import Config
+
+    from gateway.accesslog import GatewayLogger
+    from gateway.logs import ACCESS_LOG_FORMAT, gunicorn_logconfig
+
+    cfg = Config()
+    cfg.set("logconfig_dict", gunicorn_logconfig(access_log))
+    cfg.set("access_log_format", ACCESS_LOG_FORMAT)
+    logger = GatewayLogger(cfg)
+    assert logger.access_log_enabled is access_log
+
+    class Resp:
+        status, sent = "304 Not Modified", 0
+        headers = [("ETag", '"job_1.3"'), ("X-Request-ID", 'rid-"1"')]
+
+    class Req:
+        headers = [("HOST", "127.0.0.1"), ("AUTHORIZATION", "Bearer secret")]
+
+    environ = {
+        "REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "GET", "PATH_INFO": "/api/jobs/job_1", "SERVER_PROTOCOL": "HTTP/1.1",
+        "RAW_URI": "/api/jobs/job_1?token=secret", "QUERY_STRING": "token=secret",
+    }
+    took = datetime.timedelta(seconds=1, microseconds=2500)
+    ours = glogging.SafeAtoms(logger.atoms(Resp(), Req(), environ, took))
+    gunicorns = glogging.SafeAtoms(glogging.Logger.atoms(logger, Resp(), Req(), environ, took))
+    assert ACCESS_LOG_FORMAT % ours == ACCESS_LOG_FORMAT % gunicorns == '127.0.0.1 "GET /api/jobs/job_1 HTTP/1.1" 304 0 1002ms request_id=rid-\\"1\\"'
+    records = [logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, ACCESS_LOG_FORMAT, (), None) for _ in range(2)]
+    records[0].args, records[1].args = ours, gunicorns
+    lines = [json.loads(JsonFormatter().format(r)) for r in records]
+    assert lines[0] == {**lines[1], "ts": lines[0]["ts"]} and lines[0]["job_id"] == "job_1"

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from gateway.relay.bus import ListeningBus, notices
 from gateway.relay.coalesce import Coalescer
-from gateway.relay.fresh import Barrier
+from gateway.relay.fresh import SYNC_PREFIX, Barrier
 from gateway.relay.hub import Hub
 from gateway.store import Change, Writer
 
@@ -47,19 +47,31 @@ class PostgresBus(ListeningBus):
         super().__init__(hub, max_backoff=max_backoff)
         self.dsn = libpq_dsn(engine)
         self.connects = 0
-        self.barrier = Barrier(lambda marker: self._notify_outside([marker]))
+        self.barrier = Barrier(self._send_marker)
+        # this process's markers travel on a channel only it listens to: PostgreSQL keeps one
+        # notification queue for every channel, in commit order, so a marker still proves every
+        # notice committed before it reached us, and no other process receives it
+        self.sync_channel = "gateway_sync_" + self.barrier.token[len(SYNC_PREFIX):-1].replace("-", "_")
         self.coalescer = Coalescer(self._announce_later, progress_interval)
         self._own_conn: psycopg.Connection | None = None
         self._own_lock = threading.Lock()
 
-    def _notify_outside(self, payloads: list[str]) -> None:
+    def _send_marker(self, marker: str) -> None:
+        """A barrier marker to this process's own channel (``sync:<pid>-<hex>:<n>``: nothing to quote)."""
+        self._notify_outside(f"NOTIFY {self.sync_channel}, '{marker}'")
+
+    def _notify_outside(self, statement: str, params: tuple[object, ...] | None = None) -> None:
         """NOTIFY outside any writer's transaction (barrier markers, trailing progress), on this
-        process's own autocommit connection."""
+        process's own autocommit connection. Its commits need no flush to disk: a notice is
+        delivered at commit either way, and after a crash the listeners resync."""
         with self._own_lock:
             try:
                 if self._own_conn is None or self._own_conn.closed:
-                    self._own_conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5, application_name=LISTENER_NAME + "-notify")
-                self._own_conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (CHANNEL, payloads))
+                    self._own_conn = psycopg.connect(
+                        self.dsn, autocommit=True, connect_timeout=5, application_name=LISTENER_NAME + "-notify",
+                        options="-c synchronous_commit=off",
+                    )
+                self._own_conn.execute(statement, params)
             except psycopg.Error:
                 if self._own_conn is not None:
                     self._own_conn.close()
@@ -69,7 +81,7 @@ class PostgresBus(ListeningBus):
     def _announce_later(self, changes: list[Change]) -> None:
         """The trailing announcement of held progress: committed versions, to everyone."""
         self.hub.notify((c.job_id, c.version) for c in changes)
-        self._notify_outside(notices(changes))
+        self._notify_outside("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (CHANNEL, notices(changes)))
 
     def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
         """Inside the writer's transaction: the notices go out with the commit, never before
@@ -89,6 +101,7 @@ class PostgresBus(ListeningBus):
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
         ) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(f"LISTEN {self.sync_channel}")
             self.hub.seen.reset(live=True)  # from now on every commit's notice reaches us
             self.connects += 1
             self.connected.set()

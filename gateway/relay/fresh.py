@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -63,63 +64,79 @@ class VersionCache:
                     self._versions.popitem(last=False)
 
     def get(self, job_id: str) -> int | None:
-        with self._lock:
-            return self._versions.get(job_id) if self.live else None
+        """The version held for ``job_id`` while the subscriber is connected, else None (each
+        read is one atomic step: no lock)."""
+        return self._versions.get(job_id) if self.live else None
+
+
+class _Round:
+    """One marker and the polls waiting for it; ``back`` is set when the marker returns."""
+
+    __slots__ = ("n", "back")
+
+    def __init__(self, n: int):
+        self.n = n
+        self.back = threading.Event()
 
 
 class Barrier:
     """Wait until every change published before the call has reached this process.
 
     ``send(marker)`` publishes a marker on the bus; the bus calls ``received(marker)`` when its
-    subscriber sees one. One sender thread (a greenlet under gevent) sends a marker whenever
-    someone waits for one sent after they arrived; everyone waiting for it proceeds together."""
+    subscriber sees one. Polls join the round whose marker is sent next; one sender thread (a
+    greenlet under gevent) sends it once someone has joined and the previous marker is back
+    (or timed out), so every poll waiting meanwhile shares one round trip. A poll waits on its
+    round's event alone: under gevent that is gevent's ``Event``, with no lock per waiter."""
 
     def __init__(self, send: Callable[[str], None], timeout: float = 1.0):
         self.send = send
         self.timeout = timeout
         self.token = f"{SYNC_PREFIX}{os.getpid()}-{os.urandom(4).hex()}:"
-        self._cond = threading.Condition()
-        self._sent = 0  # markers sent
-        self._back = 0  # highest marker received
-        self._wanted = 0  # highest marker someone waits for
-        self._thread: threading.Thread | None = None
-        self._thread_pid = 0
+        self._lock = threading.Lock()
+        self._next = _Round(1)  # the round polls join; its marker is not sent yet
+        self._flying: _Round | None = None  # the round whose marker is on its way
+        self._joined = threading.Event()  # someone waits for ``_next``
+        self._sender_pid = 0  # the process whose sender thread is running (0: none)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once a marker sent after this call began has come back; False after ``timeout``."""
-        with self._cond:
-            if self._thread is None or self._thread_pid != os.getpid() or not self._thread.is_alive():
-                self._thread_pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="gateway-relay-barrier", daemon=True)
-                self._thread.start()
-            want = self._sent + 1
-            self._wanted = max(self._wanted, want)
-            self._cond.notify_all()
-            return self._cond.wait_for(lambda: self._back >= want, self.timeout if timeout is None else timeout)
+        if self._sender_pid != os.getpid():
+            self._start_sender()
+        joined = self._next  # one atomic read; the sender replaces it before sending its marker
+        self._joined.set()
+        return joined.back.wait(self.timeout if timeout is None else timeout)
 
     def received(self, payload: str) -> bool:
         """A marker payload from the bus; True if it was this process's."""
         if not payload.startswith(self.token):
             return False
         n = payload[len(self.token):]
-        if n.isdigit():
-            with self._cond:
-                self._back = max(self._back, int(n))
-                self._cond.notify_all()
+        flying = self._flying
+        # markers come back in the order sent: this one proves every round up to it
+        if n.isdigit() and flying is not None and flying.n <= int(n):
+            flying.back.set()
         return True
 
+    def _start_sender(self) -> None:
+        with self._lock:
+            if self._sender_pid != os.getpid():
+                self._sender_pid = os.getpid()
+                threading.Thread(target=self._run, name="gateway-relay-barrier", daemon=True).start()
+
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._wanted > self._sent)
-                self._sent += 1
-                n = self._sent
-            try:
-                self.send(f"{self.token}{n}")
-            except Exception as exc:  # the database or Redis is away: the waiters time out and read
-                log.warning("relay barrier could not publish", extra={"error": type(exc).__name__})
-                with self._cond:
-                    self._cond.wait(self.timeout)
-                continue
-            with self._cond:
-                self._cond.wait_for(lambda: self._back >= n, self.timeout)
+        try:
+            while True:
+                self._joined.wait()
+                with self._lock:
+                    self._joined.clear()
+                    rnd, self._next = self._next, _Round(self._next.n + 1)
+                    self._flying = rnd
+                try:
+                    self.send(f"{self.token}{rnd.n}")
+                except Exception as exc:  # the database or Redis is away: the waiters time out and read
+                    log.warning("relay barrier could not publish", extra={"error": type(exc).__name__})
+                    time.sleep(self.timeout)
+                    continue
+                rnd.back.wait(self.timeout)
+        finally:
+            self._sender_pid = 0  # the next wait starts another
