@@ -102,6 +102,8 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     engine = make_engine(config.database_url)
 
     app = Flask(__name__)
+    # "/api/jobs/%2F/trace" is a 404 for an id that cannot exist, not a 308 to another URL
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body_bytes, 64 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store(engine)

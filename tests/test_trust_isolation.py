@@ -10,7 +10,7 @@ import urllib.parse
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer
 
@@ -39,6 +39,7 @@ JOB_IDS = st.one_of(
 
 @FUZZ
 @given(job_id=JOB_IDS, how=st.sampled_from(["header", "query"]))
+@example(job_id="/", how="header")  # once a 308 (Flask merged the slashes of /api/jobs///trace)
 def test_token_for_a_never_reads_anything_but_a(client, two_jobs, job_id: str, how: str) -> None:
     token = two_jobs["token_a"]
     path = "/api/jobs/" + urllib.parse.quote(job_id, safe="")
