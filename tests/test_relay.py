@@ -393,6 +393,52 @@ def test_sse_for_a_finished_job_already_seen_says_204(pair: tuple[Server, Server
     assert fresh.ended.wait(10)
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+def unchunk(body: bytes) -> tuple[bytes, bool]:
+    """An HTTP/1.1 chunked body decoded, and whether it ended with the last (empty) chunk."""
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out, rest == b"\r\n"
+        out, body = out + rest[:size], rest[size + 2 :]
+    return out, False
+
+
+def test_an_sse_stream_on_the_wire(pair: tuple[Server, Server]) -> None:
+    """The head (with the app's own headers: request id, CORS for an allowed origin), the events
+    as HTTP/1.1 chunks, and after ``complete`` the last chunk and the server's close."""
+    a, b = pair
+    reg = register(a.url)
+    job, token = reg["job"], reg["token"]
+    post_webhook(a.url, job["external_id"], "complete")
+    final = requests.get(f"{a.url}/api/jobs/{job['id']}", params={"token": token}, timeout=10).json()
+    with socket.create_connection(("127.0.0.1", b.port), timeout=10) as s:
+        s.sendall(f"GET /api/jobs/{job['id']}/stream?token={token} HTTP/1.1\r\nHost: x\r\nOrigin: http://127.0.0.1\r\n"
+                  f"X-Request-ID: sse-wire-test\r\nLast-Event-ID: {job['version']}\r\n\r\n".encode())
+        answer = read_until_closed(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+    assert lines[0] == "HTTP/1.1 200 OK"
+    assert headers["content-type"].startswith("text/event-stream") and headers["cache-control"] == "no-cache"
+    assert headers["x-request-id"] == "sse-wire-test" and headers["access-control-allow-origin"] == "http://127.0.0.1"
+    assert headers["transfer-encoding"] == "chunked"
+    events, ended = unchunk(body)
+    assert ended, "the stream must end with the last chunk"
+    blocks = [blk for blk in events.decode().split("\n\n") if blk and not blk.startswith(":")]
+    assert blocks[0] == "retry: 2000"
+    assert blocks[-1].startswith(f"id: {final['version']}\nevent: job\ndata: ")
+    assert json.loads(blocks[-1].split("data: ", 1)[1])["state"] == "complete"
+
+
 def test_sse_needs_a_token_for_the_job(pair: tuple[Server, Server]) -> None:
     a, b = pair
     mine, other = register(a.url), register(a.url)

@@ -1,34 +1,26 @@
 """``/ws``: one WebSocket watches many jobs (contract §4).
 
 flask-sock/simple-websocket do the handshake (wsproto underneath); from then on this module
-owns the socket. Frames are parsed by the handshake's wsproto ``Connection``; everything the
-server writes goes through ``Connection.write``: a non-blocking send of frames encoded once
-per snapshot (the hub hands the same bytes to every watcher); what the kernel cannot take at
-once waits in a small per-connection backlog, so one slow reader never stalls the fan-out to
-the others, and a reader that falls too far behind is disconnected (it resubscribes with
-``since``).
+owns the socket: the handshake's wsproto ``Connection`` parses the client's frames, and
+everything the server writes goes through ``Detached.write`` (non-blocking, ordered, a bounded
+backlog; see detached.py), snapshot frames encoded once for every watcher by the hub. A reader
+too far behind is disconnected (it resubscribes with ``since``).
 
-Under gunicorn's gevent worker an idle connection holds no greenlet: after the handshake the
-socket is detached from the request (whose greenlet, environ and Flask context end there) and
-watched by the event loop; a greenlet exists only while something the client sent is being
-handled. A greenlet parked in ``recv`` costs more memory than everything else a watcher holds
-(its saved C stack, its Python frames, the request it came in on). Under any other server the
-request's own thread reads the socket until it closes.
+Under gunicorn's gevent worker an idle connection holds no greenlet: the socket leaves the
+request after the handshake and the event loop watches it; a greenlet exists only while
+something the client sent is being handled. Under any other server the request's own thread
+reads the socket until it closes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, request
 from flask_sock import Sock
-from gevent import spawn_raw
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
@@ -36,6 +28,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from gateway.app import error_response, origin_allowed
 from gateway.errors import Forbidden, GatewayError
 from gateway.limits import hand_over_connection_slot
+from gateway.relay.detached import READS_PER_WAKEUP, RECEIVE_BYTES, Detached, take_socket
 from gateway.relay.hub import Snapshot, ws_text_frame
 from gateway.store import JOB_ID_RE
 
@@ -46,10 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.relay")
 
-MAX_BACKLOG_BYTES = 1024 * 1024
 PING_FRAME = b"\x89\x00"  # an empty server ping
-RECEIVE_BYTES = 4096
-READS_PER_WAKEUP = 16  # then the socket waits for its next turn of the event loop
 
 
 class _NoReader:
@@ -64,31 +54,21 @@ class _NoReader:
         pass
 
 
-class Connection:
-    """One WebSocket: its subscriptions (job id → newest version sent), the wsproto state of its
-    frames, and an ordered non-blocking writer."""
+class Connection(Detached):
+    """One WebSocket: its subscriptions (job id → newest version sent) and the wsproto state of
+    its frames, on a ``Detached`` socket."""
 
-    __slots__ = (
-        "relay", "proto", "sock", "raw", "subs", "backlog", "backlog_bytes", "closed", "pinged", "pong_received",
-        "parts", "parts_bytes", "reader", "writer", "on_close",
-    )
+    __slots__ = ("relay", "proto", "subs", "pinged", "pong_received", "parts", "parts_bytes")
 
     def __init__(self, relay: Relay, proto: Protocol, sock: Any):
+        super().__init__(sock)
         self.relay = relay
         self.proto = proto
-        self.sock = sock
-        self.raw = getattr(sock, "_sock", sock)  # under gevent: the real non-blocking socket
         self.subs: dict[str, int] = {}
-        self.backlog: deque[bytes] | None = None
-        self.backlog_bytes = 0
-        self.closed = False
         self.pinged = False
         self.pong_received = True
         self.parts: list[Any] | None = None  # a message arriving in several frames
         self.parts_bytes = 0
-        self.reader: Any = None  # detached: the event loop's read watcher
-        self.writer: Any = None  # detached: its write watcher, while a backlog waits
-        self.on_close: Callable[[], None] | None = None
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -99,37 +79,17 @@ class Connection:
             while self._pump():
                 pass
         finally:
-            self._finish()
+            self.finish()
 
     def detach(self, loop: Any, sock: Any, on_close: Callable[[], None] | None) -> None:
-        """Serve from the event loop ``loop`` from now on; the request may end. ``sock`` is the
-        detached, non-blocking socket; ``on_close`` runs once the connection is over."""
-        self.sock = self.raw = sock
-        self.on_close = on_close
+        """Serve from the event loop from now on (``take_socket``); the request may end."""
         self._opened()
-        self.reader = loop.io(sock.fileno(), 1)
-        self.reader.start(self._readable)
+        self.attach(loop, sock, on_close)
 
     def _opened(self) -> None:
         self.relay.start()
         self.relay.gw.metrics.ws_connections.inc()
         self.relay.connections.add(self)
-
-    def _readable(self) -> None:
-        """Event-loop callback: the client sent something; a short-lived greenlet handles it."""
-        self.reader.stop()
-        spawn_raw(self._wakeup)
-
-    def _wakeup(self) -> None:
-        try:
-            more = self._pump()
-        except Exception:  # never leave a socket nobody reads
-            log.exception("websocket reader failed")
-            more = False
-        if more and not self.closed:
-            self.reader.start(self._readable)
-        else:
-            self._finish()
 
     def _pump(self) -> bool:
         """Read what the socket has (a bounded amount) and act on it; False once the connection
@@ -187,18 +147,8 @@ class Connection:
         self.handle(message)
         return True
 
-    def _finish(self) -> None:
-        """The connection is over: forget every subscription, release what it held."""
-        if self.reader is not None:
-            self.reader.close()
-        if self.writer is not None:
-            self.writer.close()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        self.closed = True
-        self.backlog = None
+    def _finished(self) -> None:
+        """Forget every subscription."""
         relay = self.relay
         if self not in relay.connections:
             return  # finished already
@@ -208,84 +158,8 @@ class Connection:
         relay.gw.metrics.ws_subscriptions.dec(len(self.subs))
         relay.gw.metrics.ws_connections.dec()
         self.subs.clear()
-        if self.on_close is not None:
-            self.on_close()
-            self.on_close = None
 
     # -- writing ---------------------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` on the socket in order, without ever blocking the caller."""
-        if self.closed or not data:
-            return
-        if self.backlog is not None:
-            self.backlog.append(data)
-            self.backlog_bytes += len(data)
-            if self.backlog_bytes > MAX_BACKLOG_BYTES:
-                log.info("websocket reader too slow; disconnecting")
-                self.abort()
-            return
-        try:
-            sent = self.raw.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.abort()
-            return
-        if sent < len(data):
-            self.backlog = deque([data[sent:]])
-            self.backlog_bytes = len(data) - sent
-            if self.reader is not None:
-                if self.writer is None:
-                    self.writer = self.reader.loop.io(self.sock.fileno(), 2)
-                self.writer.start(self._writable)
-            else:
-                threading.Thread(target=self._drain, name="gateway-ws-drain", daemon=True).start()
-
-    def _writable(self) -> None:
-        """Event-loop callback: the kernel takes more; send the backlog without blocking."""
-        backlog = self.backlog
-        while backlog:
-            chunk = backlog[0]
-            try:
-                sent = self.sock.send(chunk)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.abort()
-                break
-            self.backlog_bytes -= sent
-            if sent < len(chunk):
-                backlog[0] = chunk[sent:]
-                return
-            backlog.popleft()
-        if self.backlog is backlog:
-            self.backlog = None
-        self.writer.stop()
-
-    def _drain(self) -> None:
-        """The backlog's own thread (blocking sends), when not detached."""
-        try:
-            while self.backlog:
-                chunk = self.backlog.popleft()
-                self.backlog_bytes -= len(chunk)
-                self.sock.sendall(chunk)
-            self.backlog = None
-        except OSError:
-            self.abort()
-
-    def abort(self) -> None:
-        """Drop the connection; the reader notices and cleans up."""
-        if self.closed:
-            return
-        self.closed = True
-        self.backlog = None
-        if self.writer is not None:
-            self.writer.stop()
-        try:
-            self.raw.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def send_message(self, message: dict[str, Any]) -> None:
         """A protocol message (pending, error) as one text frame."""
@@ -378,25 +252,6 @@ def hard_limit(config: Any) -> int:
     return max(64 * 1024, 8 * config.ws_max_message_bytes)
 
 
-def _detached_socket(ws: Any) -> tuple[Any, Any] | None:
-    """(event loop, non-blocking socket) taken from the request when the gevent worker serves
-    it; None under any other server. The request's socket object is left closed but the
-    descriptor open, so the server's own close after the request does not end the connection."""
-    if ws.mode != "gunicorn":
-        return None
-    try:
-        from gevent import get_hub, monkey
-        from gevent.socket import socket as gevent_socket
-    except ImportError:
-        return None
-    if not monkey.is_module_patched("socket") or not isinstance(ws.sock, gevent_socket):
-        return None
-    plain = monkey.get_original("socket", "socket")
-    raw = plain(fileno=ws.sock.detach())
-    raw.setblocking(False)
-    return get_hub().loop, raw
-
-
 def init_ws(app: Flask, relay: Relay) -> None:
     """Register ``/ws`` with its origin check (before the upgrade)."""
     app.config["SOCK_SERVER_OPTIONS"] = {
@@ -424,12 +279,12 @@ def init_ws(app: Flask, relay: Relay) -> None:
     def ws_route(ws: Any) -> None:
         """One browser's WebSocket: detached from the request under gevent, else served here."""
         conn = Connection(relay, ws.ws.connection, ws.sock)
-        detached = _detached_socket(ws)
+        taken = take_socket(request.environ) if ws.mode == "gunicorn" else None
         ws.connected = False  # this module answers and sends close frames, never flask-sock
-        if detached is None:
+        if taken is None:
             conn.serve()
         else:
-            loop, raw = detached
+            loop, raw = taken
             conn.detach(loop, raw, hand_over_connection_slot())
 
     app.register_blueprint(bp)

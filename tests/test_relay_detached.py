@@ -1,7 +1,7 @@
-"""The WebSocket connection's own reading and writing once detached from its request
-(gateway/relay/ws.py): a real app on SQLite, a real socket pair and gevent's event loop in
-this process, the client side spoken with wsproto. The same paths under a real gunicorn are
-covered by tests/test_relay.py."""
+"""WebSockets and SSE streams served by the event loop once detached from their request
+(gateway/relay/detached.py, ws.py, sse.py): a real app on SQLite, a real socket pair and
+gevent's event loop in this process, the WebSocket client side spoken with wsproto. The same
+paths under a real gunicorn are covered by tests/test_relay.py."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from wsproto.connection import Connection as Protocol
 from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
-from gateway.relay.hub import ws_text_frame
-from gateway.relay.ws import MAX_BACKLOG_BYTES, Connection
+from gateway.relay.hub import Snapshot, http_chunk, ws_text_frame
+from gateway.relay.sse import LAST_CHUNK, RETRY, Stream
+from gateway.relay.detached import MAX_BACKLOG_BYTES
+from gateway.relay.ws import Connection
 from tests.conftest import API_KEY, register
 from tests.gwapp import gw_of, make_app
 from tests.loadgen import wait_for
@@ -199,3 +201,24 @@ def test_under_a_threaded_server_the_request_thread_serves_the_socket(app: Any) 
         assert not relay.connections
     finally:
         server.shutdown()
+
+
+def test_a_stream_sends_what_arrived_before_its_head_after_it_and_ends_after_complete(app: Any) -> None:
+    relay = gw_of(app).relay
+    job = register(app.test_client())["job"]
+    snap = relay.hub.current(job["id"])
+    assert snap is not None
+    done = Snapshot({**snap.job, "version": snap.version + 1, "state": "complete"})
+    stream = Stream(relay, job["id"], last=-1)
+    stream.deliver(done)  # from the hub, before the response head is out
+    server_end, client_end = socket.socketpair()
+    server_end.setblocking(False)
+    client = Client(client_end)
+    try:
+        stream.start(get_hub().loop, server_end, b"HTTP/1.1 200 OK\r\n\r\n", snap)
+        turn_until(lambda: (client.pump(keep_raw=True), client.eof)[1], "the stream to end")
+        assert bytes(client.raw) == b"HTTP/1.1 200 OK\r\n\r\n" + http_chunk(RETRY) + snap.sse_chunk + done.sse_chunk + LAST_CHUNK
+        turn_until(lambda: stream not in relay.streams, "the stream to finish")
+    finally:
+        server_end.close()
+        client_end.close()
