@@ -59,8 +59,8 @@ def take_socket(environ: dict[str, Any], *, dry_run: bool = False) -> tuple[Any,
 
 class Detached:
     """One client socket: ordered non-blocking writes, and (once ``attach``-ed to the event loop)
-    a read watcher. Subclasses say what reading means (``_pump``) and what ending releases
-    (``_finished``)."""
+    a read watcher. Subclasses say what the client's bytes mean (``_received``) and what ending
+    releases (``_finished``)."""
 
     __slots__ = ("sock", "raw", "backlog", "backlog_bytes", "closed", "ending", "reader", "writer", "on_close")
 
@@ -103,7 +103,7 @@ class Detached:
 
     def _pump(self) -> bool:
         """Read what the socket has (a bounded amount) and act on it; False once the connection
-        is over. This base discards what it reads."""
+        is over."""
         for _ in range(READS_PER_WAKEUP):
             if self.closed:
                 return False
@@ -113,9 +113,14 @@ class Detached:
                 return True
             except OSError:
                 return False
-            if not data:
+            if not data or not self._received(data):
                 return False
         return not self.closed
+
+    def _received(self, data: bytes) -> bool:
+        """Act on bytes from the client; False when the connection is to close. This base
+        discards them."""
+        return True
 
     def finish(self) -> None:
         """The connection is over: stop watching, close the socket, release what it held (once)."""
@@ -123,10 +128,11 @@ class Detached:
             self.reader.close()
         if self.writer is not None:
             self.writer.close()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
         self.closed = True
         self.backlog = None
         self._finished()

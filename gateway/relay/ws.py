@@ -28,7 +28,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from gateway.app import error_response, origin_allowed
 from gateway.errors import Forbidden, GatewayError
 from gateway.limits import hand_over_connection_slot
-from gateway.relay.detached import READS_PER_WAKEUP, RECEIVE_BYTES, Detached, take_socket
+from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Snapshot, ws_text_frame
 from gateway.store import JOB_ID_RE
 
@@ -91,24 +91,9 @@ class Connection(Detached):
         self.relay.gw.metrics.ws_connections.inc()
         self.relay.connections.add(self)
 
-    def _pump(self) -> bool:
-        """Read what the socket has (a bounded amount) and act on it; False once the connection
-        is over."""
-        for _ in range(READS_PER_WAKEUP):
-            if self.closed:
-                return False
-            try:
-                data = self.sock.recv(RECEIVE_BYTES)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not data:
-                return False
-            self.proto.receive_data(data)
-            if not self._act():
-                return False
-        return not self.closed
+    def _received(self, data: bytes) -> bool:
+        self.proto.receive_data(data)
+        return self._act()
 
     def _act(self) -> bool:
         """Answer the frames received so far (RFC 6455 control frames, messages); False when the
