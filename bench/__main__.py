@@ -11,7 +11,9 @@ Suites (each module also runs alone, ``python -m bench.<name>``):
 * ``relay`` (bench.relay): webhook → WebSocket latency across two processes at a steady rate,
   on the PostgreSQL bus and on the Redis bus; idle watchers per gevent worker and memory per
   watcher against the naive flask-sock relay; fan-out of one change to 1,000 watchers against
-  the naive ``send`` loop.
+  the naive ``send`` loop. The same for SSE (bench.sse): webhook → SSE latency, idle streams on
+  one worker and memory per stream, fan-out to 1,000 streams, against a naive SSE relay (a
+  generator per connection waiting on its own queue).
 
 ``BENCH_SUITES`` picks suites ("ingest,polling,relay"); each module's own options apply.
 """
@@ -30,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, relay, storm
+from bench import ingest, relay, sse, storm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,6 +51,11 @@ AIMS = (
     ("idle_watchers_two_workers", 30000, "min"),
     ("idle_memory_gateway_to_naive", 0.5, "max"),
     ("fanout_1000_gateway_to_naive", 0.5, "max"),
+    # "the same for SSE"
+    ("relay_pg_50_webhook_to_sse_p50_ms", 5, "max"),
+    ("relay_pg_50_webhook_to_sse_p99_ms", 20, "max"),
+    ("sse_idle_memory_gateway_to_naive", 0.5, "max"),
+    ("sse_fanout_1000_gateway_to_naive", 0.5, "max"),
 )
 
 
@@ -101,6 +108,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             flat["fanout_1000_gateway_send_loop_ms"] = fan_g["server_send_loop_mean_ms"]
             flat["fanout_1000_naive_send_loop_ms"] = fan_n["server_send_loop_mean_ms"]
             flat["fanout_1000_gateway_to_naive"] = round(fan_g["server_send_loop_mean_ms"] / fan_n["server_send_loop_mean_ms"], 3)
+        flat.update(sse_figures(rel.get("sse")))
     st = ok.get("storm")
     if st:
         for run in st["runs"]:
@@ -116,8 +124,34 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     return {"figures": flat, "aims": aims}
 
 
+def sse_figures(run: dict[str, Any] | None) -> dict[str, Any]:
+    """bench.sse's figures, flattened. Fan-out compares the spread first → last event: the naive
+    loop only enqueues, so its loop time alone would not say when the last stream has the event."""
+    if not run or "error" in run:
+        return {}
+    flat: dict[str, Any] = {}
+    lat = run.get("latency") or {}
+    if lat.get("webhook_to_sse_ms"):
+        tag = f"relay_pg_{lat['target_rate_per_s']}"
+        flat[f"{tag}_webhook_to_sse_p50_ms"] = lat["webhook_to_sse_ms"]["p50"]
+        flat[f"{tag}_webhook_to_sse_p99_ms"] = lat["webhook_to_sse_ms"]["p99"]
+    g, n = run.get("idle_gateway"), run.get("idle_baseline_naive")
+    if g and n:
+        flat["sse_idle_streams_one_worker"] = g["alive_after_idle"]
+        flat["sse_idle_kb_per_stream_gateway"] = g["kb_per_stream"]
+        flat["sse_idle_kb_per_stream_naive"] = n["kb_per_stream"]
+        flat["sse_idle_memory_gateway_to_naive"] = round(g["kb_per_stream"] / n["kb_per_stream"], 3)
+    fg, fn = run.get("fanout_gateway"), run.get("fanout_baseline_naive")
+    if fg and fn:
+        flat["sse_fanout_1000_gateway_first_to_last_ms"] = fg["first_to_last_ms"]["p50"]
+        flat["sse_fanout_1000_naive_first_to_last_ms"] = fn["first_to_last_ms"]["p50"]
+        flat["sse_fanout_1000_gateway_to_naive"] = round(fg["first_to_last_ms"]["p50"] / fn["first_to_last_ms"]["p50"], 3)
+    return flat
+
+
 def run_relay(workdir: Path) -> dict[str, Any]:
-    """bench.relay's suites at the issue's load: 500 webhooks/s, both buses, idle and fan-out."""
+    """bench.relay's suites at the issue's load: 500 webhooks/s, both buses, idle and fan-out;
+    then bench.sse's."""
     rates = [int(r) for r in os.environ.get("BENCH_RELAY_RATES", "50,500").split(",") if r]
     seconds = float(os.environ.get("BENCH_SECONDS", "8"))
     idle_n = int(os.environ.get("BENCH_IDLE", "30000"))  # across the two workers of one instance
@@ -132,6 +166,11 @@ def run_relay(workdir: Path) -> dict[str, Any]:
     except Exception as exc:  # reported, and the fan-out still runs
         out["idle_gateway_two_workers"] = {"error": f"{type(exc).__name__}: {exc}"}
     out.update(relay.capacity_and_fanout(0, fan_n, rounds, workdir))  # fan-out only: idle is measured above
+    try:
+        out["sse"] = sse.run(workdir, idle_n=int(os.environ.get("BENCH_SSE_IDLE", "10000")), fan_n=fan_n, rounds=rounds,
+                             rate=int(os.environ.get("BENCH_SSE_RATE", "50")), seconds=seconds)
+    except Exception as exc:  # reported; the WebSocket figures stand
+        out["sse"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
 

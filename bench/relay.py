@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from bench.wsclient import Swarm, job_of
+from bench.wsclient import SSESwarm, Swarm, job_of
 from gateway.migrate import upgrade
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET, standard_headers
@@ -111,6 +111,10 @@ def subscribe_msg(reg: dict[str, Any]) -> str:
     return json.dumps({"type": "subscribe", "job": reg["job"]["id"], "token": reg["token"]})
 
 
+def sse_path(reg: dict[str, Any]) -> str:
+    return f"/api/jobs/{reg['job']['id']}/stream?token={reg['token']}"
+
+
 # -- databases and servers --------------------------------------------------------------------------------
 
 
@@ -145,20 +149,26 @@ def gateway_server(url: str, workdir: Path, name: str, connections: int = 2000, 
 # -- 1. latency under a steady webhook load -------------------------------------------------------------------
 
 
-def _receiver(port: int, subs: list[list[str]], ready: Any, stop: Any, out: Any) -> None:
-    """Child process: watchers on B; records (progress.current, arrival time) of every frame."""
+def _receiver(port: int, subs: list[Any], ready: Any, stop: Any, out: Any, transport: str = "ws") -> None:
+    """Child process: watchers on B; records (progress.current, arrival time) of every frame
+    (every SSE event). WebSocket: ``subs`` holds each connection's subscribe messages; SSE: the
+    path of each stream."""
     arrivals: dict[int, float] = {}
 
     def on_text(conn: Any, payload: bytes, now: float) -> None:
-        job = job_of(payload)
+        job = json.loads(payload) if transport == "sse" else job_of(payload)
         if job and job.get("progress"):
             arrivals.setdefault(job["progress"]["current"], now)
 
-    swarm = Swarm("127.0.0.1", port, on_text=on_text)
-    conns = swarm.connect(len(subs))
-    for conn, msgs in zip(conns, subs):
-        for m in msgs:
-            swarm.send_text(conn, m)
+    if transport == "sse":
+        swarm: Swarm = SSESwarm("127.0.0.1", port, subs, on_text=on_text)
+        swarm.connect(len(subs))
+    else:
+        swarm = Swarm("127.0.0.1", port, on_text=on_text)
+        conns = swarm.connect(len(subs))
+        for conn, msgs in zip(conns, subs):
+            for m in msgs:
+                swarm.send_text(conn, m)
     swarm.run_until(lambda: False, 1.0)
     ready.set()
     while not stop.is_set():
@@ -168,8 +178,9 @@ def _receiver(port: int, subs: list[list[str]], ready: Any, stop: Any, out: Any)
     swarm.close()
 
 
-def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | None = None) -> dict[str, Any]:
-    """``bus="local"``: the same load with no cross-process bus, the ingest ceiling without the relay."""
+def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | None = None, transport: str = "ws") -> dict[str, Any]:
+    """``bus="local"``: the same load with no cross-process bus, the ingest ceiling without the relay.
+    ``transport="sse"``: one SSE stream per job instead of ten WebSockets watching five jobs each."""
     url, drop = make_database(backend, workdir)
     a = gateway_server(url, workdir, f"latency-{backend}-{rate}-a", bus=bus)
     b = gateway_server(url, workdir, f"latency-{backend}-{rate}-b", bus=bus)
@@ -179,10 +190,10 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | N
         for reg in jobs:  # every job processing before the clock starts: no queue moves under load
             body, headers = webhook(reg["job"]["external_id"], 0, time.time() - 60)
             assert warm.request("POST", "/webhooks/worker", body, headers)[0] == 200
-        subs = [[subscribe_msg(r) for r in jobs[i::10]] for i in range(10)]
+        subs: list[Any] = [sse_path(r) for r in jobs] if transport == "sse" else [[subscribe_msg(r) for r in jobs[i::10]] for i in range(10)]
         ready, stop = mp.Event(), mp.Event()
         parent, child = mp.Pipe()
-        proc = mp.Process(target=_receiver, args=(b.port, subs, ready, stop, child), daemon=True)
+        proc = mp.Process(target=_receiver, args=(b.port, subs, ready, stop, child, transport), daemon=True)
         proc.start()
         assert ready.wait(60), "receiver did not start"
         total = int(rate * seconds)
@@ -233,9 +244,11 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | N
         proc.join(10)
         lat = [arrivals[k] - sent[k] for k in sent if k in arrivals]
         after_ack = [arrivals[k] - acked[k] for k in sent if k in arrivals]
+        arrived = "ws_frame" if transport == "ws" else "sse_event"
         return {
             "backend": backend,
             "bus": bus or "auto",
+            "transport": transport,
             "target_rate_per_s": rate,
             "achieved_rate_per_s": round(len(sent) / elapsed, 1),
             "webhooks_scheduled": total,
@@ -243,9 +256,9 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | N
             "webhook_errors": errors[0],
             "frames_matched": len(lat),
             "note": "frames for versions superseded before the read are coalesced into the newer one",
-            "webhook_to_ws_ms": {"p50": ms(percentile(lat, 50)), "p90": ms(percentile(lat, 90)), "p99": ms(percentile(lat, 99)), "max": ms(max(lat))} if lat else None,
+            f"webhook_to_{transport}_ms": {"p50": ms(percentile(lat, 50)), "p90": ms(percentile(lat, 90)), "p99": ms(percentile(lat, 99)), "max": ms(max(lat))} if lat else None,
             "baseline_webhook_ack_ms": {"p50": ms(percentile(acks, 50)), "p99": ms(percentile(acks, 99))} if acks else None,
-            "ws_frame_minus_ack_ms": {"p50": ms(percentile(after_ack, 50)), "p99": ms(percentile(after_ack, 99))} if after_ack else None,
+            f"{arrived}_minus_ack_ms": {"p50": ms(percentile(after_ack, 50)), "p99": ms(percentile(after_ack, 99))} if after_ack else None,
         }
     finally:
         a.stop()

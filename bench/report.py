@@ -66,11 +66,39 @@ def render(r: dict[str, Any]) -> str:
                           [[name, x["server_send_loop_mean_ms"], x["trigger_to_last_ms"]["p50"], x["first_to_last_ms"]["p50"]]
                            for name, x in (("gateway, webhook to the watchers' worker", fg), ("gateway, webhook to another instance", fo),
                                            ("naive loop of ws.send", fn)) if x])]
+    out += sse_tables(rel.get("sse") if rel else None)
     aims = r.get("summary", {}).get("aims", {})
     if aims:
         out += ["", "### Aims", "", table(["figure", "value", "aim", "met"],
                                             [[k, v["value"], ("≥ " if v["kind"] == "min" else "≤ ") + str(v["aim"]), "yes" if v["met"] else "**no**"] for k, v in aims.items()])]
     return "\n".join(out) + "\n"
+
+
+def sse_tables(s: dict[str, Any] | None) -> list[str]:
+    """bench.sse's figures: latency, idle streams on one worker, fan-out."""
+    if not s or "error" in s:
+        return ["", f"### SSE: not measured ({s['error']})"] if s else []
+    out: list[str] = []
+    x = s.get("latency")
+    if x:
+        lat, base, after = x.get("webhook_to_sse_ms") or {}, x.get("baseline_webhook_ack_ms") or {}, x.get("sse_event_minus_ack_ms") or {}
+        out += ["", "### Relay: webhook → SSE stream on another instance (1 gevent worker each)", "",
+                table(["bus", "target/s", "achieved/s", "errors", "p50 ms", "p99 ms", "ack p50 ms (baseline)", "event − ack p50 / p99 ms"],
+                      [[x["bus"], x["target_rate_per_s"], x["achieved_rate_per_s"], x["webhook_errors"], lat.get("p50"), lat.get("p99"),
+                        base.get("p50"), f"{after.get('p50')} / {after.get('p99')}"]])]
+    g, n = s.get("idle_gateway"), s.get("idle_baseline_naive")
+    if g and n:
+        out += ["", "### Idle SSE streams, one gevent worker", "",
+                table(["server", "asked", "alive after idle", "RSS before → after MB", "KB per stream", "connect s"],
+                      [[name, y["streams"], y["alive_after_idle"], f"{y['rss_before_mb']} → {y['rss_after_mb']}", y["kb_per_stream"],
+                        y["connect_and_subscribe_s"]] for name, y in (("gateway (subscribed)", g), ("naive: generator per stream, queue each", n))])]
+    fg, fn = s.get("fanout_gateway"), s.get("fanout_baseline_naive")
+    if fg and fn:
+        out += ["", f"### SSE fan-out of one change to {fg['watchers']} streams ({fg['rounds']} rounds)", "",
+                table(["", "server loop ms (mean)", "trigger → last event p50 ms", "first → last event p50 ms"],
+                      [[name, y["server_send_loop_mean_ms"], y["trigger_to_last_ms"]["p50"], y["first_to_last_ms"]["p50"]]
+                       for name, y in (("gateway, webhook to the streams' worker", fg), ("naive loop of queue puts", fn))])]
+    return out
 
 
 def main() -> None:

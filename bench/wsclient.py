@@ -1,6 +1,6 @@
-"""A minimal many-connection WebSocket client for benchmarks: one thread, one epoll loop,
-raw sockets. It holds thousands of connections with little CPU and timestamps every text
-frame on arrival, so the client is not what the figures measure."""
+"""Minimal many-connection WebSocket and SSE clients for benchmarks: one thread, one epoll loop,
+raw sockets. They hold thousands of connections with little CPU and timestamp every text
+frame (every SSE event) on arrival, so the client is not what the figures measure."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class Conn:
     buf: bytearray = field(default_factory=bytearray)
     open: bool = False
     tag: Any = None
+    stream: bytearray = field(default_factory=bytearray)  # SSE: the body with chunk framing removed
 
 
 class Swarm:
@@ -72,11 +73,7 @@ class Swarm:
                     s.bind((self.source, 0))
                 s.connect((self.host, self.port))
                 s.setblocking(False)
-                req = (
-                    f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                )
-                s.sendall(req.encode())
+                s.sendall(self.request(started).encode())
                 conn = Conn(s, tag=tag_of(started))
                 self.conns.append(conn)
                 self.sel.register(s, selectors.EVENT_READ, conn)
@@ -85,6 +82,16 @@ class Swarm:
         if self.opened - base_open < n:
             raise RuntimeError(f"opened {self.opened - base_open} of {n} connections ({self.failed - base_failed} failed)")
         return self.conns[first:]
+
+    def request(self, i: int) -> str:
+        """The opening request of the ``i``-th connection: a WebSocket upgrade."""
+        return (
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+
+    def accepted(self, head: bytes) -> bool:
+        return head.startswith(b"HTTP/1.1 101")
 
     def send_text(self, conn: Conn, text: str) -> None:
         conn.sock.sendall(client_frame(text.encode()))
@@ -111,7 +118,7 @@ class Swarm:
                 end = conn.buf.find(b"\r\n\r\n")
                 if end < 0:
                     continue
-                if not conn.buf.startswith(b"HTTP/1.1 101"):
+                if not self.accepted(bytes(conn.buf[:end])):
                     self.failed += 1
                     self.sel.unregister(conn.sock)
                     conn.sock.close()
@@ -165,6 +172,47 @@ class Swarm:
                 pass
             conn.sock.close()
         self.conns.clear()
+
+
+class SSESwarm(Swarm):
+    """Many Server-Sent Events streams to one server: connection ``i`` opens ``paths[i % len(paths)]``;
+    ``on_text`` gets the data of every ``job`` event (chunked transfer coding is undone)."""
+
+    def __init__(self, host: str, port: int, paths: list[str], on_text: Callable[[Conn, bytes, float], None] | None = None,
+                 source: str | None = None):
+        super().__init__(host, port, on_text=on_text, source=source)
+        self.paths = paths
+
+    def request(self, i: int) -> str:
+        return f"GET {self.paths[i % len(self.paths)]} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n\r\n"
+
+    def accepted(self, head: bytes) -> bool:
+        if not head.startswith(b"HTTP/1.1 200"):
+            return False
+        return b"transfer-encoding: chunked" in head.lower()
+
+    def _frames(self, conn: Conn, now: float) -> None:
+        buf = conn.buf
+        while True:
+            line_end = buf.find(b"\r\n")
+            if line_end < 0:
+                break
+            size = int(bytes(buf[:line_end]).split(b";")[0], 16)
+            if size == 0:  # the last chunk: the server ended the stream
+                conn.open = False
+                del buf[:]
+                break
+            if len(buf) < line_end + 2 + size + 2:
+                break
+            conn.stream += buf[line_end + 2 : line_end + 2 + size]
+            del buf[: line_end + 2 + size + 2]
+        stream = conn.stream
+        while (end := stream.find(b"\n\n")) >= 0:
+            event = bytes(stream[:end])
+            del stream[: end + 2]
+            if b"event: job" in event and self.on_text is not None:
+                data = next((ln[6:] for ln in event.split(b"\n") if ln.startswith(b"data: ")), b"")
+                self.on_text(conn, data, now)
 
 
 def job_of(payload: bytes) -> dict[str, Any] | None:

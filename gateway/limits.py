@@ -14,7 +14,7 @@ request gets 429 with ``Retry-After`` and the usual JSON error.
   not a browser and is not counted.
 - ``max_connections_per_address``: at most that many long-lived connections (``/ws``, SSE
   streams) per client address per process, counted by a ``ConnectionCounter`` from the request
-  until its response is closed; one more is refused with 429 ``too_many_connections``.
+  until the connection closes; one more is refused with 429 ``too_many_connections``.
 - ``body_timeout``: the seconds a client has to send its whole body. Under gunicorn's gevent
   worker a slow client only holds a greenlet, never a worker, but without a deadline it would
   hold it forever; past the deadline the request ends with 408 and the connection closes.
@@ -25,6 +25,7 @@ Setting a rate to 0 turns that limit off.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from werkzeug.wrappers import Request
 
 from gateway.errors import RateLimited, RequestTimeout
@@ -206,7 +207,8 @@ def init_app(app: Flask, gw: Any) -> None:
     @app.after_request
     def _hold_slot(response: Any) -> Any:
         # an SSE stream outlives the view: its slot lasts until the server closes the response
-        # iterable. A WebSocket session runs inside the view (flask-sock), so teardown frees it.
+        # iterable. A WebSocket either runs inside the view (teardown frees its slot) or takes
+        # the slot with it when it leaves the request (hand_over_connection_slot).
         if request.path != "/ws":
             address = g.pop("connection_slot", None)
             if address is not None:
@@ -229,6 +231,15 @@ def init_app(app: Flask, gw: Any) -> None:
             return inner(environ, start_response)
 
         app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+
+
+def hand_over_connection_slot() -> Callable[[], None] | None:
+    """Take this request's long-lived connection slot out of the request: the connection that
+    outlives it calls the returned function when it closes. None when no slot is held."""
+    address = g.pop("connection_slot", None)
+    if address is None:
+        return None
+    return functools.partial(current_app.extensions["gateway"].extras["limits"].connections.release, address)
 
 
 def _counted(gw: Any, source: str, check: Callable[[], None]) -> None:

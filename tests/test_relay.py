@@ -4,7 +4,9 @@ and on PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -282,6 +284,28 @@ def test_foreign_origin_is_refused_before_the_upgrade(pair: tuple[Server, Server
     no_origin.close()
 
 
+def test_a_broken_upgrade_request_is_a_client_error(pair: tuple[Server, Server]) -> None:
+    _, b = pair
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}  # no key
+    r = requests.get(b.url + "/ws", headers=headers, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_upgrade"
+
+
+def test_compression_is_not_negotiated(pair: tuple[Server, Server]) -> None:
+    """A browser's permessage-deflate offer is declined: no inflater held per connection."""
+    _, b = pair
+    with socket.create_connection(("127.0.0.1", b.port), timeout=10) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 101") and b"sec-websocket-extensions" not in head.lower()
+
+
 def test_server_sends_protocol_pings(pair: tuple[Server, Server]) -> None:
     _, b = pair
     conn = websocket.create_connection(ws_url(b.url), timeout=10, suppress_origin=True)
@@ -289,6 +313,50 @@ def test_server_sends_protocol_pings(pair: tuple[Server, Server]) -> None:
     assert frame.opcode == websocket.ABNF.OPCODE_PING
     conn.pong(frame.data)
     conn.close()
+
+
+def test_answered_pings_keep_a_connection_unanswered_ones_drop_it(pair: tuple[Server, Server]) -> None:
+    a, b = pair
+    reg = register(a.url)
+    answering = websocket.create_connection(ws_url(b.url), timeout=10, suppress_origin=True)
+    silent = websocket.create_connection(ws_url(b.url), timeout=10, suppress_origin=True)
+    try:
+        for _ in range(3):  # recv_frame never answers by itself
+            frame = answering.recv_frame()
+            assert frame.opcode == websocket.ABNF.OPCODE_PING
+            answering.pong(frame.data)
+        answering.send(json.dumps({"type": "subscribe", "job": reg["job"]["id"], "token": reg["token"]}))
+        frame = answering.recv_frame()
+        while frame.opcode == websocket.ABNF.OPCODE_PING:
+            frame = answering.recv_frame()
+        assert json.loads(frame.data)["job"]["id"] == reg["job"]["id"]
+
+        pings = 0
+        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+            while pings < 10:
+                if silent.recv_frame().opcode == websocket.ABNF.OPCODE_PING:
+                    pings += 1
+        assert pings >= 1
+    finally:
+        answering.close()
+        silent.close()
+
+
+def test_a_message_in_several_frames_is_one_message(pair: tuple[Server, Server]) -> None:
+    a, b = pair
+    reg = register(a.url)
+    conn = websocket.create_connection(ws_url(b.url), timeout=10, suppress_origin=True)
+    try:
+        text = json.dumps({"type": "subscribe", "job": reg["job"]["id"], "token": reg["token"]})
+        conn.send_frame(websocket.ABNF.create_frame(text[:20], websocket.ABNF.OPCODE_TEXT, fin=0))
+        conn.send_frame(websocket.ABNF.create_frame(text[20:40], websocket.ABNF.OPCODE_CONT, fin=0))
+        conn.send_frame(websocket.ABNF.create_frame(text[40:], websocket.ABNF.OPCODE_CONT, fin=1))
+        frame = conn.recv_frame()
+        while frame.opcode == websocket.ABNF.OPCODE_PING:
+            frame = conn.recv_frame()
+        assert json.loads(frame.data)["job"]["id"] == reg["job"]["id"]
+    finally:
+        conn.close()
 
 
 # -- SSE and long-poll ------------------------------------------------------------------------------------------
@@ -323,6 +391,52 @@ def test_sse_for_a_finished_job_already_seen_says_204(pair: tuple[Server, Server
     fresh = SSEReader(b.url, reg["job"]["id"], reg["token"])
     assert fresh.wait_for(lambda e: True)["json"]["state"] == "complete"
     assert fresh.ended.wait(10)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+def unchunk(body: bytes) -> tuple[bytes, bool]:
+    """An HTTP/1.1 chunked body decoded, and whether it ended with the last (empty) chunk."""
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out, rest == b"\r\n"
+        out, body = out + rest[:size], rest[size + 2 :]
+    return out, False
+
+
+def test_an_sse_stream_on_the_wire(pair: tuple[Server, Server]) -> None:
+    """The head (with the app's own headers: request id, CORS for an allowed origin), the events
+    as HTTP/1.1 chunks, and after ``complete`` the last chunk and the server's close."""
+    a, b = pair
+    reg = register(a.url)
+    job, token = reg["job"], reg["token"]
+    post_webhook(a.url, job["external_id"], "complete")
+    final = requests.get(f"{a.url}/api/jobs/{job['id']}", params={"token": token}, timeout=10).json()
+    with socket.create_connection(("127.0.0.1", b.port), timeout=10) as s:
+        s.sendall(f"GET /api/jobs/{job['id']}/stream?token={token} HTTP/1.1\r\nHost: x\r\nOrigin: http://127.0.0.1\r\n"
+                  f"X-Request-ID: sse-wire-test\r\nLast-Event-ID: {job['version']}\r\n\r\n".encode())
+        answer = read_until_closed(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+    assert lines[0] == "HTTP/1.1 200 OK"
+    assert headers["content-type"].startswith("text/event-stream") and headers["cache-control"] == "no-cache"
+    assert headers["x-request-id"] == "sse-wire-test" and headers["access-control-allow-origin"] == "http://127.0.0.1"
+    assert headers["transfer-encoding"] == "chunked"
+    events, ended = unchunk(body)
+    assert ended, "the stream must end with the last chunk"
+    blocks = [blk for blk in events.decode().split("\n\n") if blk and not blk.startswith(":")]
+    assert blocks[0] == "retry: 2000"
+    assert blocks[-1].startswith(f"id: {final['version']}\nevent: job\ndata: ")
+    assert json.loads(blocks[-1].split("data: ", 1)[1])["state"] == "complete"
 
 
 def test_sse_needs_a_token_for_the_job(pair: tuple[Server, Server]) -> None:

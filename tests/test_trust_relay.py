@@ -129,7 +129,7 @@ def test_expired_and_tampered_tokens_are_refused_on_streams(watched: dict[str, A
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory: pytest.TempPathFactory, sqlite_url: str) -> Iterator[Server]:
     srv = custom_server(tmp_path_factory.mktemp("capped"), sqlite_url, "capped", workers=1,
-                        ws_max_subscriptions=5, max_connections_per_address=4, rate_limit_public_per_address=0)
+                        ws_max_subscriptions=5, max_connections_per_address=4, rate_limit_public_per_address=0, sse_heartbeat=1)
     yield srv
     srv.stop()
 
@@ -189,6 +189,30 @@ def test_open_connections_per_client_address_are_capped(capped: Server) -> None:
         for w in open_:
             w.close()
         sse.close()
+
+
+def test_an_sse_stream_that_goes_away_frees_its_slot(capped: Server) -> None:
+    """The server notices a stream's client leaving (it never writes to it) and frees the slot."""
+    reg = register(capped.url)
+    streams = [SSEReader(capped.url, reg["job"]["id"], reg["token"]) for _ in range(4)]
+    try:
+        assert all(s.response.status_code == 200 for s in streams)
+        r = requests.get(f"{capped.url}/api/jobs/{reg['job']['id']}/stream", params={"token": reg["token"]}, timeout=5)
+        assert r.status_code == 429
+        streams.pop().close()
+
+        def reopens() -> bool:
+            s = SSEReader(capped.url, reg["job"]["id"], reg["token"])
+            if s.response.status_code == 200:
+                streams.append(s)
+                return True
+            return False
+
+        wait_for(reopens, 15, "a slot to be freed by the closed stream")
+        assert gauge(capped, "gateway_sse_streams") == 4
+    finally:
+        for s in streams:
+            s.close()
 
 
 # -- outage -------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@
 - a bus that carries (job id, version) notices between processes: PostgreSQL LISTEN/NOTIFY
   (``bus_pg.py``), SQLite's change feed (``bus_sqlite.py``), or this process only (``bus.py``);
 - the transports: WebSocket ``/ws`` (``ws.py``), SSE (``sse.py``) and long-poll
-  (``Relay.wait_for_change``, called by ``GET /api/jobs/<id>?wait=``);
+  (``Relay.wait_for_change``, called by ``GET /api/jobs/<id>?wait=``); under the gevent worker
+  a WebSocket or SSE socket leaves its request once open and the event loop serves it
+  (``detached.py``), with one pinger and one heartbeat loop per process;
 - a periodic resync that compares every watched job with the database.
 """
 
@@ -52,6 +54,7 @@ class Relay:
             bus_name, self.hub, self.store, gw.config.redis_url, progress_interval=gw.config.progress_interval_ms / 1000
         )
         self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
+        self.streams: set[Any] = set()  # this process's detached SSE streams (sse.Stream)
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
 
@@ -77,6 +80,7 @@ class Relay:
                 self.bus.start()
                 if self.gw.config.ws_ping_interval:
                     threading.Thread(target=self._ping_forever, name="gateway-relay-ping", daemon=True).start()
+                threading.Thread(target=self._beat_forever, name="gateway-relay-heartbeat", daemon=True).start()
 
     def _ping_forever(self) -> None:
         """Protocol pings to every WebSocket of this process, every ``ws_ping_interval`` seconds."""
@@ -85,6 +89,17 @@ class Relay:
             time.sleep(interval)
             for conn in list(self.connections):
                 conn.ping()
+
+    def _beat_forever(self) -> None:
+        """A heartbeat comment on every detached SSE stream of this process, every ``sse_heartbeat``
+        seconds (at most 20)."""
+        from gateway.relay.sse import heartbeat_seconds
+
+        interval = heartbeat_seconds(self.gw.config)
+        while True:
+            time.sleep(interval)
+            for stream in list(self.streams):
+                stream.beat()
 
     def watch(self, job_id: str, watcher: Watcher) -> None:
         """Tell ``watcher`` about each new version of ``job_id``, from whichever process commits it."""

@@ -43,6 +43,11 @@ def ws_text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+def http_chunk(data: bytes) -> bytes:
+    """``data`` in HTTP/1.1 chunked transfer coding (RFC 9112 §7.1); an empty chunk ends the body."""
+    return b"%X\r\n%s\r\n" % (len(data), data)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One version of one job, with each transport's encoding computed at most once."""
@@ -77,6 +82,11 @@ class Snapshot:
     @cached_property
     def sse_event(self) -> bytes:
         return f"id: {self.version}\nevent: job\ndata: {self.text}\n\n".encode()
+
+    @cached_property
+    def sse_chunk(self) -> bytes:
+        """The SSE event as one HTTP/1.1 chunk, for streams written without the server's help."""
+        return http_chunk(self.sse_event)
 
 
 class Watcher(Protocol):

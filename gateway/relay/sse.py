@@ -5,18 +5,27 @@ snapshot by the hub. ``Last-Event-ID`` (sent by EventSource on reconnect) suppre
 what the client already has; a heartbeat comment keeps proxies from timing the stream out;
 the stream ends after ``complete``, and a reconnect that already has the final version gets
 204, which tells EventSource to stop.
+
+Under gunicorn's gevent worker (an HTTP/1.1 GET) the stream holds no greenlet: the response
+head is written here, the socket leaves the request (see detached.py) and the hub writes each
+event straight to it as one HTTP chunk, encoded once for every stream; one heartbeat loop per
+process beats every such stream, and a client that leaves is noticed at once by the event
+loop. Under any other server the response body is a generator waiting on a ``Mailbox``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
+from werkzeug.http import http_date
 
 from gateway.app import gateway
 from gateway.errors import NotFound
-from gateway.relay.hub import Mailbox, Snapshot
+from gateway.limits import hand_over_connection_slot
+from gateway.relay.detached import Detached, take_socket
+from gateway.relay.hub import Mailbox, Snapshot, http_chunk
 from gateway.store import JOB_ID_RE
 
 if TYPE_CHECKING:
@@ -25,11 +34,20 @@ if TYPE_CHECKING:
 bp = Blueprint("relay_sse", __name__)
 
 RETRY_MS = 2000
+RETRY = f"retry: {RETRY_MS}\n\n".encode()
+KEEPALIVE = b": keepalive\n\n"
+KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
+LAST_CHUNK = http_chunk(b"")
 
 
 def _last_event_id() -> int:
     raw = request.headers.get("Last-Event-ID", "").strip()
     return int(raw) if raw.isdigit() and len(raw) < 12 else -1
+
+
+def heartbeat_seconds(config: Any) -> float:
+    """``sse_heartbeat``, kept between 1 and 20 seconds (the contract's ceiling)."""
+    return max(1, min(config.sse_heartbeat, 20))
 
 
 @bp.get("/api/jobs/<job_id>/stream")
@@ -41,20 +59,97 @@ def stream(job_id: str) -> Response:
         raise NotFound("no such job", code="job_not_found")
     relay: Relay = gw.relay
     last = _last_event_id()
-    box = Mailbox()
-    relay.watch(job_id, box)
+    detach = request.method == "GET" and request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and \
+        take_socket(request.environ, dry_run=True) is not None
+    watcher: Stream | Mailbox = Stream(relay, job_id, last) if detach else Mailbox()
+    relay.watch(job_id, watcher)
     try:
         snap = relay.hub.current(job_id)
     except BaseException:
-        relay.unwatch(job_id, box)
+        relay.unwatch(job_id, watcher)
         raise
     if snap is not None and snap.terminal and snap.version <= last:
-        relay.unwatch(job_id, box)
+        relay.unwatch(job_id, watcher)
         return Response(status=204)
-    heartbeat = max(1, min(gw.config.sse_heartbeat, 20))
-    body = _events(relay, job_id, box, snap, last, heartbeat)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if isinstance(watcher, Stream):
+        watcher.on_close = hand_over_connection_slot()
+        return StreamResponse(watcher, snap, headers=headers, mimetype="text/event-stream")
+    body = _events(relay, job_id, watcher, snap, last, heartbeat_seconds(gw.config))
     return Response(body, mimetype="text/event-stream", headers=headers)
+
+
+class Stream(Detached):
+    """One detached event stream: the hub's watcher of its job, writing chunks to the socket."""
+
+    __slots__ = ("relay", "job_id", "last", "pending")
+
+    def __init__(self, relay: Relay, job_id: str, last: int):
+        super().__init__()
+        self.relay = relay
+        self.job_id = job_id
+        self.last = last  # the newest version the client has
+        self.pending: Snapshot | None = None  # delivered before the socket was ours
+
+    def start(self, loop: Any, sock: Any, head: bytes, snap: Snapshot | None) -> None:
+        """Write the response head and what the client lacks, then serve from the event loop."""
+        self.attach(loop, sock, self.on_close)
+        self.relay.start()
+        self.relay.gw.metrics.sse_streams.inc()
+        self.relay.streams.add(self)
+        self.write(head + http_chunk(RETRY))
+        for candidate in (snap, self.pending):
+            if candidate is not None:
+                self.deliver(candidate)
+        self.pending = None
+
+    def deliver(self, snap: Snapshot) -> None:
+        """A snapshot from the hub: written as one chunk if newer than what the client has; after
+        ``complete`` the stream ends."""
+        if self.reader is None:  # the response head is not out yet
+            if self.pending is None or snap.version > self.pending.version:
+                self.pending = snap
+            return
+        if snap.version <= self.last or self.closed:
+            return
+        self.last = snap.version
+        if snap.terminal:
+            self.end(snap.sse_chunk + LAST_CHUNK)
+        else:
+            self.write(snap.sse_chunk)
+
+    def beat(self) -> None:
+        """A heartbeat comment (called by the relay's heartbeat loop)."""
+        self.write(KEEPALIVE_CHUNK)
+
+    def _finished(self) -> None:
+        relay = self.relay
+        if self in relay.streams:
+            relay.streams.discard(self)
+            relay.gw.metrics.sse_streams.dec()
+        relay.unwatch(self.job_id, self)
+
+
+class StreamResponse(Response):
+    """The response of a detached stream: called by the server, it writes its own head on the
+    socket, hands the socket to its ``Stream`` and ends the request (gunicorn takes
+    ``StopIteration`` from the application as "this connection is done", as for a WebSocket)."""
+
+    def __init__(self, stream: Stream, snap: Snapshot | None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.stream = stream
+        self.snap = snap
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        taken = take_socket(environ)
+        if taken is None:  # cannot happen: the view checked; never leave the watcher behind
+            self.stream.finish()
+            raise RuntimeError("the stream's socket could not be taken from the request")
+        head = [f"HTTP/1.1 {self.status}"]
+        head += [f"{name}: {value}" for name, value in self.headers.items()]
+        head += ["Transfer-Encoding: chunked", "Connection: close", f"Date: {http_date()}", "", ""]
+        self.stream.start(*taken, "\r\n".join(head).encode("latin-1"), self.snap)
+        raise StopIteration
 
 
 def _events(relay: Relay, job_id: str, box: Mailbox, snap: Snapshot | None, last: int, heartbeat: float) -> Iterator[bytes]:
@@ -62,7 +157,7 @@ def _events(relay: Relay, job_id: str, box: Mailbox, snap: Snapshot | None, last
     metrics = relay.gw.metrics
     metrics.sse_streams.inc()
     try:
-        yield f"retry: {RETRY_MS}\n\n".encode()
+        yield RETRY
         while True:
             if snap is not None and snap.version > last:
                 yield snap.sse_event
@@ -71,7 +166,7 @@ def _events(relay: Relay, job_id: str, box: Mailbox, snap: Snapshot | None, last
                     return
             snap = box.wait(heartbeat)
             if snap is None:
-                yield b": keepalive\n\n"
+                yield KEEPALIVE
     finally:
         metrics.sse_streams.dec()
         relay.unwatch(job_id, box)

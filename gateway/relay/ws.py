@@ -1,157 +1,150 @@
 """``/ws``: one WebSocket watches many jobs (contract §4).
 
-flask-sock/simple-websocket do the handshake, read frames, answer pings and send the server's
-own pings. Everything this module writes goes through ``Connection.write``: a non-blocking
-send of frames encoded once per snapshot (the hub hands the same bytes to every watcher);
-what the kernel cannot take at once waits in a small per-connection backlog drained by its
-own greenlet, so one slow reader never stalls the fan-out to the others, and a reader that
-falls too far behind is disconnected (it resubscribes with ``since``).
+flask-sock/simple-websocket do the handshake (wsproto underneath); from then on this module
+owns the socket: the handshake's wsproto ``Connection`` parses the client's frames, and
+everything the server writes goes through ``Detached.write`` (non-blocking, ordered, a bounded
+backlog; see detached.py), snapshot frames encoded once for every watcher by the hub. A reader
+too far behind is disconnected (it resubscribes with ``since``).
+
+Under gunicorn's gevent worker an idle connection holds no greenlet: the socket leaves the
+request after the handshake and the event loop watches it; a greenlet exists only while
+something the client sent is being handled. Under any other server the request's own thread
+reads the socket until it closes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, request
 from flask_sock import Sock
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from gateway.app import origin_allowed
+from gateway.app import error_response, origin_allowed
 from gateway.errors import Forbidden, GatewayError
+from gateway.limits import hand_over_connection_slot
+from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Snapshot, ws_text_frame
 from gateway.store import JOB_ID_RE
 
 if TYPE_CHECKING:
+    from wsproto.connection import Connection as Protocol
+
     from gateway.relay import Relay
 
 log = logging.getLogger("gateway.relay")
 
-MAX_BACKLOG_BYTES = 1024 * 1024
 PING_FRAME = b"\x89\x00"  # an empty server ping
 
 
-class _InlineReader:
-    """simple-websocket's reader "thread" that starts none: ``Connection.serve`` runs the reader
-    loop in the request's own greenlet, which would otherwise only wait for it. One greenlet
-    (and one Thread object) less per connection."""
+class _NoReader:
+    """simple-websocket's reader thread, never started: ``Connection`` reads the socket itself."""
 
-    name = "gateway-ws-reader"
+    name = "gateway-ws"
 
     def __init__(self, target: Any):
-        self.target = target
+        pass
 
     def start(self) -> None:
         pass
 
-    def run(self) -> None:
-        self.target()
 
+class Connection(Detached):
+    """One WebSocket: its subscriptions (job id → newest version sent) and the wsproto state of
+    its frames, on a ``Detached`` socket."""
 
-class _Inbox:
-    """simple-websocket's "message arrived" event, turned into a call of the connection's handler."""
+    __slots__ = ("relay", "proto", "subs", "pinged", "pong_received", "parts", "parts_bytes")
 
-    def __init__(self) -> None:
-        self.handler: Any = None
+    def __init__(self, relay: Relay, proto: Protocol, sock: Any):
+        super().__init__(sock)
+        self.relay = relay
+        self.proto = proto
+        self.subs: dict[str, int] = {}
+        self.pinged = False
+        self.pong_received = True
+        self.parts: list[Any] | None = None  # a message arriving in several frames
+        self.parts_bytes = 0
 
-    def set(self) -> None:
-        if self.handler is not None:
-            self.handler()
+    # -- serving ---------------------------------------------------------------------------------
 
-    def clear(self) -> None:
-        pass
+    def serve(self) -> None:
+        """Read and handle messages in the calling thread until the client goes away."""
+        self._opened()
+        try:
+            while self._pump():
+                pass
+        finally:
+            self.finish()
 
-    def wait(self, timeout: float | None = None) -> bool:
+    def detach(self, loop: Any, sock: Any, on_close: Callable[[], None] | None) -> None:
+        """Serve from the event loop from now on (``take_socket``); the request may end."""
+        self._opened()
+        self.attach(loop, sock, on_close)
+
+    def _opened(self) -> None:
+        self.relay.start()
+        self.relay.gw.metrics.ws_connections.inc()
+        self.relay.connections.add(self)
+
+    def _received(self, data: bytes) -> bool:
+        self.proto.receive_data(data)
+        return self._act()
+
+    def _act(self) -> bool:
+        """Answer the frames received so far (RFC 6455 control frames, messages); False when the
+        connection is to close."""
+        try:
+            for event in self.proto.events():
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    if not self._message_part(event):
+                        return False
+                elif isinstance(event, Ping):
+                    self.write(self.proto.send(event.response()))
+                elif isinstance(event, Pong):
+                    self.pong_received = True
+                elif isinstance(event, CloseConnection):  # the client's close, or a protocol error
+                    self.write(self.proto.send(event.response()))
+                    return False
+        except LocalProtocolError:
+            return False
         return True
 
+    def _message_part(self, event: TextMessage | BytesMessage) -> bool:
+        """Collect a message's frames; over the hard ceiling, close with 1009."""
+        self.parts_bytes += len(event.data)
+        if self.parts_bytes > hard_limit(self.relay.gw.config):
+            self.write(self.proto.send(CloseConnection(CloseReason.MESSAGE_TOO_BIG, "Message is too big")))
+            return False
+        if event.message_finished and self.parts is None:
+            message: Any = event.data
+        else:
+            self.parts = (self.parts or []) + [event.data]
+            if not event.message_finished:
+                return True
+            message = ("" if isinstance(event, TextMessage) else b"").join(self.parts)
+            self.parts = None
+        self.parts_bytes = 0
+        self.handle(message)
+        return True
 
-class _OrderedSocket:
-    """The socket as simple-websocket sees it: its writes (pings, pongs, close) queue behind ours."""
-
-    def __init__(self, conn: Connection, sock: Any):
-        self._conn = conn
-        self._sock = sock
-
-    def send(self, data: bytes) -> int:
-        self._conn.write(data)
-        return len(data)
-
-    def recv(self, n: int) -> bytes:
-        return self._sock.recv(n)
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-class Connection:
-    """One WebSocket: its subscriptions (job id → newest version sent) and an ordered writer."""
-
-    def __init__(self, relay: Relay, ws: Any, *, max_subscriptions: int, max_message_bytes: int):
-        self.relay = relay
-        self.ws = ws
-        self.max_subscriptions = max_subscriptions
-        self.max_message_bytes = max_message_bytes
-        self.subs: dict[str, int] = {}
-        self.sock = ws.sock
-        self.raw = getattr(ws.sock, "_sock", ws.sock)  # under gevent: the real non-blocking socket
-        self.backlog: deque[bytes] | None = None
-        self.backlog_bytes = 0
-        self.closed = False
-        self.pinged = False
-        ws.sock = _OrderedSocket(self, ws.sock)
-        ws.event.handler = self._drain_input
+    def _finished(self) -> None:
+        """Forget every subscription."""
+        relay = self.relay
+        if self not in relay.connections:
+            return  # finished already
+        relay.connections.discard(self)
+        for job in list(self.subs):
+            relay.unwatch(job, self)
+        relay.gw.metrics.ws_subscriptions.dec(len(self.subs))
+        relay.gw.metrics.ws_connections.dec()
+        self.subs.clear()
 
     # -- writing ---------------------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` on the socket in order, without ever blocking the caller."""
-        if self.closed:
-            return
-        if self.backlog is not None:
-            self.backlog.append(data)
-            self.backlog_bytes += len(data)
-            if self.backlog_bytes > MAX_BACKLOG_BYTES:
-                log.info("websocket reader too slow; disconnecting")
-                self.abort()
-            return
-        try:
-            sent = self.raw.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.abort()
-            return
-        if sent < len(data):
-            self.backlog = deque([data[sent:]])
-            self.backlog_bytes = len(data) - sent
-            threading.Thread(target=self._drain, name="gateway-ws-drain", daemon=True).start()
-
-    def _drain(self) -> None:
-        try:
-            while self.backlog:
-                chunk = self.backlog.popleft()
-                self.backlog_bytes -= len(chunk)
-                self.sock.sendall(chunk)
-            self.backlog = None
-        except OSError:
-            self.abort()
-
-    def abort(self) -> None:
-        """Drop the connection; the reader notices and the handler cleans up."""
-        if self.closed:
-            return
-        self.closed = True
-        self.backlog = None
-        try:
-            self.raw.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def send_message(self, message: dict[str, Any]) -> None:
         """A protocol message (pending, error) as one text frame."""
@@ -161,6 +154,16 @@ class Connection:
         """An error frame; ``job`` echoed when the message named one plausibly, else null."""
         named = job if isinstance(job, str) and len(job) <= 64 else None
         self.send_message({"type": "error", "job": named, "code": code})
+
+    def ping(self) -> None:
+        """Called every ping interval: drop the connection if the last ping got no pong."""
+        if self.pinged and not self.pong_received:
+            log.info("websocket ping timeout; disconnecting")
+            self.abort()
+            return
+        self.pinged = True
+        self.pong_received = False
+        self.write(PING_FRAME)
 
     # -- the hub's side ----------------------------------------------------------------------------
 
@@ -176,7 +179,8 @@ class Connection:
 
     def handle(self, data: str | bytes) -> None:
         """One client message; any problem is answered with an error frame, never a close."""
-        if isinstance(data, bytes) or len(data) > self.max_message_bytes:
+        config = self.relay.gw.config
+        if isinstance(data, bytes) or len(data) > config.ws_max_message_bytes:
             return self.error(None, "invalid_message")
         try:
             msg = json.loads(data)
@@ -208,7 +212,7 @@ class Connection:
     def subscribe(self, job: str, since: int) -> None:
         """Watch ``job``; its snapshot now if newer than ``since``, or ``pending`` if not known yet."""
         if job not in self.subs:
-            if len(self.subs) >= self.max_subscriptions:
+            if len(self.subs) >= self.relay.gw.config.ws_max_subscriptions:
                 return self.error(job, "too_many_subscriptions")
             self.subs[job] = since
             self.relay.watch(job, self)
@@ -226,65 +230,46 @@ class Connection:
             self.send_message({"type": "pending", "job": job})
         return None
 
-    def _drain_input(self) -> None:
-        while self.ws.input_buffer and not self.closed:
-            self.handle(self.ws.input_buffer.pop(0))
 
-    def ping(self) -> None:
-        """Called every ping interval: drop the connection if the last ping got no pong."""
-        if self.pinged and not self.ws.pong_received:
-            log.info("websocket ping timeout; disconnecting")
-            self.abort()
-            return
-        self.pinged = True
-        self.ws.pong_received = False
-        self.write(PING_FRAME)
-
-    def serve(self) -> None:
-        """Read and handle messages until the client goes away, then forget every subscription."""
-        metrics = self.relay.gw.metrics
-        self.relay.start()
-        metrics.ws_connections.inc()
-        self.relay.connections.add(self)
-        try:
-            self.ws.thread.run()
-        finally:
-            self.closed = True
-            self.relay.connections.discard(self)
-            for job in list(self.subs):
-                self.relay.unwatch(job, self)
-            metrics.ws_subscriptions.dec(len(self.subs))
-            metrics.ws_connections.dec()
-            self.subs.clear()
+def hard_limit(config: Any) -> int:
+    """Messages over this many bytes close the connection with 1009; between the configured size
+    and this ceiling the client gets an error frame and keeps its subscriptions."""
+    return max(64 * 1024, 8 * config.ws_max_message_bytes)
 
 
 def init_ws(app: Flask, relay: Relay) -> None:
-    """Register ``/ws`` with its origin check (before the upgrade) and simple-websocket's limits."""
-    config = relay.gw.config
+    """Register ``/ws`` with its origin check (before the upgrade)."""
     app.config["SOCK_SERVER_OPTIONS"] = {
-        # pings come from one pinger per process (Relay.ping_all), not a selector per socket
-        "ping_interval": None,
-        # a hard ceiling: over it simple-websocket closes with 1009; between the configured
-        # size and this ceiling the client gets an error frame and keeps its subscriptions
-        "max_message_size": max(64 * 1024, 8 * config.ws_max_message_bytes),
-        "receive_bytes": 4096,
-        "thread_class": _InlineReader,
-        "event_class": _Inbox,
+        "ping_interval": None,  # pings come from one pinger per process (Relay._ping_forever)
+        "thread_class": _NoReader,
     }
     bp = Blueprint("relay_ws", __name__)
     sock = Sock()
 
     @bp.before_request  # after the app's own hooks (request id), before the handshake
-    def _check_origin() -> None:
+    def _before_upgrade() -> None:
         origin = request.headers.get("Origin")
         if origin is not None and not origin_allowed(origin):
             raise Forbidden("this origin may not open a WebSocket here", code="origin_not_allowed")
+        # No permessage-deflate: the server's frames are encoded once for every watcher and
+        # never compressed, and the client's few small messages are not worth the inflater
+        # (about 10 KB) a connection would hold for its whole life.
+        request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+
+    @bp.errorhandler(RemoteProtocolError)
+    def _not_an_upgrade(exc: RemoteProtocolError) -> Any:  # e.g. no Sec-WebSocket-Key
+        return error_response(400, "invalid_upgrade", f"not a valid WebSocket upgrade request: {exc}")
 
     @sock.route("/ws", bp=bp)
     def ws_route(ws: Any) -> None:
-        """One browser's WebSocket, for as long as it stays open."""
-        Connection(
-            relay, ws, max_subscriptions=config.ws_max_subscriptions, max_message_bytes=config.ws_max_message_bytes
-        ).serve()
+        """One browser's WebSocket: detached from the request under gevent, else served here."""
+        conn = Connection(relay, ws.ws.connection, ws.sock)
+        taken = take_socket(request.environ) if ws.mode == "gunicorn" else None
+        ws.connected = False  # this module answers and sends close frames, never flask-sock
+        if taken is None:
+            conn.serve()
+        else:
+            loop, raw = taken
+            conn.detach(loop, raw, hand_over_connection_slot())
 
     app.register_blueprint(bp)
