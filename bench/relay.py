@@ -83,14 +83,22 @@ def iso_at(t: float) -> str:
 
 
 class Http:
-    """A keep-alive HTTP/1.1 connection (http.client: little client CPU per request)."""
+    """A keep-alive HTTP/1.1 connection (http.client: little client CPU per request). One the
+    server closed while idle (gunicorn's keep-alive timeout) is opened again, once per request."""
 
     def __init__(self, port: int):
+        self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        self.conn.request(method, path, body=body, headers=headers or {})
-        r = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=body, headers=headers or {})
+            r = self.conn.getresponse()
+        except ConnectionError:  # closed by the server while idle; nothing was answered
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.conn.request(method, path, body=body, headers=headers or {})
+            r = self.conn.getresponse()
         return r.status, r.read()
 
 
