@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import selectors
 import statistics
 import sys
 import tempfile
@@ -83,14 +84,22 @@ def iso_at(t: float) -> str:
 
 
 class Http:
-    """A keep-alive HTTP/1.1 connection (http.client: little client CPU per request)."""
+    """A keep-alive HTTP/1.1 connection (http.client: little client CPU per request). One the
+    server closed while idle (gunicorn's keep-alive timeout) is opened again, once per request."""
 
     def __init__(self, port: int):
+        self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        self.conn.request(method, path, body=body, headers=headers or {})
-        r = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=body, headers=headers or {})
+            r = self.conn.getresponse()
+        except ConnectionError:  # closed by the server while idle; nothing was answered
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.conn.request(method, path, body=body, headers=headers or {})
+            r = self.conn.getresponse()
         return r.status, r.read()
 
 
@@ -149,38 +158,54 @@ def gateway_server(url: str, workdir: Path, name: str, connections: int = 2000, 
 # -- 1. latency under a steady webhook load -------------------------------------------------------------------
 
 
-def _receiver(port: int, subs: list[Any], ready: Any, stop: Any, out: Any, transport: str = "ws") -> None:
+def _receiver(port: int, subs: dict[str, list[Any]], ready: Any, stop: Any, out: Any) -> None:
     """Child process: watchers on B; records (progress.current, arrival time) of every frame
-    (every SSE event). WebSocket: ``subs`` holds each connection's subscribe messages; SSE: the
-    path of each stream."""
-    arrivals: dict[int, float] = {}
+    (every SSE event), per transport. ``subs["ws"]`` holds each WebSocket's subscribe messages,
+    ``subs["sse"]`` the path of each stream. One selector waits on every swarm's."""
+    arrivals: dict[str, dict[int, float]] = {t: {} for t in subs}
+    swarms: list[Swarm] = []
 
-    def on_text(conn: Any, payload: bytes, now: float) -> None:
-        job = json.loads(payload) if transport == "sse" else job_of(payload)
-        if job and job.get("progress"):
-            arrivals.setdefault(job["progress"]["current"], now)
+    def on_text(transport: str) -> Any:
+        def record(conn: Any, payload: bytes, now: float) -> None:
+            job = json.loads(payload) if transport == "sse" else job_of(payload)
+            if job and job.get("progress"):
+                arrivals[transport].setdefault(job["progress"]["current"], now)
 
-    if transport == "sse":
-        swarm: Swarm = SSESwarm("127.0.0.1", port, subs, on_text=on_text)
-        swarm.connect(len(subs))
-    else:
-        swarm = Swarm("127.0.0.1", port, on_text=on_text)
-        conns = swarm.connect(len(subs))
-        for conn, msgs in zip(conns, subs):
+        return record
+
+    if "sse" in subs:
+        swarms.append(SSESwarm("127.0.0.1", port, subs["sse"], on_text=on_text("sse")))
+        swarms[-1].connect(len(subs["sse"]))
+    if "ws" in subs:
+        swarms.append(Swarm("127.0.0.1", port, on_text=on_text("ws")))
+        conns = swarms[-1].connect(len(subs["ws"]))
+        for conn, msgs in zip(conns, subs["ws"]):
             for m in msgs:
-                swarm.send_text(conn, m)
-    swarm.run_until(lambda: False, 1.0)
+                swarms[-1].send_text(conn, m)
+    both = selectors.DefaultSelector()
+    for swarm in swarms:
+        both.register(swarm.sel, selectors.EVENT_READ, swarm)
+
+    def run(seconds: float, until: Any = None) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until.is_set()):
+            for key, _ in both.select(0.05):
+                key.data.poll(0)
+
+    run(1.0)
     ready.set()
-    while not stop.is_set():
-        swarm.poll(0.05)
-    swarm.run_until(lambda: False, 1.0)
+    run(3600, stop)
+    run(1.0)
     out.send(arrivals)
-    swarm.close()
+    for swarm in swarms:
+        swarm.close()
 
 
-def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | None = None, transport: str = "ws") -> dict[str, Any]:
+def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | None = None,
+            transports: tuple[str, ...] = ("ws",)) -> dict[str, Any]:
     """``bus="local"``: the same load with no cross-process bus, the ingest ceiling without the relay.
-    ``transport="sse"``: one SSE stream per job instead of ten WebSockets watching five jobs each."""
+    ``transports``: "ws" (ten WebSockets watching five jobs each) and/or "sse" (one stream per
+    job), the same webhooks reaching both."""
     url, drop = make_database(backend, workdir)
     a = gateway_server(url, workdir, f"latency-{backend}-{rate}-a", bus=bus)
     b = gateway_server(url, workdir, f"latency-{backend}-{rate}-b", bus=bus)
@@ -190,10 +215,14 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | N
         for reg in jobs:  # every job processing before the clock starts: no queue moves under load
             body, headers = webhook(reg["job"]["external_id"], 0, time.time() - 60)
             assert warm.request("POST", "/webhooks/worker", body, headers)[0] == 200
-        subs: list[Any] = [sse_path(r) for r in jobs] if transport == "sse" else [[subscribe_msg(r) for r in jobs[i::10]] for i in range(10)]
+        subs: dict[str, list[Any]] = {}
+        if "ws" in transports:
+            subs["ws"] = [[subscribe_msg(r) for r in jobs[i::10]] for i in range(10)]
+        if "sse" in transports:
+            subs["sse"] = [sse_path(r) for r in jobs]
         ready, stop = mp.Event(), mp.Event()
         parent, child = mp.Pipe()
-        proc = mp.Process(target=_receiver, args=(b.port, subs, ready, stop, child, transport), daemon=True)
+        proc = mp.Process(target=_receiver, args=(b.port, subs, ready, stop, child), daemon=True)
         proc.start()
         assert ready.wait(60), "receiver did not start"
         total = int(rate * seconds)
@@ -242,24 +271,28 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | N
         stop.set()
         arrivals = parent.recv()
         proc.join(10)
-        lat = [arrivals[k] - sent[k] for k in sent if k in arrivals]
-        after_ack = [arrivals[k] - acked[k] for k in sent if k in arrivals]
-        arrived = "ws_frame" if transport == "ws" else "sse_event"
-        return {
+        result: dict[str, Any] = {
             "backend": backend,
             "bus": bus or "auto",
-            "transport": transport,
+            "transports": list(transports),
             "target_rate_per_s": rate,
             "achieved_rate_per_s": round(len(sent) / elapsed, 1),
             "webhooks_scheduled": total,
             "webhooks_acknowledged": len(sent),
             "webhook_errors": errors[0],
-            "frames_matched": len(lat),
             "note": "frames for versions superseded before the read are coalesced into the newer one",
-            f"webhook_to_{transport}_ms": {"p50": ms(percentile(lat, 50)), "p90": ms(percentile(lat, 90)), "p99": ms(percentile(lat, 99)), "max": ms(max(lat))} if lat else None,
             "baseline_webhook_ack_ms": {"p50": ms(percentile(acks, 50)), "p99": ms(percentile(acks, 99))} if acks else None,
-            f"{arrived}_minus_ack_ms": {"p50": ms(percentile(after_ack, 50)), "p99": ms(percentile(after_ack, 99))} if after_ack else None,
         }
+        for transport, got in arrivals.items():
+            lat = [got[k] - sent[k] for k in sent if k in got]
+            after_ack = [got[k] - acked[k] for k in sent if k in got]
+            arrived = "ws_frame" if transport == "ws" else "sse_event"
+            result[f"{arrived}s_matched"] = len(lat)
+            result[f"webhook_to_{transport}_ms"] = {
+                "p50": ms(percentile(lat, 50)), "p90": ms(percentile(lat, 90)), "p99": ms(percentile(lat, 99)), "max": ms(max(lat))
+            } if lat else None
+            result[f"{arrived}_minus_ack_ms"] = {"p50": ms(percentile(after_ack, 50)), "p99": ms(percentile(after_ack, 99))} if after_ack else None
+        return result
     finally:
         a.stop()
         b.stop()

@@ -10,7 +10,8 @@ prints JSON. Loopback only, about a minute and a half.
    naive loop only enqueues (each stream's greenlet writes later), so its loop time alone
    would not say when the last watcher has the event.
 3. latency: webhook → SSE event on another instance at a steady rate (bench.relay.latency,
-   one stream per job); baseline: the webhook's own acknowledgement.
+   one stream per job; in make bench the same run as the WebSocket figure at 50/s on the
+   PostgreSQL bus); baseline: the webhook's own acknowledgement.
 
 Options (environment): BENCH_SSE_IDLE (10000), BENCH_FANOUT (1000), BENCH_ROUNDS (15),
 BENCH_SSE_RATE (50), BENCH_SECONDS (8).
@@ -87,10 +88,15 @@ def fanout_naive(n: int, rounds: int, message: bytes, workdir: Path) -> dict[str
         naive.stop()
 
 
-def run(workdir: Path, idle_n: int, fan_n: int, rounds: int, rate: int, seconds: float) -> dict[str, Any]:
-    """Every SSE figure beside its baseline; the idle streams come from their own loopback
-    addresses (127.0.0.6 and .7), so they never wait for ports in TIME_WAIT."""
-    out: dict[str, Any] = {"latency": relay.latency("postgres", rate, seconds, workdir, bus="postgres", transport="sse")}
+def run(workdir: Path, idle_n: int, fan_n: int, rounds: int, rate: int, seconds: float,
+        latency: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every SSE figure beside its baseline; ``latency``: a bench.relay latency run that had SSE
+    streams already (make bench measures both transports on the same webhooks). The idle
+    streams come from their own loopback addresses (127.0.0.6 and .7), so they never wait for
+    ports in TIME_WAIT."""
+    if latency is None:
+        latency = relay.latency("postgres", rate, seconds, workdir, bus="postgres", transports=("sse",))
+    out: dict[str, Any] = {"latency": latency}
     url, drop = relay.make_database("postgres", workdir)
     b = relay.gateway_server(url, workdir, "sse-b", connections=max(idle_n, fan_n) + 2000)
     try:
