@@ -55,7 +55,6 @@ _QUEUE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:k))")
 _DELIVERIES, _TRACE = Delivery.__table__, TraceEntry.__table__
 # inline: no generated id asked back, so the INSERT needs no answer before the COMMIT
 _INSERTS = {table.name: table.insert().inline() for table in (_DELIVERIES, _TRACE)}
-_DELIVERY_COLUMNS = tuple(c.key for c in _DELIVERIES.columns if c.key != "id")
 # SET takes the columns given in the parameters: the ones that changed
 _UPDATE_JOB = update(Job.__table__).where(Job.__table__.c.id == bindparam("job_id_"))
 _INSERT_EVENT = {
@@ -483,7 +482,7 @@ class Writer:
 
     def add_delivery(self, **values: Any) -> None:
         """Record one HTTP delivery; written with the transaction's closing writes."""
-        row = dict.fromkeys(_DELIVERY_COLUMNS)
+        row = dict.fromkeys(hotpath.DELIVERY_COLUMNS)
         row.update(size=0, received_at=utcnow())
         row.update(values)
         self._rows.append((_DELIVERIES, row))
@@ -612,13 +611,13 @@ class Writer:
         locked: str | None = None
         if self.postgres:
             row = seen if seen is not None else self.session.execute(_QUEUE_OF_JOB, {"job_id": job_id}).first()
-            if row is not None and (queue_lock or row.state in _QUEUE_STATES):
+            if row is not None and (queue_lock or row.state in hotpath.QUEUE_STATES):
                 locked = self._queue_lock(row.queue_name)
         job = self.session.scalars(_LOCK_JOB, {"job_id": job_id}).first()
         if job is None:
             raise NotFound("no such job", code="job_not_found")
         self._held[job.id] = job
-        if self.postgres and locked != job.queue_name and job.state in _QUEUE_STATES:
+        if self.postgres and locked != job.queue_name and job.state in hotpath.QUEUE_STATES:
             # the job entered a queue between the unlocked read and the row lock: take that
             # queue's lock now (a deadlock this may cause is detected and retried by Store.write)
             self._queue_lock(job.queue_name)
@@ -657,7 +656,6 @@ class Writer:
 # -- conversions between rows and the pure fold ----------------------------------------------------
 
 
-_QUEUE_STATES = (State.QUEUED.value, State.FAILED.value)
 
 
 def _fold_event(source: str, pe: ProviderEvent, kind: Kind) -> states.Event:
