@@ -11,9 +11,10 @@ from flask import Blueprint, Response, g, jsonify, make_response, request
 
 from adapters.base import ProviderEvent
 from adapters.standard import canonical_fields
-from gateway.app import gateway
+from gateway.context import gateway
 from gateway.auth import SCOPES, Principal
 from gateway.errors import BadRequest, NotFound
+from gateway.http import NO_CACHE, etag_of, job_matches, not_modified, tag_matches
 from gateway.jobjson import job_json
 from gateway.models import Job
 from gateway.outbox import outbox_of
@@ -62,14 +63,10 @@ def _source_name(body: dict[str, Any]) -> str:
     return source
 
 
-def etag_of(job: Job) -> str:
-    return f'"{job.id}.{job.version}"'
-
-
 def job_response(job: Job, status: int = 200) -> Response:
     response = make_response(jsonify(job_json(job)), status)
     response.headers["ETag"] = etag_of(job)
-    response.headers["Cache-Control"] = "no-cache, private"
+    response.headers["Cache-Control"] = NO_CACHE
     return response
 
 
@@ -163,27 +160,6 @@ def read_principal(job_id: str) -> Principal:
     return gateway().auth.require_job(request, job_id, "read")
 
 
-def _matches(if_none_match: str | None, job: Job) -> bool:
-    return tag_matches(if_none_match, etag_of(job))
-
-
-def tag_matches(if_none_match: str | None, tag: str) -> bool:
-    """True when an ``If-None-Match`` value names ``tag`` (strong or weak) or is ``*``."""
-    if not if_none_match:
-        return False
-    return any(part.strip() in (tag, "W/" + tag, "*") for part in if_none_match.split(","))
-
-
-def not_modified(tag: str) -> Response:
-    """The 304 for a job whose current ETag is ``tag``."""
-    return Response(status=304, headers=not_modified_headers(tag))
-
-
-def not_modified_headers(tag: str) -> dict[str, str]:
-    """A 304's headers (all it has: no body, so no Content-Type or Content-Length)."""
-    return {"ETag": tag, "Cache-Control": "no-cache, private"}
-
-
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Any:
     gw = gateway()
@@ -207,7 +183,7 @@ def get_job(job_id: str) -> Any:
     if job is None:
         gw.metrics.count_poll(kind, "404")
         raise NotFound("no such job (yet)", code="job_not_found")
-    if _matches(inm, job):
+    if job_matches(inm, job):
         gw.metrics.count_poll(kind, "304")
         return not_modified(etag_of(job))
     gw.metrics.count_poll(kind, "200")

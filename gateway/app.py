@@ -1,93 +1,33 @@
 """The app factory. ``create_app(config)`` wires config, adapters, store, relay and blueprints.
 
-Nothing happens at import time; every connection lives on the app's ``Gateway`` object in
-``app.extensions["gateway"]``. Errors are mapped to HTTP here, once.
+Nothing happens at import time; every connection lives on the app's ``Gateway`` object
+(gateway/context.py) in ``app.extensions["gateway"]``. Errors are mapped to HTTP here, once.
+No module of the gateway imports this one: only wsgi.py, the CLI and tests do.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Collection, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, current_app, g, jsonify, request
+from flask import Flask, g, request
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Request
 
-from adapters.base import Adapter
-from adapters.registry import Registry, load_registry
+from adapters.registry import load_registry
+from gateway import api, demo, fastpoll, health, ingest, limits, outbox, relay, watchdog
 from gateway.auth import Auth
-from gateway.background import Background
-from gateway.config import Config, SourceConfig, load_config
+from gateway.config import Config, load_config
+from gateway.context import Gateway, build_sources, gateway
 from gateway.db import make_engine
-from gateway.errors import ConfigError, GatewayError, Unavailable
+from gateway.errors import GatewayError, Unavailable
+from gateway.http import error_response, finish_headers, request_id_of
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
 from gateway.store import Store
 
 log = logging.getLogger("gateway")
-
-
-@dataclass
-class Source:
-    """A configured source with its adapter instance."""
-
-    config: SourceConfig
-    adapter: Adapter
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-@dataclass
-class Gateway:
-    """Everything a request handler needs, owned by one app."""
-
-    config: Config
-    registry: Registry
-    sources: dict[str, Source]
-    store: Store
-    auth: Auth
-    metrics: Metrics
-    relay: Any = None
-    background: Background = field(default_factory=Background)
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-def gateway() -> Gateway:
-    """The current app's Gateway."""
-    return current_app.extensions["gateway"]
-
-
-def build_sources(config: Config, registry: Registry) -> dict[str, Source]:
-    """Instantiate each source's adapter; an unknown or broken adapter is a config error naming the key."""
-    sources = {}
-    for name, sc in config.sources.items():
-        cls = registry.get(sc.adapter)
-        if cls is None:
-            why = registry.broken.get(sc.adapter)
-            installed = ", ".join(sorted(registry.adapters)) or "none"
-            detail = f"failed to load ({why})" if why else f"not installed (installed: {installed})"
-            raise ConfigError(f"sources.{name}.adapter: adapter {sc.adapter!r} {detail}")
-        options = dict(sc.options)
-        for key in ("public_url", "api_base", "api_key_env"):
-            if getattr(sc, key):
-                options[key] = getattr(sc, key)
-        allowed = set(cls.options_schema) | {"public_url", "api_base", "api_key_env"}
-        for key in sc.options:
-            if key not in allowed:
-                raise ConfigError(f"sources.{name}.{key}: unknown setting for adapter {sc.adapter!r}")
-        try:
-            adapter = cls(options, tolerance=config.signature_tolerance)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"sources.{name}: adapter {sc.adapter!r} rejected its options: {exc}") from None
-        sources[name] = Source(sc, adapter)
-    return sources
 
 
 def create_app(config: Config | None = None, *, background: bool = True) -> Flask:
@@ -117,34 +57,16 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     )
     app.extensions["gateway"] = gw
 
-    from gateway import api, health, ingest
-
     app.register_blueprint(ingest.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
-    from gateway import limits
-
     limits.init_app(app, gw)
-    try:
-        from gateway import relay
-    except ImportError:
-        relay = None  # type: ignore[assignment]
-    if relay is not None and hasattr(relay, "init_app"):
-        relay.init_app(app, gw)
-    try:
-        from gateway import demo
-    except ImportError:
-        demo = None  # type: ignore[assignment]
-    if demo is not None and hasattr(demo, "init_app"):
-        demo.init_app(app, gw)
-    from gateway import outbox, watchdog
-
+    relay.init_app(app, gw)
+    demo.init_app(app, gw)
     outbox.init_app(app, gw)
     watchdog.init_app(app, gw)
     _install_request_hooks(app)
     _install_error_handlers(app)
-    from gateway import fastpoll
-
     fastpoll.init_app(app, gw)
     if background:
         gw.background.start()
@@ -160,46 +82,6 @@ def _install_request_hooks(app: Flask) -> None:
     def _finish(response: Any) -> Any:
         finish_headers(response.headers, request, g.get("request_id", ""), gateway().config.allowed_origins)
         return response
-
-
-def request_id_of(environ: dict[str, Any]) -> str:
-    """The client's ``X-Request-ID`` when it is usable (1-64 printable characters), else a new one."""
-    incoming = environ.get("HTTP_X_REQUEST_ID", "")
-    return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else os.urandom(16).hex()
-
-
-def finish_headers(headers: MutableMapping[str, str], req: Request, request_id: str, allowed_origins: Collection[str]) -> None:
-    """What every response gets: its request id, and CORS headers for an allowed origin on ``/api/``
-    (the ``after_request`` hook, and the conditional polls answered before Flask, fastpoll.py)."""
-    headers["X-Request-ID"] = request_id
-    origin = req.environ.get("HTTP_ORIGIN")
-    if origin and req.path.startswith("/api/") and origin_allowed_for(origin, allowed_origins, req.host_url):
-        headers["Access-Control-Allow-Origin"] = origin
-        headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID, Retry-After"
-        headers["Vary"] = "Origin"
-        if req.method == "OPTIONS":  # the preflight for Authorization / If-None-Match
-            headers["Access-Control-Allow-Methods"] = "GET, POST"
-            headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Request-ID"
-            headers["Access-Control-Max-Age"] = "600"
-
-
-def origin_allowed(origin: str) -> bool:
-    """A browser origin may use the push and API endpoints: configured in allowed_origins, or the
-    gateway's own origin (its demo page and any page it serves are never foreign)."""
-    return origin_allowed_for(origin, gateway().config.allowed_origins, request.host_url)
-
-
-def origin_allowed_for(origin: str, allowed_origins: Collection[str], host_url: str) -> bool:
-    """``origin_allowed`` outside a Flask request: the configured origins and this request's host URL."""
-    return origin in allowed_origins or origin == host_url.rstrip("/")
-
-
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
-    return response
 
 
 def _install_error_handlers(app: Flask) -> None:

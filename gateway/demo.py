@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, render_template, request
 
-from gateway.app import Gateway, gateway
+from gateway.context import Gateway, gateway
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.models import Job
 from gateway.simulator import MAX_BATCH, Simulator

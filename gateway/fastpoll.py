@@ -6,7 +6,7 @@ URL matching and hooks would cost about as much as the rest of that request toge
 WSGI layer answers such a poll itself, with the same checks in the same functions as the Flask
 path: the job token (``Auth.require_job``), the browser rate limit
 (``limits.public_request_allowed``), ``Relay.fresh_etag``, the poll metrics, and the request id
-and CORS headers (``app.finish_headers``).
+and CORS headers (``http.finish_headers``).
 
 It only ever answers that 304. Any other request, and any poll it cannot answer so (no or a
 stale ``If-None-Match``, ``?wait=``, a credential problem, the address over its rate, the
@@ -24,9 +24,9 @@ from typing import Any
 from flask import Flask
 from werkzeug.wrappers import Request
 
-from gateway.api import not_modified_headers, tag_matches
-from gateway.app import Gateway, finish_headers, request_id_of
+from gateway.context import Gateway
 from gateway.errors import GatewayError
+from gateway.http import finish_headers, not_modified_headers, request_id_of, tag_matches
 from gateway.limits import public_request_allowed
 from gateway.store import JOB_ID_RE
 

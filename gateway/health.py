@@ -15,7 +15,7 @@ from flask.blueprints import BlueprintSetupState
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.app import gateway
+from gateway.context import gateway
 from gateway.models import Job
 
 bp = Blueprint("health", __name__)

@@ -17,7 +17,8 @@ from flask import Blueprint, Response, g, request
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from adapters.base import ProviderEvent, WebhookRequest
-from gateway.app import Source, error_response, gateway
+from gateway.context import Source, gateway
+from gateway.http import error_response
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
 from gateway.outbox import outbox_of
 from gateway.states import Decision

@@ -58,7 +58,7 @@ from gateway.store import Store, Writer, utcnow
 if TYPE_CHECKING:
     from flask import Flask
 
-    from gateway.app import Gateway
+    from gateway.context import Gateway
 
 log = logging.getLogger("gateway.outbox")
 

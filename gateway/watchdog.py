@@ -31,7 +31,7 @@ from gateway.store import GATEWAY_SOURCE, utcnow
 if TYPE_CHECKING:
     from flask import Flask
 
-    from gateway.app import Gateway
+    from gateway.context import Gateway
 
 log = logging.getLogger("gateway.watchdog")
 

@@ -24,8 +24,8 @@ from flask import Flask
 from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 
-from gateway.api import _matches
 from gateway.errors import ConfigError
+from gateway.http import etag, job_matches
 from gateway.jobjson import job_json
 from gateway.models import Job
 from gateway.relay.bus import LocalBus, RelayBus
@@ -126,7 +126,7 @@ class Relay:
         if self.hub.seen.get(job_id) is None or not barrier.wait():
             return None
         version = self.hub.seen.get(job_id)
-        return f'"{job_id}.{version}"' if version is not None else None
+        return etag(job_id, version) if version is not None else None
 
     def _serving(self) -> bool:
         return bool(getattr(self.gw.background, "running", False))
@@ -160,14 +160,14 @@ class Relay:
         self.watch(job_id, box)
         try:
             job = self.store.get_job(job_id)
-            if job is None or not _matches(if_none_match, job):
+            if job is None or not job_matches(if_none_match, job):
                 return job
             deadline = time.monotonic() + seconds
             while (left := deadline - time.monotonic()) > 0:
                 snap = box.wait(left)
                 if snap is not None and snap.version != job.version:
                     fresh = self.store.get_job(job_id)
-                    if fresh is not None and not _matches(if_none_match, fresh):
+                    if fresh is not None and not job_matches(if_none_match, fresh):
                         return fresh
             return job
         finally:

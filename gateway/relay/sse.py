@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, request
 from werkzeug.http import http_date
 
-from gateway.app import gateway
+from gateway.context import gateway
 from gateway.errors import NotFound
 from gateway.limits import hand_over_connection_slot
 from gateway.relay.detached import Detached, take_socket

@@ -25,7 +25,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from gateway.app import error_response, origin_allowed
+from gateway.http import error_response, origin_allowed
 from gateway.errors import Forbidden, GatewayError
 from gateway.limits import hand_over_connection_slot
 from gateway.relay.detached import Detached, take_socket

@@ -1,0 +1,99 @@
+"""HTTP helpers every interface shares: the JSON error body, request ids, CORS and Origin checks,
+and job ETags with the conditional-request rules around them.
+
+Used by the Flask views, the hooks ``create_app`` installs, and the WSGI shortcut in front of
+Flask (fastpoll.py), so that each rule is written once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, MutableMapping
+from typing import Any
+
+from flask import Response, jsonify, request
+from werkzeug.wrappers import Request
+
+from gateway.context import gateway
+from gateway.models import Job
+
+NO_CACHE = "no-cache, private"
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    """The one error body of the HTTP interface: ``{"error": {"code", "message"}}`` with ``status``."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+# -- request ids and CORS -----------------------------------------------------------------------
+
+
+def request_id_of(environ: dict[str, Any]) -> str:
+    """The client's ``X-Request-ID`` when it is usable (1-64 printable characters), else a new one."""
+    incoming = environ.get("HTTP_X_REQUEST_ID", "")
+    return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else os.urandom(16).hex()
+
+
+def finish_headers(headers: MutableMapping[str, str], req: Request, request_id: str, allowed_origins: Collection[str]) -> None:
+    """What every response gets: its request id, and CORS headers for an allowed origin on ``/api/``
+    (the ``after_request`` hook, and the conditional polls answered before Flask, fastpoll.py)."""
+    headers["X-Request-ID"] = request_id
+    origin = req.environ.get("HTTP_ORIGIN")
+    if origin and req.path.startswith("/api/") and origin_allowed_for(origin, allowed_origins, req.host_url):
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID, Retry-After"
+        headers["Vary"] = "Origin"
+        if req.method == "OPTIONS":  # the preflight for Authorization / If-None-Match
+            headers["Access-Control-Allow-Methods"] = "GET, POST"
+            headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Request-ID"
+            headers["Access-Control-Max-Age"] = "600"
+
+
+def origin_allowed(origin: str) -> bool:
+    """A browser origin may use the push and API endpoints: configured in allowed_origins, or the
+    gateway's own origin (its demo page and any page it serves are never foreign)."""
+    return origin_allowed_for(origin, gateway().config.allowed_origins, request.host_url)
+
+
+def origin_allowed_for(origin: str, allowed_origins: Collection[str], host_url: str) -> bool:
+    """``origin_allowed`` outside a Flask request: the configured origins and this request's host URL."""
+    return origin in allowed_origins or origin == host_url.rstrip("/")
+
+
+# -- job ETags and conditional requests --------------------------------------------------------
+
+
+def etag(job_id: str, version: int) -> str:
+    """The ETag of a job at ``version`` (the one place its format is written)."""
+    return f'"{job_id}.{version}"'
+
+
+def etag_of(job: Job) -> str:
+    """The ETag of ``job`` as read."""
+    return etag(job.id, job.version)
+
+
+def tag_matches(if_none_match: str | None, tag: str) -> bool:
+    """True when an ``If-None-Match`` value names ``tag`` (strong or weak) or is ``*``."""
+    if not if_none_match:
+        return False
+    return any(part.strip() in (tag, "W/" + tag, "*") for part in if_none_match.split(","))
+
+
+def job_matches(if_none_match: str | None, job: Job) -> bool:
+    """True when an ``If-None-Match`` value names ``job``'s current ETag (a 304)."""
+    return tag_matches(if_none_match, etag_of(job))
+
+
+def not_modified(tag: str) -> Response:
+    """The 304 for a job whose current ETag is ``tag``."""
+    return Response(status=304, headers=not_modified_headers(tag))
+
+
+def not_modified_headers(tag: str) -> dict[str, str]:
+    """A 304's headers (all it has: no body, so no Content-Type or Content-Length)."""
+    return {"ETag": tag, "Cache-Control": NO_CACHE}
