@@ -6,9 +6,7 @@ Body: ``{"id": "evt_1", "job": "job-42", "status": "running", "at": 1764331200}`
 import hashlib
 import hmac
 
-from adapters import Adapter, PayloadError, ProviderEvent, SignatureError
-from adapters.base import constant_time_in, json_body, utc_from_unix
-from gateway.states import State
+from adapters import Adapter, PayloadError, ProviderEvent, SignatureError, State, constant_time_in, json_body, utc_from_unix
 
 STATES = {"waiting": State.QUEUED, "running": State.PROCESSING, "done": State.COMPLETE, "error": State.FAILED}
 
