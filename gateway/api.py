@@ -7,7 +7,7 @@ import logging
 import uuid
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, make_response, request
+from flask import Blueprint, Response, current_app, g, jsonify, make_response, request
 
 from adapters.base import ProviderEvent
 from adapters.standard import canonical_fields
@@ -17,7 +17,7 @@ from gateway.errors import BadRequest, NotFound
 from gateway.http import NO_CACHE, etag_of, job_matches, not_modified, tag_matches
 from gateway.jobjson import job_json
 from gateway.models import Job
-from gateway.outbox import outbox_of
+from gateway.signals import job_retried
 from gateway.states import Kind
 from gateway.store import API_SOURCE, JOB_ID_RE
 
@@ -206,11 +206,9 @@ def retry(job_id: str) -> Any:
     who = gw.auth.require_job(request, job_id, "retry")
     with gw.store.transaction() as w:
         job = w.retry(_job_id(job_id), by=who.name)
-        outbox_of(gw).enqueue_callback(w, job)  # durable with the retry itself
+        gw.outbox.enqueue_callback(w, job)  # durable with the retry itself
     log.info("retry requested", extra={"job_id": job.id, "attempt": job.attempt, "request_id": g.request_id})
-    hook = gw.extras.get("on_retry")
-    if hook is not None:
-        hook(job)
+    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
     return job_response(job, 202)
 
 

@@ -16,15 +16,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from adapters.registry import load_registry
-from gateway import api, demo, fastpoll, health, ingest, limits, outbox, relay, watchdog
+from gateway import api, demo, fastpoll, health, ingest, limits, outbox, watchdog
 from gateway.auth import Auth
 from gateway.config import Config, load_config
-from gateway.context import Gateway, build_sources, gateway
+from gateway.context import Gateway, gateway
 from gateway.db import make_engine
 from gateway.errors import GatewayError, Unavailable
 from gateway.http import error_response, finish_headers, request_id_of
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
+from gateway.relay import install as relay
+from gateway.services import build_sources
 from gateway.store import Store
 
 log = logging.getLogger("gateway")
@@ -60,11 +62,11 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     app.register_blueprint(ingest.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
-    limits.init_app(app, gw)
-    relay.init_app(app, gw)
+    gw.limits = limits.init_app(app, gw)
+    gw.relay = relay.init_app(app, gw)
     demo.init_app(app, gw)
-    outbox.init_app(app, gw)
-    watchdog.init_app(app, gw)
+    gw.outbox = outbox.init_app(app, gw)
+    gw.watchdog = watchdog.init_app(app, gw)
     _install_request_hooks(app)
     _install_error_handlers(app)
     fastpoll.init_app(app, gw)

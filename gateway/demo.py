@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, render_template, request
 from gateway.context import Gateway, gateway
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.models import Job
+from gateway.signals import job_retried
 from gateway.simulator import MAX_BATCH, Simulator
 
 DEMO_SOURCE = "demo"
@@ -29,16 +30,13 @@ def init_app(app: Flask, gw: Gateway) -> None:
     if not gw.config.demo:
         return
     simulator = Simulator(gw, DEMO_SOURCE, gw.config.env.get("GATEWAY_DEMO_URL") or None)
-    gw.extras["simulator"] = simulator
-    previous = gw.extras.get("on_retry")
+    gw.simulator = simulator
 
-    def on_retry(job: Job) -> None:
-        if previous is not None:
-            previous(job)
+    def on_retry(_app: Flask, job: Job) -> None:
         if job.source == DEMO_SOURCE and DEMO_SOURCE in gw.sources:
             simulator.on_retry(job, _base_url())
 
-    gw.extras["on_retry"] = on_retry
+    job_retried.connect(on_retry, sender=app, weak=False)
 
 
 def _base_url() -> str:
@@ -47,7 +45,7 @@ def _base_url() -> str:
 
 def _simulator() -> Simulator:
     gw = gateway()
-    simulator = gw.extras.get("simulator")
+    simulator = gw.simulator
     if simulator is None:
         raise NotFound("the demo is off: set [gateway] demo = true", code="demo_disabled")
     if DEMO_SOURCE not in gw.sources:

@@ -62,14 +62,14 @@ class FastPolls:
     def not_modified(self, req: Request, job_id: str) -> dict[str, str] | None:
         """The headers of the 304 for an unchanged job this process provably knows, or None (ask Flask)."""
         gw = self.gw
-        if gw.relay is None or not JOB_ID_RE.match(job_id) or (req.environ.get("QUERY_STRING") and "wait" in req.args):
+        if not JOB_ID_RE.match(job_id) or (req.environ.get("QUERY_STRING") and "wait" in req.args):
             return None
         try:
             gw.auth.require_job(req, job_id, "read")
         except GatewayError:
             return None
         tag = gw.relay.fresh_etag(job_id)
-        if tag is None or not tag_matches(req.headers.get("If-None-Match"), tag) or not public_request_allowed(gw, req):
+        if tag is None or not tag_matches(req.headers.get("If-None-Match"), tag) or not public_request_allowed(gw, gw.limits, req):
             return None
         gw.metrics.count_poll("poll", "304")
         gw.relay.answered_from_memory()

@@ -20,7 +20,6 @@ from gateway.models import Job
 
 bp = Blueprint("health", __name__)
 
-_HEAD = "alembic_head"
 _STATES = ("queued", "processing", "complete", "failed")
 
 
@@ -29,8 +28,8 @@ def _read_head(state: BlueprintSetupState) -> None:
     from gateway.migrate import head_revision
 
     gw = state.app.extensions.get("gateway")
-    if gw is not None:
-        gw.extras.setdefault(_HEAD, head_revision())
+    if gw is not None and gw.alembic_head is None:
+        gw.alembic_head = head_revision()
 
 
 bp.record_once(_read_head)
@@ -57,11 +56,11 @@ def readyz() -> Any:
     except SQLAlchemyError as exc:
         return _unready({"database": "unreachable", "error": type(exc.__cause__ or exc).__name__})
     ms = round((time.perf_counter() - started) * 1000, 2)
-    expected = gw.extras.get(_HEAD)
+    expected = gw.alembic_head
     if expected is None:
         from gateway.migrate import head_revision
 
-        expected = gw.extras[_HEAD] = head_revision()
+        expected = gw.alembic_head = head_revision()
     if current != expected:
         return _unready({"database": "ok", "migrations": f"at {current}, expected {expected}: run `gateway migrate`"})
     return jsonify({"status": "ok", "database": "ok", "migrations": current, "database_ms": ms}), 200, {"Cache-Control": "no-store"}

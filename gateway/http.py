@@ -11,10 +11,9 @@ import os
 from collections.abc import Collection, MutableMapping
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify
 from werkzeug.wrappers import Request
 
-from gateway.context import gateway
 from gateway.models import Job
 
 NO_CACHE = "no-cache, private"
@@ -53,14 +52,9 @@ def finish_headers(headers: MutableMapping[str, str], req: Request, request_id: 
             headers["Access-Control-Max-Age"] = "600"
 
 
-def origin_allowed(origin: str) -> bool:
-    """A browser origin may use the push and API endpoints: configured in allowed_origins, or the
-    gateway's own origin (its demo page and any page it serves are never foreign)."""
-    return origin_allowed_for(origin, gateway().config.allowed_origins, request.host_url)
-
-
 def origin_allowed_for(origin: str, allowed_origins: Collection[str], host_url: str) -> bool:
-    """``origin_allowed`` outside a Flask request: the configured origins and this request's host URL."""
+    """A browser origin may use the push and API endpoints: configured in ``allowed_origins``, or
+    the gateway's own origin (``host_url``: its demo page and any page it serves are never foreign)."""
     return origin in allowed_origins or origin == host_url.rstrip("/")
 
 

@@ -17,10 +17,10 @@ from flask import Blueprint, Response, g, request
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from adapters.base import ProviderEvent, WebhookRequest
-from gateway.context import Source, gateway
-from gateway.http import error_response
+from gateway.context import gateway
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
-from gateway.outbox import outbox_of
+from gateway.http import error_response
+from gateway.services import Source
 from gateway.states import Decision
 from gateway.store import Outcome, Writer, utcnow
 
@@ -111,7 +111,7 @@ def receive(source_name: str) -> Any:
             outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at)
             w.finish_changes()
             if pe.needs_details and outcome.decision is not Decision.DUPLICATE:
-                outbox_of(gw).enqueue_details(w, source.name, pe, outcome.job_id)
+                gw.outbox.enqueue_details(w, source.name, pe, outcome.job_id)
             outcomes.append((pe, outcome))
             w.add_delivery(
                 received_at=received_at, source=source.name, status=200,

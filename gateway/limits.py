@@ -35,10 +35,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 from werkzeug.wrappers import Request
 
 from gateway.errors import RateLimited, RequestTimeout
+from gateway.services import Services
 
 MAX_KEYS = 50_000  # buckets kept per limiter; the least recently used are forgotten first
 PUBLIC_PATHS = re.compile(r"^/(?:api/jobs/[^/]+(?:/stream|/retry)?|ws|static/.*|demo/.*)?$")
@@ -174,19 +175,18 @@ def client_address(req: Request | None = None) -> str:
     return (req or request).remote_addr or "unknown"
 
 
-def public_request_allowed(gw: Any, req: Request) -> bool:
+def public_request_allowed(gw: Services, limits: Limits, req: Request) -> bool:
     """For a request on a browser endpoint answered before Flask (fastpoll.py): spend its token
     as the ``before_request`` hook would, True if allowed. When False, nothing was spent and
     the request goes on to Flask, whose hook answers 429."""
     if _is_api_key(gw, req):
         return True
-    return gw.extras["limits"].public_per_address.take("addr:" + client_address(req)) == 0
+    return limits.public_per_address.take("addr:" + client_address(req)) == 0
 
 
-def init_app(app: Flask, gw: Any) -> None:
-    """Attach the limiters to the app: checked before each request, body deadline in the WSGI layer."""
+def init_app(app: Flask, gw: Services) -> Limits:
+    """The app's limiters, attached to it: checked before each request, body deadline in the WSGI layer."""
     limits = Limits(gw.config)
-    gw.extras["limits"] = limits
 
     @app.before_request
     def _limit() -> None:
@@ -203,6 +203,7 @@ def init_app(app: Flask, gw: Any) -> None:
             if not limits.connections.acquire(address):
                 raise RateLimited("too many open connections from this address", code="too_many_connections", headers={"Retry-After": "5"})
             g.connection_slot = address
+            g.release_connection_slot = functools.partial(limits.connections.release, address)
 
     @app.after_request
     def _hold_slot(response: Any) -> Any:
@@ -231,18 +232,18 @@ def init_app(app: Flask, gw: Any) -> None:
             return inner(environ, start_response)
 
         app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    return limits
 
 
 def hand_over_connection_slot() -> Callable[[], None] | None:
     """Take this request's long-lived connection slot out of the request: the connection that
     outlives it calls the returned function when it closes. None when no slot is held."""
-    address = g.pop("connection_slot", None)
-    if address is None:
+    if g.pop("connection_slot", None) is None:
         return None
-    return functools.partial(current_app.extensions["gateway"].extras["limits"].connections.release, address)
+    return g.pop("release_connection_slot")
 
 
-def _counted(gw: Any, source: str, check: Callable[[], None]) -> None:
+def _counted(gw: Services, source: str, check: Callable[[], None]) -> None:
     try:
         check()
     except RateLimited:
@@ -250,6 +251,6 @@ def _counted(gw: Any, source: str, check: Callable[[], None]) -> None:
         raise
 
 
-def _is_api_key(gw: Any, req: Request) -> bool:
+def _is_api_key(gw: Services, req: Request) -> bool:
     header = req.headers.get("Authorization", "")
     return header[:7].lower() == "bearer " and gw.auth.is_api_key(header[7:].strip())

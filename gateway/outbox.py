@@ -52,13 +52,13 @@ from gateway.config import SourceConfig
 from gateway.errors import ConfigError, Conflict, GatewayError, NotFound
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
+from gateway.services import Services
 from gateway.states import State
 from gateway.store import Store, Writer, utcnow
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from gateway.context import Gateway
 
 log = logging.getLogger("gateway.outbox")
 
@@ -129,7 +129,7 @@ class Result:
 class Outbox:
     """Enqueues outbound calls inside writers' transactions and delivers them in the background."""
 
-    def __init__(self, gw: Gateway, *, batch: int = 20):
+    def __init__(self, gw: Services, *, batch: int = 20):
         self.gw = gw
         self.batch = batch
         self.wake = threading.Event()  # set after a commit that enqueued: this process sends at once
@@ -388,13 +388,8 @@ def purge(store: Store, before: datetime) -> int:
     return int(result.rowcount or 0)
 
 
-def outbox_of(gw: Gateway) -> Outbox:
-    """The app's outbox (installed by ``init_app``)."""
-    return gw.extras["outbox"]
-
-
-def init_app(app: Flask, gw: Gateway) -> None:
-    """Install the outbox and its background dispatcher; a source's unusable callback secret stops start-up."""
+def init_app(app: Flask, gw: Services) -> Outbox:
+    """The app's outbox with its background dispatcher; a source's unusable callback secret stops start-up."""
     for name, source in gw.sources.items():
         sc = source.config
         if not sc.callback_url:
@@ -410,8 +405,8 @@ def init_app(app: Flask, gw: Gateway) -> None:
         if urlsplit(sc.callback_url).scheme not in ("http", "https"):
             raise ConfigError(f"sources.{name}.callback_url: expected an http(s) URL")
     outbox = Outbox(gw)
-    gw.extras["outbox"] = outbox
     gw.background.every(max(gw.config.outbox_interval, 1), "outbox", wake=outbox.wake)(outbox.drain)
     if gw.config.retention_days:
         keep = timedelta(days=gw.config.retention_days)
         gw.background.every(3600, "outbox-purge")(lambda: purge(gw.store, utcnow() - keep))
+    return outbox

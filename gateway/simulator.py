@@ -29,6 +29,7 @@ from standardwebhooks.webhooks import Webhook
 from gateway.errors import RateLimited
 from gateway.jobjson import iso, job_json
 from gateway.models import Job
+from gateway.services import Services
 
 log = logging.getLogger("gateway.simulator")
 
@@ -59,7 +60,7 @@ def plan_fate(index: int) -> tuple[str, bool]:
 class Simulator:
     """Registers demo jobs and plays their provider, one background thread per batch."""
 
-    def __init__(self, gw: Any, source: str, base_url: str | None):
+    def __init__(self, gw: Services, source: str, base_url: str | None):
         self.gw = gw
         self.source = source
         self.base_url = base_url

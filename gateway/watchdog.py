@@ -25,13 +25,12 @@ from sqlalchemy import select
 from adapters.base import ProviderEvent
 from gateway.jobjson import iso
 from gateway.models import Job
+from gateway.services import Services
 from gateway.states import Decision, Kind, State
 from gateway.store import GATEWAY_SOURCE, utcnow
 
 if TYPE_CHECKING:
     from flask import Flask
-
-    from gateway.context import Gateway
 
 log = logging.getLogger("gateway.watchdog")
 
@@ -43,7 +42,7 @@ BATCH = 500
 class Watchdog:
     """Finds jobs that went quiet for longer than their source's ``stall_after`` and fails them."""
 
-    def __init__(self, gw: Gateway):
+    def __init__(self, gw: Services):
         self.gw = gw
 
     def run_once(self, now: datetime | None = None) -> list[str]:
@@ -87,9 +86,9 @@ class Watchdog:
         return True
 
 
-def init_app(app: Flask, gw: Gateway) -> None:
-    """Install the watchdog as a background task when any source sets ``stall_after``."""
+def init_app(app: Flask, gw: Services) -> Watchdog:
+    """The app's watchdog, run as a background task when any source sets ``stall_after``."""
     watchdog = Watchdog(gw)
-    gw.extras["watchdog"] = watchdog
     if any(s.config.stall_after for s in gw.sources.values()):
         gw.background.every(max(gw.config.watchdog_interval, 1), "watchdog")(watchdog.run_once)
+    return watchdog

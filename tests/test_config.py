@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.app import create_app
-from gateway.context import build_sources
+from gateway.services import build_sources
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from adapters.registry import load_registry

@@ -23,8 +23,8 @@ def test_healthz_and_readyz_when_all_is_well(client: Any) -> None:
 
 def test_the_expected_head_is_read_once_per_app(app: Any) -> None:
     gw = app.extensions["gateway"]
-    assert gw.extras["alembic_head"] == head_revision()  # read when the blueprint was registered
-    gw.extras["alembic_head"] = "not-a-revision"  # so a probe compares with the cached value
+    assert gw.alembic_head == head_revision()  # read when the blueprint was registered
+    gw.alembic_head = "not-a-revision"  # so a probe compares with the cached value
     r = app.test_client().get("/readyz")
     assert r.status_code == 503 and "not-a-revision" in r.get_json()["migrations"]
 

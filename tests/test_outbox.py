@@ -100,7 +100,7 @@ def test_retry_callback_is_signed_retried_until_2xx_and_traced(db_url, tmp_path,
     app = callback_app(db_url, tmp_path, receiver.url)
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
-    outbox = gw_of(app).extras["outbox"]
+    outbox = gw_of(app).outbox
     assert retry(client, job_id).status_code == 202
     assert outbox.wake.is_set()  # the commit woke this process's dispatcher
     for _ in range(3):
@@ -130,7 +130,7 @@ def test_callback_signed_with_the_source_secret_when_no_callback_secret(db_url, 
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
     retry(client, job_id)
-    gw_of(app).extras["outbox"].run_once()
+    gw_of(app).outbox.run_once()
     (req,) = receiver.wait_for(1)
     assert Webhook(STANDARD_SECRET).verify(req.body, req.headers)["data"]["id"] == job_id
 
@@ -141,7 +141,7 @@ def test_gives_up_after_the_limit_and_says_so(db_url, tmp_path, receiver):
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
     retry(client, job_id)
-    outbox = gw_of(app).extras["outbox"]
+    outbox = gw_of(app).outbox
     while outbox.run_once():
         pass
     assert len(receiver.wait_for(3)) == 3  # recorded once answered; no more come: the outbox gave up
@@ -156,7 +156,7 @@ def test_410_gives_up_at_once_and_unreachable_receiver_is_retried(db_url, tmp_pa
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
     retry(client, job_id)
-    outbox = gw_of(app).extras["outbox"]
+    outbox = gw_of(app).outbox
     outbox.run_once()
     assert outbox.run_once() == 0
     assert rows(app, job_id)[0].status == "dead"
@@ -176,7 +176,7 @@ def test_retry_after_is_honoured(db_url, tmp_path, receiver):
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
     retry(client, job_id)
-    outbox = gw_of(app).extras["outbox"]
+    outbox = gw_of(app).outbox
     outbox.run_once()
     assert outbox.run_once() == 0  # not due for two minutes, although the backoff base is 0
     (row,) = rows(app, job_id)
@@ -189,7 +189,7 @@ def test_concurrent_dispatchers_send_each_row_once(db_url, tmp_path, receiver):
     jobs = [failed_job(client)["job"]["id"] for _ in range(8)]
     for job_id in jobs:
         assert retry(client, job_id).status_code == 202
-    outbox = gw_of(app).extras["outbox"]
+    outbox = gw_of(app).outbox
     outbox.batch = 3
     barrier = threading.Barrier(4)
 
@@ -291,7 +291,7 @@ def test_thin_webhook_is_acknowledged_then_details_fetched_and_applied(thin_app,
     r = post_standard(client, "thin", STANDARD_SECRET, ext, "queued")
     assert r.get_json() == {"status": "accepted"}
     assert client.get(f"/api/jobs/{job_id}", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()["state"] == "queued"
-    outbox = gw_of(thin_app).extras["outbox"]
+    outbox = gw_of(thin_app).outbox
     outbox.run_once()  # 503: retried
     outbox.run_once()
     got = receiver.wait_for(2)
@@ -310,7 +310,7 @@ def test_details_answer_the_adapter_cannot_read_gives_up(thin_app, receiver):
     client = thin_app.test_client()
     reg = register(client, "thin")
     post_standard(client, "thin", STANDARD_SECRET, reg["job"]["external_id"], "queued", occurred_at=iso_now())
-    gw_of(thin_app).extras["outbox"].run_once()
+    gw_of(thin_app).outbox.run_once()
     (row,) = rows(thin_app, reg["job"]["id"])
     assert (row.status, row.last_error) == ("dead", "details answered 404")
     assert trace(client, reg["job"]["id"], "details")[0]["outcome"] == "gave_up"
@@ -322,10 +322,10 @@ def test_a_gateway_that_does_not_know_the_source_leaves_its_rows_alone(db_url, t
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
     retry(client, job_id)
-    gw_of(other).extras["outbox"].run_once()
+    gw_of(other).outbox.run_once()
     (row,) = rows(app, job_id)
     assert (row.status, row.attempts) == ("pending", 0)
-    gw_of(app).extras["outbox"].run_once()
+    gw_of(app).outbox.run_once()
     (row,) = rows(app, job_id)
     assert (row.status, row.attempts, len(receiver.wait_for(1))) == ("delivered", 1, 1)
 
@@ -341,7 +341,7 @@ def test_operator_lists_a_dead_row_and_requeues_it(db_url, tmp_path, receiver, m
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
     retry(client, job_id)
-    outbox = gw_of(app).extras["outbox"]
+    outbox = gw_of(app).outbox
     outbox.run_once()
     (row,) = rows(app, job_id)
     assert row.status == "dead"
@@ -371,9 +371,9 @@ def test_settled_rows_are_purged_after_retention_pending_ones_never(db_url, tmp_
     client = app.test_client()
     delivered, pending = failed_job(client)["job"]["id"], failed_job(client)["job"]["id"]
     retry(client, delivered)
-    gw_of(app).extras["outbox"].run_once()
+    gw_of(app).outbox.run_once()
     retry(client, pending)
-    gw_of(app).extras["outbox"].run_once()
+    gw_of(app).outbox.run_once()
     assert [r.status for r in rows(app, delivered, pending)] == ["delivered", "pending"]
     store = gw_of(app).store
     purge(store, utcnow() - timedelta(days=1))
@@ -400,7 +400,7 @@ def test_a_try_whose_lease_ran_out_does_not_overwrite_the_next_claim(db_url, tmp
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
     retry(client, job_id)
-    outbox = gw_of(app).extras["outbox"]
+    outbox = gw_of(app).outbox
     (slow,) = [r for r in outbox._claim() if r.job_id == job_id]  # a process claims it, then hangs
     with gw_of(app).store.transaction() as w:  # ...past its lease
         w.session.execute(update(OutboxItem).where(OutboxItem.id == slow.id).values(next_attempt_at=utcnow()))
@@ -432,7 +432,7 @@ def test_render_thin_deploy_webhook_is_completed_through_the_events_api(db_url, 
     r = client.post("/webhooks/render-local", data=body, headers=standard_headers(RENDER_SECRET, body, msg_id=event_id))
     assert r.get_json() == {"status": "accepted"}
     assert get_job(client, reg["job"]["id"])["state"] == "queued"
-    gw_of(app).extras["outbox"].run_once()
+    gw_of(app).outbox.run_once()
     (req,) = receiver.wait_for(1)
     assert (req.method, req.path, req.headers["authorization"]) == ("GET", f"/v1/events/{event_id}", "Bearer rnd_test_api_key_0123456789")
     job = get_job(client, reg["job"]["id"])

@@ -97,7 +97,7 @@ def job(client, job_id):
 
 def test_quiet_job_is_stalled_once_and_a_newer_real_event_wins(slow_app):
     client = slow_app.test_client()
-    watchdog = gw_of(slow_app).extras["watchdog"]
+    watchdog = gw_of(slow_app).watchdog
     quiet = register(client, "slow")["job"]
     lively = register(client, "slow")["job"]
     other_source = register(client, "worker")["job"]
@@ -127,7 +127,7 @@ def test_quiet_job_is_stalled_once_and_a_newer_real_event_wins(slow_app):
 
 def test_registered_job_without_news_stalls_and_a_retried_one_can_stall_again(slow_app):
     client = slow_app.test_client()
-    watchdog = gw_of(slow_app).extras["watchdog"]
+    watchdog = gw_of(slow_app).watchdog
     j = register(client, "slow")["job"]
     assert j["id"] not in watchdog.run_once()  # just registered
     later = utcnow() + timedelta(seconds=61)

@@ -16,7 +16,7 @@ loop. Under any other server the response body is a generator waiting on a ``Mai
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Response, request
 from werkzeug.http import http_date
@@ -26,10 +26,8 @@ from gateway.errors import NotFound
 from gateway.limits import hand_over_connection_slot
 from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Mailbox, Snapshot, http_chunk
+from gateway.relay.relay import Relay, heartbeat_seconds
 from gateway.store import JOB_ID_RE
-
-if TYPE_CHECKING:
-    from gateway.relay import Relay
 
 bp = Blueprint("relay_sse", __name__)
 
@@ -45,11 +43,6 @@ def _last_event_id() -> int:
     return int(raw) if raw.isdigit() and len(raw) < 12 else -1
 
 
-def heartbeat_seconds(config: Any) -> float:
-    """``sse_heartbeat``, kept between 1 and 20 seconds (the contract's ceiling)."""
-    return max(1, min(config.sse_heartbeat, 20))
-
-
 @bp.get("/api/jobs/<job_id>/stream")
 def stream(job_id: str) -> Response:
     """The job's changes as Server-Sent Events, from whichever process commits them."""
@@ -57,7 +50,7 @@ def stream(job_id: str) -> Response:
     gw.auth.require_job(request, job_id, "read")
     if not JOB_ID_RE.match(job_id):
         raise NotFound("no such job", code="job_not_found")
-    relay: Relay = gw.relay
+    relay = gw.relay
     last = _last_event_id()
     detach = request.method == "GET" and request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and \
         take_socket(request.environ, dry_run=True) is not None

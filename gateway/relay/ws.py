@@ -25,8 +25,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from gateway.http import error_response, origin_allowed
 from gateway.errors import Forbidden, GatewayError
+from gateway.http import error_response, origin_allowed_for
 from gateway.limits import hand_over_connection_slot
 from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Snapshot, ws_text_frame
@@ -35,7 +35,7 @@ from gateway.store import JOB_ID_RE
 if TYPE_CHECKING:
     from wsproto.connection import Connection as Protocol
 
-    from gateway.relay import Relay
+    from gateway.relay.relay import Relay
 
 log = logging.getLogger("gateway.relay")
 
@@ -249,7 +249,7 @@ def init_ws(app: Flask, relay: Relay) -> None:
     @bp.before_request  # after the app's own hooks (request id), before the handshake
     def _before_upgrade() -> None:
         origin = request.headers.get("Origin")
-        if origin is not None and not origin_allowed(origin):
+        if origin is not None and not origin_allowed_for(origin, relay.gw.config.allowed_origins, request.host_url):
             raise Forbidden("this origin may not open a WebSocket here", code="origin_not_allowed")
         # No permessage-deflate: the server's frames are encoded once for every watcher and
         # never compressed, and the client's few small messages are not worth the inflater

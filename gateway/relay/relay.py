@@ -1,0 +1,193 @@
+"""This process's relay: the hub, the bus, the long-poll wait, and the loops that keep the open
+sockets alive (a WebSocket ping, an SSE heartbeat). ``gateway.relay.init_app`` builds one."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import select
+
+from gateway.config import Config
+from gateway.errors import ConfigError
+from gateway.http import etag, job_matches
+from gateway.jobjson import job_json
+from gateway.models import Job
+from gateway.relay.bus import LocalBus, RelayBus
+from gateway.relay.hub import Hub, Mailbox, Watcher
+from gateway.services import Services
+from gateway.store import Store
+
+
+class Relay:
+    """This process's relay: the hub, the bus, and the long-poll wait."""
+
+    def __init__(self, gw: Services, bus_name: str):
+        self.gw = gw
+        self.store: Store = gw.store
+        self.fanout_seconds = Histogram(
+            "gateway_relay_fanout_seconds", "Time to hand one snapshot to every local watcher of its job",
+            registry=gw.metrics.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+        )
+        self.polls_from_memory = Counter(
+            "gateway_relay_polls_from_memory", "Conditional polls answered 304 from the version cache, with no database read",
+            registry=gw.metrics.registry,
+        )
+        self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe)
+        self.bus: RelayBus = make_bus(
+            bus_name, self.hub, self.store, gw.config.redis_url, progress_interval=gw.config.progress_interval_ms / 1000
+        )
+        self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
+        self.streams: set[Any] = set()  # this process's detached SSE streams (sse.Stream)
+        self._started_pid: int | None = None
+        self._start_lock = threading.Lock()
+
+    # -- reads, one query each, no session kept --------------------------------------------------
+
+    def _load(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        with self.store.reading() as session:
+            return {job.id: job_json(job) for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+
+    def _versions(self, ids: Sequence[str]) -> dict[str, int]:
+        with self.store.reading() as session:
+            return {row.id: row.version for row in session.execute(select(Job.id, Job.version).where(Job.id.in_(ids)))}
+
+    # -- watching ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the bus's follower in this process, once (after a fork, again)."""
+        if self._started_pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._started_pid != os.getpid():
+                self._started_pid = os.getpid()
+                self.bus.start()
+                if self.gw.config.ws_ping_interval:
+                    threading.Thread(target=self._ping_forever, name="gateway-relay-ping", daemon=True).start()
+                threading.Thread(target=self._beat_forever, name="gateway-relay-heartbeat", daemon=True).start()
+
+    def _ping_forever(self) -> None:
+        """Protocol pings to every WebSocket of this process, every ``ws_ping_interval`` seconds."""
+        interval = self.gw.config.ws_ping_interval
+        while True:
+            time.sleep(interval)
+            for conn in list(self.connections):
+                conn.ping()
+
+    def _beat_forever(self) -> None:
+        """A heartbeat comment on every detached SSE stream of this process, every ``sse_heartbeat``
+        seconds (at most 20)."""
+        interval = heartbeat_seconds(self.gw.config)
+        while True:
+            time.sleep(interval)
+            for stream in list(self.streams):
+                stream.beat()
+
+    def watch(self, job_id: str, watcher: Watcher) -> None:
+        """Tell ``watcher`` about each new version of ``job_id``, from whichever process commits it."""
+        self.start()
+        self.hub.watch(job_id, watcher)
+
+    def unwatch(self, job_id: str, watcher: Watcher) -> None:
+        """Stop telling ``watcher`` about ``job_id`` (the request or socket is gone)."""
+        self.hub.unwatch(job_id, watcher)
+
+    def resync(self) -> int:
+        """Catch up with anything the bus missed; see ``Hub.resync``."""
+        return self.hub.resync()
+
+    # -- polls answered from memory (see fresh.py) ---------------------------------------------------
+
+    def fresh_etag(self, job_id: str) -> str | None:
+        """The job's current ETag if this process knows it without reading the database: the
+        version is in the cache and a barrier proved no acknowledged change is still on its way.
+        None means "read the database"."""
+        barrier = getattr(self.bus, "barrier", None)
+        if barrier is None or not self._serving():
+            return None
+        if self.hub.seen.get(job_id) is None or not barrier.wait():
+            return None
+        version = self.hub.seen.get(job_id)
+        return etag(job_id, version) if version is not None else None
+
+    def _serving(self) -> bool:
+        return bool(getattr(self.gw.background, "running", False))
+
+    def stop(self) -> None:
+        """Stop this process's bus follower and dispatcher (the app is shutting down)."""
+        self.bus.stop()
+        self.hub.stop()
+
+    def answered_from_memory(self) -> None:
+        """Count a 304 that cost no database read."""
+        self.polls_from_memory.inc()
+
+    def read_job(self, job_id: str) -> Job | None:
+        """The job from the database; its version is remembered if the bus listened throughout."""
+        if self._serving():
+            self.start()
+        epoch = self.hub.seen.epoch
+        job = self.store.get_job(job_id)
+        if job is not None:
+            self.hub.seen.saw(job.id, job.version, epoch)
+        return job
+
+    # -- long-poll ---------------------------------------------------------------------------------
+
+    def wait_for_change(self, job_id: str, if_none_match: str, seconds: float) -> Job | None:
+        """The job once it no longer matches ``if_none_match``, or as it is after ``seconds``.
+
+        Waits on the hub, holding no database connection; reads the job before and after."""
+        box = Mailbox()
+        self.watch(job_id, box)
+        try:
+            job = self.store.get_job(job_id)
+            if job is None or not job_matches(if_none_match, job):
+                return job
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                snap = box.wait(left)
+                if snap is not None and snap.version != job.version:
+                    fresh = self.store.get_job(job_id)
+                    if fresh is not None and not job_matches(if_none_match, fresh):
+                        return fresh
+            return job
+        finally:
+            self.unwatch(job_id, box)
+
+
+def heartbeat_seconds(config: Config) -> float:
+    """``sse_heartbeat``, kept between 1 and 20 seconds (the contract's ceiling)."""
+    return max(1, min(config.sse_heartbeat, 20))
+
+
+def make_bus(
+    name: str, hub: Hub, store: Store, redis_url: str = "redis://127.0.0.1:6379/0", *, progress_interval: float = 0.1
+) -> RelayBus:
+    """The bus for ``gateway.bus``: ``auto`` picks the database's own; ``redis`` is for any database."""
+    dialect = store.engine.dialect.name
+    if name == "auto":
+        name = "postgres" if dialect == "postgresql" else "sqlite" if dialect == "sqlite" else "local"
+    if name == "local":
+        return LocalBus(hub)
+    if name == "postgres":
+        if dialect != "postgresql":
+            raise ConfigError("gateway.bus: 'postgres' needs a PostgreSQL DATABASE_URL")
+        from gateway.relay.bus_pg import PostgresBus
+
+        return PostgresBus(hub, store.engine, progress_interval=progress_interval)
+    if name == "sqlite":
+        if dialect != "sqlite":
+            raise ConfigError("gateway.bus: 'sqlite' needs a SQLite DATABASE_URL")
+        from gateway.relay.bus_sqlite import SqliteBus
+
+        return SqliteBus(hub, store.engine)
+    if name == "redis":
+        from gateway.relay.bus_redis import RedisBus
+
+        return RedisBus(hub, store.engine, redis_url, progress_interval=progress_interval)
+    raise ConfigError(f"gateway.bus: the {name!r} bus is not available in this installation")
