@@ -21,6 +21,7 @@ export const MAX_RECONNECTS = 5;
 /** A connection that lived at least this long resets the reconnect backoff when it drops. */
 const HEALTHY_MS = 10000;
 const REQUEST_TIMEOUT_MS = 15000;
+const MAX_TIMER_MS = 2 ** 31 - 1;   // setTimeout's ceiling (about 24.8 days)
 const TRANSPORTS = ["websocket", "sse", "poll"];
 
 /** The delay before reconnect attempt `n` (1-based): half fixed, half random ("equal jitter"). */
@@ -198,7 +199,8 @@ class JobWatcher {
     if (!this.#getToken || !this.#expiresAt || this.#closed) return;
     // Renew a fifth of the remaining time (at most a minute) before the expiry.
     const left = this.#expiresAt * 1000 - Date.now();
-    this.#renewTimer = setTimeout(() => this.#renewSoon(1), Math.max(0, left - Math.min(60000, left / 5)));
+    const wait = Math.max(0, left - Math.min(60000, left / 5));
+    if (wait < MAX_TIMER_MS) this.#renewTimer = setTimeout(() => this.#renewSoon(1), wait);  // longer would fire at once
   }
 
   /** A new token from getToken(); true once it is in use. One call at a time. */
