@@ -44,6 +44,13 @@ def react_bundle(packed: PackedApp) -> bytes:
 
 
 @pytest.fixture(scope="module")
+def vue_bundle(packed: PackedApp) -> bytes:
+    return packed.esbuild("app/vue-app.js", "out/vue.js", '--define:process.env.NODE_ENV="production"',
+                          "--define:__VUE_OPTIONS_API__=true", "--define:__VUE_PROD_DEVTOOLS__=false",
+                          "--define:__VUE_PROD_HYDRATION_MISMATCH_DETAILS__=false").read_bytes()
+
+
+@pytest.fixture(scope="module")
 def client_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gunicorn with one worker of its own, so its watcher gauges count this module's pages only."""
     d = tmp_path_factory.mktemp("client-gateway")
@@ -280,3 +287,23 @@ def test_get_token_keeps_the_hook_watching_across_two_expiries_with_no_version_m
     # Renewed before each expiry, on the same sockets: the gateway never had to end a subscription.
     assert not [f for f in app.frames if "token_expired" in f]
     assert len(app.sockets) == 2
+
+
+def test_the_vue_composable_follows_a_job_changes_id_and_closes_on_unmount(page, client_gateway: Gateway, vue_bundle: bytes) -> None:
+    gw = client_gateway
+    app = App(page, gw, vue_bundle)
+    expect(app.probe).to_have_attribute("data-phase", "empty")
+    first, second = gw.register(), gw.register()
+    app.watch(first["job"]["id"], first["token"])
+    expect(app.probe).to_have_attribute("data-phase", "queued")
+    gw.webhook(first["external_id"], "processing", progress={"current": 2, "total": 5})
+    expect(app.probe).to_have_text("Processing row 2 of 5…")
+    app.watch(second["job"]["id"], second["token"])
+    expect(app.probe).to_have_attribute("data-job", second["job"]["id"])
+    gw.webhook(second["external_id"], "failed", error={"code": "x", "message": "boom"})
+    expect(app.probe).to_have_text("Failed — boom")
+    wait_until(lambda: app.open_sockets() == 1, what="the first job's socket closed", page=page)
+    page.evaluate("window.app.unmount()")
+    expect(page.locator("#gone")).to_be_visible()
+    wait_until(lambda: app.open_sockets() == 0, what="no socket left after unmount", page=page)
+    wait_until(lambda: gauge(gw, "gateway_ws_connections") == 0, what="the gateway saw the connection go")
