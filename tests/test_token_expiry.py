@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import API_KEY, ARTIFACTS, register, server_env, write_config
 from tests.relay_helpers import SSEReader, Watcher, job_frame, post_webhook
@@ -113,3 +115,29 @@ def test_an_sse_stream_ends_with_a_token_expired_event_at_its_tokens_expiry(shor
         assert sse.ended.wait(10), "the stream went on after token_expired"
     finally:
         sse.close()
+
+
+class _Watcher:
+    def expire(self, now: float) -> None:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.booleans()), max_size=60), st.integers(0, 60))
+def test_expiries_hand_out_exactly_the_watchers_filed_before_now_and_not_discarded(filed: list[tuple[int, bool]], now: int) -> None:
+    """Expiries (the per-process schedule): whatever is filed and discarded, take(now) returns
+    each remaining watcher filed under a second before ``now`` exactly once, and nothing else."""
+    from gateway.relay.expiry import Expiries
+
+    schedule = Expiries()
+    watchers = [(_Watcher(), at, dropped) for at, dropped in filed]
+    for w, at, _ in watchers:
+        schedule.add(at, w)
+    for w, at, dropped in watchers:
+        if dropped:
+            schedule.discard(at, w)
+    due = schedule.take(now)
+    expected = [w for w, at, dropped in watchers if not dropped and at < now]
+    assert sorted(map(id, due)) == sorted(map(id, expected))
+    assert schedule.take(now) == []
+    assert len(schedule) == sum(1 for _, at, dropped in watchers if not dropped and at >= now)

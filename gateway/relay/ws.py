@@ -69,7 +69,9 @@ class Connection(Detached):
         self.pong_received = True
         self.parts: list[Any] | None = None  # a message arriving in several frames
         self.parts_bytes = 0
-        self.expiries: dict[str, int] | None = None  # job id → its token's expiry (job tokens only)
+        # job id → its token's expiry, for subscriptions made with a job token: a (job, expiry)
+        # pair while there is one (the usual browser), a dict for several, None for none
+        self.expiries: tuple[str, int] | dict[str, int] | None = None
         self.due: int | None = None  # the second this connection is filed under in relay.expiries
 
     # -- serving ---------------------------------------------------------------------------------
@@ -197,8 +199,7 @@ class Connection(Detached):
         if kind not in ("subscribe", "unsubscribe") or not isinstance(job, str) or not JOB_ID_RE.match(job):
             return self.error(job, "invalid_message")
         if kind == "unsubscribe":
-            if self.expiries:
-                self.expiries.pop(job, None)
+            self._ends_at(job, None)
             if self.subs.pop(job, None) is not None:
                 self.relay.unwatch(job, self)
                 self.relay.gw.metrics.ws_subscriptions.dec()
@@ -243,19 +244,27 @@ class Connection(Detached):
     # -- token expiry (relay.expiries calls ``expire``) ------------------------------------------------
 
     def _ends_at(self, job: str, expires: int | None) -> None:
-        """Remember when ``job``'s subscription ends; file the connection under its earliest end."""
-        if expires is None:
-            if self.expiries:
-                self.expiries.pop(job, None)
-            return
-        if self.expiries is None:
-            self.expiries = {}
-        self.expiries[job] = expires
-        if self.due is None or expires < self.due:
+        """Remember when ``job``'s subscription ends (None: never); file the connection under
+        its earliest end."""
+        ends = self._expiry_items()
+        ends.pop(job, None)
+        if expires is not None:
+            ends[job] = expires
+        self._keep_expiries(ends)
+        if expires is not None and (self.due is None or expires < self.due):
             if self.due is not None:
                 self.relay.expiries.discard(self.due, self)
             self.due = expires
             self.relay.expiries.add(expires, self)
+
+    def _expiry_items(self) -> dict[str, int]:
+        held = self.expiries
+        if held is None:
+            return {}
+        return dict([held]) if isinstance(held, tuple) else held
+
+    def _keep_expiries(self, ends: dict[str, int]) -> None:
+        self.expiries = None if not ends else next(iter(ends.items())) if len(ends) == 1 else ends
 
     def expire(self, now: float) -> None:
         """End the subscriptions whose token expired before ``now``, each with a ``token_expired``
@@ -264,16 +273,18 @@ class Connection(Detached):
         self.due = None
         if self.closed or not self.expiries:
             return
-        for job, at in list(self.expiries.items()):
+        ends = self._expiry_items()
+        for job, at in list(ends.items()):
             if at >= now:
                 continue
-            del self.expiries[job]
+            del ends[job]
             if self.subs.pop(job, None) is not None:
                 self.relay.unwatch(job, self)
                 self.relay.gw.metrics.ws_subscriptions.dec()
             self.error(job, "token_expired")
-        if self.expiries:
-            self.due = min(self.expiries.values())
+        self._keep_expiries(ends)
+        if ends:
+            self.due = min(ends.values())
             self.relay.expiries.add(self.due, self)
         elif not self.subs:
             self.end(self.proto.send(CloseConnection(CloseReason.POLICY_VIOLATION, "token expired")))
