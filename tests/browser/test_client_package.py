@@ -152,6 +152,13 @@ def test_the_tarball_holds_the_client_its_types_and_wrappers_and_nothing_else(pa
 def test_tsc_accepts_a_typed_example_using_every_exported_type_and_refuses_a_wrong_one(packed: PackedApp) -> None:
     good = packed.tsc("typed/tsconfig.json")
     assert good.returncode == 0, good.stdout + good.stderr
+    # The React page of docs/integration.md, copied as an integrator would, type-checks too.
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "integration.md").read_text()
+    snippet = docs.split("### React", 1)[1].split("```tsx\n", 1)[1].split("```", 1)[0]
+    (packed.root / "typed" / "docs-react.tsx").write_text(snippet)
+    (packed.root / "typed" / "docs.json").write_text(json.dumps({"extends": "./tsconfig.json", "files": ["docs-react.tsx"]}))
+    docs_check = packed.tsc("typed/docs.json")
+    assert docs_check.returncode == 0, docs_check.stdout + docs_check.stderr
     # The types are real, not `any`: a phase outside the six and a wrong option fail the check.
     (packed.root / "typed" / "wrong.ts").write_text(textwrap.dedent("""
         import type { Phase } from "@job-gateway/client";
