@@ -130,6 +130,8 @@ class JobWatcher {
    * Resolves to {ok, status, code, message}; on success the queued job is shown at once.
    */
   async retry() {
+    // Polling waits at `failed` with no renewal running: a token that ran out meanwhile is renewed first.
+    if (this.#getToken && this.#expiresAt && Date.now() >= this.#expiresAt * 1000) await this.#renew();
     let res;
     try {
       res = await fetch(this.#url(`/api/jobs/${encodeURIComponent(this.#id)}/retry`), {
