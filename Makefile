@@ -13,7 +13,7 @@ export GATEWAY_API_KEYS    ?= demo-api-key
 export DEMO_WEBHOOK_SECRETS ?= whsec_ZGVtby1vbmx5LXNpbXVsYXRvci1zZWNyZXQtMzJi
 export GATEWAY_DEMO_URL    ?= http://$(HOST):$(PORT)
 
-.PHONY: setup serve test migrate bench browser-deps clean fuzz trust
+.PHONY: setup serve test migrate bench browser-deps client-deps clean fuzz trust
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,23 @@ serve: migrate
 browser-deps:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser-deps
+# The browser client's package tests (tests/browser/test_client_package.py) bundle it with
+# esbuild and type-check it with tsc: npm installs that tooling from tests/browser/npm's lock file.
+# Without npm the tests skip, except in CI (GATEWAY_REQUIRE_BROWSER=1), where this target fails.
+CLIENT_NPM := tests/browser/npm
+CLIENT_STAMP := $(CLIENT_NPM)/node_modules/.installed-$(shell cat $(CLIENT_NPM)/package-lock.json | cksum | cut -d' ' -f1)
+
+$(CLIENT_STAMP): $(CLIENT_NPM)/package-lock.json
+	@if command -v npm >/dev/null && (cd $(CLIENT_NPM) && npm ci --no-audit --no-fund --loglevel=error); then \
+		rm -f $(CLIENT_NPM)/node_modules/.installed-*; touch $@; \
+	else \
+		echo "client-deps: npm ci in $(CLIENT_NPM) failed; the client package tests will skip" >&2; \
+		test "$$GATEWAY_REQUIRE_BROWSER" != 1; \
+	fi
+
+client-deps: $(CLIENT_STAMP)
+
+test: setup browser-deps client-deps
 	env -u GATEWAY_CONFIG -u DATABASE_URL $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

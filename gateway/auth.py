@@ -32,6 +32,7 @@ class Principal:
     job_id: str | None = None
     scopes: tuple[str, ...] = ()
     name: str = ""  # a fingerprint safe to log, never the credential
+    expires: int | None = None  # a job token's expiry (unix seconds); API keys do not expire
 
     def can(self, job_id: str, scope: str) -> bool:
         return self.kind == "api_key" or (self.job_id == job_id and scope in self.scopes)
@@ -78,7 +79,7 @@ class Auth:
         if not isinstance(data, dict) or not isinstance(data.get("j"), str) or not isinstance(data.get("x"), int):
             raise Unauthorized("invalid token", code="invalid_token")
         scopes = tuple(s for s in data.get("s", []) if s in SCOPES)
-        return Principal("job_token", data["j"], scopes, name="token:" + data["j"]), data["x"]
+        return Principal("job_token", data["j"], scopes, name="token:" + data["j"], expires=data["x"]), data["x"]
 
     def _job_token(self, credential: str) -> Principal:
         if len(credential) > MAX_TOKEN_LENGTH:

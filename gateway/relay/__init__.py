@@ -9,5 +9,7 @@
   (``Relay.wait_for_change``, called by ``GET /api/jobs/<id>?wait=``); under the gevent worker
   a WebSocket or SSE socket leaves its request once open and the event loop serves it
   (``detached.py``), with one pinger and one heartbeat loop per process;
+- token expiry: a subscription ends when its job token expires (``expiry.py``, one loop per
+  process);
 - a periodic resync that compares every watched job with the database.
 """

@@ -3,6 +3,7 @@ sockets alive (a WebSocket ping, an SSE heartbeat). ``gateway.relay.init_app`` b
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -18,9 +19,14 @@ from gateway.http import etag, job_matches
 from gateway.jobjson import job_json
 from gateway.models import Job
 from gateway.relay.bus import LocalBus, RelayBus
+from gateway.relay.expiry import Expiries
 from gateway.relay.hub import Hub, Mailbox, Watcher
 from gateway.services import Services
 from gateway.store import Store
+
+log = logging.getLogger("gateway.relay")
+
+EXPIRY_CHECK_SECONDS = 1.0  # a subscription outlives its token by at most about this much
 
 
 class Relay:
@@ -43,6 +49,7 @@ class Relay:
         )
         self.connections: set[Any] = set()  # this process's WebSocket connections (ws.Connection)
         self.streams: set[Any] = set()  # this process's detached SSE streams (sse.Stream)
+        self.expiries = Expiries()  # WebSocket connections and SSE streams holding job tokens
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
 
@@ -69,6 +76,7 @@ class Relay:
                 if self.gw.config.ws_ping_interval:
                     threading.Thread(target=self._ping_forever, name="gateway-relay-ping", daemon=True).start()
                 threading.Thread(target=self._beat_forever, name="gateway-relay-heartbeat", daemon=True).start()
+                threading.Thread(target=self._expire_forever, name="gateway-relay-expiry", daemon=True).start()
 
     def _ping_forever(self) -> None:
         """Protocol pings to every WebSocket of this process, every ``ws_ping_interval`` seconds."""
@@ -86,6 +94,18 @@ class Relay:
             time.sleep(interval)
             for stream in list(self.streams):
                 stream.beat()
+
+    def _expire_forever(self) -> None:
+        """Every second: end the subscriptions whose job token has expired (``token_expired``)."""
+        clock = self.gw.auth.clock
+        while True:
+            time.sleep(EXPIRY_CHECK_SECONDS)
+            now = clock()
+            for watcher in self.expiries.take(now):
+                try:
+                    watcher.expire(now)
+                except Exception:  # one broken watcher never stops the others
+                    log.exception("ending an expired subscription failed")
 
     def watch(self, job_id: str, watcher: Watcher) -> None:
         """Tell ``watcher`` about each new version of ``job_id``, from whichever process commits it."""

@@ -4,7 +4,8 @@ Each event is ``id: <version>``, ``event: job``, ``data: <job JSON>``, encoded o
 snapshot by the hub. ``Last-Event-ID`` (sent by EventSource on reconnect) suppresses
 what the client already has; a heartbeat comment keeps proxies from timing the stream out;
 the stream ends after ``complete``, and a reconnect that already has the final version gets
-204, which tells EventSource to stop.
+204, which tells EventSource to stop. A stream opened with a job token ends when the token
+expires, with a ``token_expired`` event (the client renews its token and opens a new stream).
 
 Under gunicorn's gevent worker (an HTTP/1.1 GET) the stream holds no greenlet: the response
 head is written here, the socket leaves the request (see detached.py) and the hub writes each
@@ -15,6 +16,7 @@ loop. Under any other server the response body is a generator waiting on a ``Mai
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +40,12 @@ KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
 LAST_CHUNK = http_chunk(b"")
 
 
+def token_expired_event(job_id: str) -> bytes:
+    """The event that ends a stream whose token expired (EventSource: ``token_expired``)."""
+    data = json.dumps({"type": "error", "job": job_id, "code": "token_expired"}, separators=(",", ":"))
+    return f"event: token_expired\ndata: {data}\n\n".encode()
+
+
 def _last_event_id() -> int:
     raw = request.headers.get("Last-Event-ID", "").strip()
     return int(raw) if raw.isdigit() and len(raw) < 12 else -1
@@ -47,14 +55,14 @@ def _last_event_id() -> int:
 def stream(job_id: str) -> Response:
     """The job's changes as Server-Sent Events, from whichever process commits them."""
     gw = gateway()
-    gw.auth.require_job(request, job_id, "read")
+    who = gw.auth.require_job(request, job_id, "read")
     if not JOB_ID_RE.match(job_id):
         raise NotFound("no such job", code="job_not_found")
     relay = gw.relay
     last = _last_event_id()
     detach = request.method == "GET" and request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and \
         take_socket(request.environ, dry_run=True) is not None
-    watcher: Stream | Mailbox = Stream(relay, job_id, last) if detach else Mailbox()
+    watcher: Stream | Mailbox = Stream(relay, job_id, last, who.expires) if detach else Mailbox()
     relay.watch(job_id, watcher)
     try:
         snap = relay.hub.current(job_id)
@@ -68,21 +76,22 @@ def stream(job_id: str) -> Response:
     if isinstance(watcher, Stream):
         watcher.on_close = hand_over_connection_slot()
         return StreamResponse(watcher, snap, headers=headers, mimetype="text/event-stream")
-    body = _events(relay, job_id, watcher, snap, last, heartbeat_seconds(gw.config))
+    body = _events(relay, job_id, watcher, snap, last, heartbeat_seconds(gw.config), who.expires)
     return Response(body, mimetype="text/event-stream", headers=headers)
 
 
 class Stream(Detached):
     """One detached event stream: the hub's watcher of its job, writing chunks to the socket."""
 
-    __slots__ = ("relay", "job_id", "last", "pending")
+    __slots__ = ("relay", "job_id", "last", "pending", "expires")
 
-    def __init__(self, relay: Relay, job_id: str, last: int):
+    def __init__(self, relay: Relay, job_id: str, last: int, expires: int | None = None):
         super().__init__()
         self.relay = relay
         self.job_id = job_id
         self.last = last  # the newest version the client has
         self.pending: Snapshot | None = None  # delivered before the socket was ours
+        self.expires = expires  # the token's expiry (unix seconds); None: an API key
 
     def start(self, loop: Any, sock: Any, head: bytes, snap: Snapshot | None) -> None:
         """Write the response head and what the client lacks, then serve from the event loop."""
@@ -90,6 +99,8 @@ class Stream(Detached):
         self.relay.start()
         self.relay.gw.metrics.sse_streams.inc()
         self.relay.streams.add(self)
+        if self.expires is not None:
+            self.relay.expiries.add(self.expires, self)
         self.write(head + http_chunk(RETRY))
         for candidate in (snap, self.pending):
             if candidate is not None:
@@ -115,8 +126,15 @@ class Stream(Detached):
         """A heartbeat comment (called by the relay's heartbeat loop)."""
         self.write(KEEPALIVE_CHUNK)
 
+    def expire(self, now: float) -> None:
+        """The token expired (called by the relay's expiry loop): say so, and end the stream."""
+        if not self.closed:
+            self.end(http_chunk(token_expired_event(self.job_id)) + LAST_CHUNK)
+
     def _finished(self) -> None:
         relay = self.relay
+        if self.expires is not None:
+            relay.expiries.discard(self.expires, self)
         if self in relay.streams:
             relay.streams.discard(self)
             relay.gw.metrics.sse_streams.dec()
@@ -145,8 +163,11 @@ class StreamResponse(Response):
         raise StopIteration
 
 
-def _events(relay: Relay, job_id: str, box: Mailbox, snap: Snapshot | None, last: int, heartbeat: float) -> Iterator[bytes]:
-    """The stream's body; it unwatches when it ends or the client goes away (GeneratorExit)."""
+def _events(
+    relay: Relay, job_id: str, box: Mailbox, snap: Snapshot | None, last: int, heartbeat: float, expires: int | None
+) -> Iterator[bytes]:
+    """The stream's body; it unwatches when it ends, the token expires or the client goes away
+    (GeneratorExit)."""
     metrics = relay.gw.metrics
     metrics.sse_streams.inc()
     try:
@@ -157,7 +178,11 @@ def _events(relay: Relay, job_id: str, box: Mailbox, snap: Snapshot | None, last
                 last = snap.version
                 if snap.terminal:
                     return
-            snap = box.wait(heartbeat)
+            wait = heartbeat if expires is None else min(heartbeat, max(0.0, expires + 1 - relay.gw.auth.clock()))
+            snap = box.wait(wait)
+            if expires is not None and relay.gw.auth.clock() > expires:
+                yield token_expired_event(job_id)
+                return
             if snap is None:
                 yield KEEPALIVE
     finally:

@@ -58,7 +58,7 @@ class Connection(Detached):
     """One WebSocket: its subscriptions (job id → newest version sent) and the wsproto state of
     its frames, on a ``Detached`` socket."""
 
-    __slots__ = ("relay", "proto", "subs", "pinged", "pong_received", "parts", "parts_bytes")
+    __slots__ = ("relay", "proto", "subs", "pinged", "pong_received", "parts", "parts_bytes", "expiries", "due")
 
     def __init__(self, relay: Relay, proto: Protocol, sock: Any):
         super().__init__(sock)
@@ -69,6 +69,10 @@ class Connection(Detached):
         self.pong_received = True
         self.parts: list[Any] | None = None  # a message arriving in several frames
         self.parts_bytes = 0
+        # job id → its token's expiry, for subscriptions made with a job token: a (job, expiry)
+        # pair while there is one (the usual browser), a dict for several, None for none
+        self.expiries: tuple[str, int] | dict[str, int] | None = None
+        self.due: int | None = None  # the second this connection is filed under in relay.expiries
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -138,6 +142,8 @@ class Connection(Detached):
         if self not in relay.connections:
             return  # finished already
         relay.connections.discard(self)
+        if self.due is not None:
+            relay.expiries.discard(self.due, self)
         for job in list(self.subs):
             relay.unwatch(job, self)
         relay.gw.metrics.ws_subscriptions.dec(len(self.subs))
@@ -193,6 +199,7 @@ class Connection(Detached):
         if kind not in ("subscribe", "unsubscribe") or not isinstance(job, str) or not JOB_ID_RE.match(job):
             return self.error(job, "invalid_message")
         if kind == "unsubscribe":
+            self._ends_at(job, None)
             if self.subs.pop(job, None) is not None:
                 self.relay.unwatch(job, self)
                 self.relay.gw.metrics.ws_subscriptions.dec()
@@ -203,14 +210,16 @@ class Connection(Detached):
         token = msg.get("token")
         try:
             who = self.relay.gw.auth.principal(token if isinstance(token, str) else None)
-        except GatewayError:
-            return self.error(job, "forbidden")
+        except GatewayError as exc:
+            return self.error(job, "token_expired" if exc.code == "token_expired" else "forbidden")
         if not who.can(job, "read"):
             return self.error(job, "forbidden")
-        return self.subscribe(job, -1 if since is None else since)
+        return self.subscribe(job, -1 if since is None else since, who.expires)
 
-    def subscribe(self, job: str, since: int) -> None:
-        """Watch ``job``; its snapshot now if newer than ``since``, or ``pending`` if not known yet."""
+    def subscribe(self, job: str, since: int, expires: int | None = None) -> None:
+        """Watch ``job`` until ``expires`` (a job token's expiry; None: no end); its snapshot now
+        if newer than ``since``, or ``pending`` if not known yet. Subscribing again with a new
+        token moves the end."""
         if job not in self.subs:
             if len(self.subs) >= self.relay.gw.config.ws_max_subscriptions:
                 return self.error(job, "too_many_subscriptions")
@@ -219,6 +228,7 @@ class Connection(Detached):
             self.relay.gw.metrics.ws_subscriptions.inc()
         else:
             self.subs[job] = since
+        self._ends_at(job, expires)
         try:
             snap = self.relay.hub.current(job)
         except Exception:  # database unavailable: the subscription stands, the resync sends the snapshot
@@ -229,6 +239,55 @@ class Connection(Detached):
         elif self.subs.get(job) == since:  # nothing arrived meanwhile: not known yet
             self.send_message({"type": "pending", "job": job})
         return None
+
+
+    # -- token expiry (relay.expiries calls ``expire``) ------------------------------------------------
+
+    def _ends_at(self, job: str, expires: int | None) -> None:
+        """Remember when ``job``'s subscription ends (None: never); file the connection under
+        its earliest end."""
+        ends = self._expiry_items()
+        ends.pop(job, None)
+        if expires is not None:
+            ends[job] = expires
+        self._keep_expiries(ends)
+        if expires is not None and (self.due is None or expires < self.due):
+            if self.due is not None:
+                self.relay.expiries.discard(self.due, self)
+            self.due = expires
+            self.relay.expiries.add(expires, self)
+
+    def _expiry_items(self) -> dict[str, int]:
+        held = self.expiries
+        if held is None:
+            return {}
+        return dict([held]) if isinstance(held, tuple) else held
+
+    def _keep_expiries(self, ends: dict[str, int]) -> None:
+        self.expiries = None if not ends else next(iter(ends.items())) if len(ends) == 1 else ends
+
+    def expire(self, now: float) -> None:
+        """End the subscriptions whose token expired before ``now``, each with a ``token_expired``
+        error frame; with none left, close the connection (1008). A subscription renewed with a
+        later token stays, and the connection is filed under its next end."""
+        self.due = None
+        if self.closed or not self.expiries:
+            return
+        ends = self._expiry_items()
+        for job, at in list(ends.items()):
+            if at >= now:
+                continue
+            del ends[job]
+            if self.subs.pop(job, None) is not None:
+                self.relay.unwatch(job, self)
+                self.relay.gw.metrics.ws_subscriptions.dec()
+            self.error(job, "token_expired")
+        self._keep_expiries(ends)
+        if ends:
+            self.due = min(ends.values())
+            self.relay.expiries.add(self.due, self)
+        elif not self.subs:
+            self.end(self.proto.send(CloseConnection(CloseReason.POLICY_VIOLATION, "token expired")))
 
 
 def hard_limit(config: Any) -> int:

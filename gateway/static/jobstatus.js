@@ -9,7 +9,8 @@
 //                                    states: empty, loading, queued, processing, complete, failed.
 //
 // The interface is section 5 of the gateway's contract (docs/contract.md); the integration
-// guide is docs/integration.md.
+// guide is docs/integration.md. The same file is the npm package's main module (package.json
+// beside it; types in jobstatus.d.ts; React and Vue wrappers in react.js and vue.js).
 
 /** Polling delays in ms: 1 s → 2 s → 4 s → 8 s → 10 s ceiling; back to 1 s on a state change. */
 export const POLL_SCHEDULE = Object.freeze([1000, 2000, 4000, 8000, 10000]);
@@ -20,6 +21,7 @@ export const MAX_RECONNECTS = 5;
 /** A connection that lived at least this long resets the reconnect backoff when it drops. */
 const HEALTHY_MS = 10000;
 const REQUEST_TIMEOUT_MS = 15000;
+const MAX_TIMER_MS = 2 ** 31 - 1;   // setTimeout's ceiling (about 24.8 days)
 const TRANSPORTS = ["websocket", "sse", "poll"];
 
 /** The delay before reconnect attempt `n` (1-based): half fixed, half random ("equal jitter"). */
@@ -51,13 +53,32 @@ function isJob(value, id) {
  *   transports  the order to try, default ["websocket", "sse", "poll"]
  *   baseUrl     the gateway's origin when it is not the page's own (default: same origin)
  *   since       a version already shown; anything not newer is ignored
+ *   initial     a job JSON the page already has: shown at once, and only newer versions follow
+ *   getToken    async () → token | {token, expires_at}: called before the token expires and
+ *               when the gateway says `token_expired`; watching goes on from the last version
+ *   tokenExpiresAt  the token's expiry (unix seconds) if it cannot be read from the token
  */
 export function watchJob(id, options = {}) {
   return new JobWatcher(id, options);
 }
 
+/**
+ * A job token's expiry (unix seconds), read from its payload (the gateway's tokens are
+ * `base64url(JSON).signature` with the expiry in `x`); null when it cannot be read.
+ */
+export function tokenExpiry(token) {
+  const payload = typeof token === "string" ? token.split(".")[0] : "";
+  try {
+    const x = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/"))).x;
+    return Number.isInteger(x) ? x : null;
+  } catch {
+    return null;
+  }
+}
+
 class JobWatcher {
   #id; #token; #base; #onChange; #onTransport; #onError;
+  #getToken; #expiresAt = null; #renewing = null; #renewTimer = 0;
   #order; #index = 0;
   #job = null; #version; #pendingSent = false;
   #closed = false; #stopped = false;
@@ -69,17 +90,24 @@ class JobWatcher {
   #reported = "none";
 
   constructor(id, {token = "", onChange = () => {}, onTransport = () => {}, onError = () => {},
-                   transports = TRANSPORTS, baseUrl = "", since = 0} = {}) {
+                   transports = TRANSPORTS, baseUrl = "", since = 0, initial = null, getToken = null,
+                   tokenExpiresAt = null} = {}) {
     if (typeof id !== "string" || !id) throw new TypeError("watchJob needs a job id");
     this.#id = id;
-    this.#token = token;
     this.#base = String(baseUrl || "").replace(/\/+$/, "");
     this.#onChange = onChange;
     this.#onTransport = onTransport;
     this.#onError = onError;
+    this.#getToken = typeof getToken === "function" ? getToken : null;
     this.#version = Number.isInteger(since) ? since : 0;
+    if (isJob(initial, id) && initial.version > this.#version) {
+      this.#job = initial;         // the page's own snapshot: no callback, it is already shown
+      this.#version = initial.version;
+    }
     this.#order = transports.filter((t) => TRANSPORTS.includes(t) && supported(t));
     if (!this.#order.length && supported("poll")) this.#order = ["poll"];
+    this.#setToken(token, tokenExpiresAt);
+    if (this.#job && this.#job.state === "complete") { this.#stopAll(); return; }
     this.#startTransport();
   }
 
@@ -93,6 +121,7 @@ class JobWatcher {
   close() {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#renewTimer);
     this.#stopAll();
   }
 
@@ -101,6 +130,8 @@ class JobWatcher {
    * Resolves to {ok, status, code, message}; on success the queued job is shown at once.
    */
   async retry() {
+    // Polling waits at `failed` with no renewal running: a token that ran out meanwhile is renewed first.
+    if (this.#getToken && this.#expiresAt && Date.now() >= this.#expiresAt * 1000) await this.#renew();
     let res;
     try {
       res = await fetch(this.#url(`/api/jobs/${encodeURIComponent(this.#id)}/retry`), {
@@ -161,6 +192,58 @@ class JobWatcher {
     if (!this.#connectedAt) this.#connectedAt = Date.now();
   }
 
+  // -- tokens that expire ----------------------------------------------------------------------
+
+  #setToken(token, expiresAt) {
+    this.#token = token || "";
+    this.#expiresAt = Number.isFinite(expiresAt) ? expiresAt : tokenExpiry(this.#token);
+    clearTimeout(this.#renewTimer);
+    if (!this.#getToken || !this.#expiresAt || this.#closed) return;
+    // Renew a fifth of the remaining time (at most a minute) before the expiry.
+    const left = this.#expiresAt * 1000 - Date.now();
+    const wait = Math.max(0, left - Math.min(60000, left / 5));
+    if (wait < MAX_TIMER_MS) this.#renewTimer = setTimeout(() => this.#renewSoon(1), wait);  // longer would fire at once
+  }
+
+  /** A new token from getToken(); true once it is in use. One call at a time. */
+  #renew() {
+    if (!this.#renewing) {
+      this.#renewing = (async () => {
+        let got = null;
+        try { got = await this.#getToken(); } catch (err) { console.error("jobstatus: getToken threw", err); }
+        const token = typeof got === "string" ? got : got && got.token;
+        if (this.#closed || typeof token !== "string" || !token) return false;
+        this.#setToken(token, got.expires_at ?? got.expiresAt);
+        return true;
+      })().finally(() => { this.#renewing = null; });
+    }
+    return this.#renewing;
+  }
+
+  /** Before the expiry: the running transport carries on with the new token. */
+  async #renewSoon(attempt) {
+    const ok = await this.#renew();
+    if (this.#closed || this.#stopped) return;
+    if (!ok) {
+      const wait = reconnectDelay(attempt);
+      if (Date.now() + wait < this.#expiresAt * 1000) this.#renewTimer = setTimeout(() => this.#renewSoon(attempt + 1), wait);
+      return;                     // past the expiry the gateway says token_expired
+    }
+    const current = this.#current;
+    if (current && current.renewed) current.renewed();
+    else if (current) { current.stop(); this.#startTransport(); }
+  }
+
+  /** The gateway ended the subscription: the token expired. Renew and resume from the last version. */
+  async #expired(name) {
+    const message = "This status link has expired.";
+    if (!this.#getToken) return this.#denied("token_expired", message);
+    const current = this.#current;
+    if (current && current.name === name) current.stop();
+    if (!(await this.#renew())) return this.#denied("token_expired", message);
+    if (!this.#closed && !this.#stopped && this.#current === current) this.#startTransport();
+  }
+
   /** The transport ended without being asked to. */
   #lost(name) {
     if (this.#closed || this.#stopped || !this.#current || this.#current.name !== name) return;
@@ -216,9 +299,8 @@ class JobWatcher {
       return {name, stop() {}};
     }
     let stopped = false;
-    ws.onopen = () => {
-      ws.send(JSON.stringify({type: "subscribe", job: this.#id, token: this.#token, since: this.#version}));
-    };
+    const subscribe = () => ws.send(JSON.stringify({type: "subscribe", job: this.#id, token: this.#token, since: this.#version}));
+    ws.onopen = subscribe;
     ws.onmessage = (event) => {
       let msg;
       try { msg = JSON.parse(event.data); } catch { return; }
@@ -230,7 +312,9 @@ class JobWatcher {
         this.#connected(name);
         this.#pending();
       } else if (msg.type === "error" && (msg.job === this.#id || msg.job === null)) {
-        if (msg.code === "forbidden" || msg.code === "unauthorized" || msg.code === "invalid_token" || msg.code === "token_expired") {
+        if (msg.code === "token_expired") {
+          this.#expired(name);
+        } else if (msg.code === "forbidden" || msg.code === "unauthorized" || msg.code === "invalid_token") {
           this.#denied(msg.code, msg.message || "This status link is not valid for this job.");
         } else if (msg.code === "too_many_subscriptions") {
           this.#lost(name);       // this connection cannot take us: try the next transport
@@ -241,6 +325,7 @@ class JobWatcher {
     ws.onerror = () => { /* a close event always follows */ };
     return {
       name,
+      renewed() { if (ws.readyState === WebSocket.OPEN) subscribe(); },   // same socket, new token
       stop() {
         stopped = true;
         ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
@@ -267,6 +352,7 @@ class JobWatcher {
       this.#accept(job);
     });
     es.addEventListener("pending", () => this.#pending());
+    es.addEventListener("token_expired", () => this.#expired(name));
     es.onerror = () => {
       // CONNECTING after an open stream: the browser reconnects by itself and sends
       // Last-Event-ID. CLOSED, or an error before the stream ever opened: ours to handle.
@@ -315,6 +401,10 @@ class JobWatcher {
       } else if (res && (res.status === 401 || res.status === 403)) {
         let error = {};
         try { error = (await res.json()).error || {}; } catch { /* no body */ }
+        if (error.code === "token_expired" && this.#getToken && await this.#renew()) {
+          if (!stopped && !this.#closed) queueMicrotask(poll);
+          return;
+        }
         this.#denied(error.code || String(res.status), error.message || "This status link is not valid for this job.");
         return;
       } else if (res && (res.status === 429 || res.status === 503)) {
@@ -333,6 +423,7 @@ class JobWatcher {
     queueMicrotask(poll);
     return {
       name,
+      renewed() { /* the next request carries the new token */ },
       stop: () => {
         stopped = true;
         if (this.#pollAbort) this.#pollAbort.abort();
@@ -352,11 +443,13 @@ class JobWatcher {
   #resume() {
     this.#stopped = false;
     this.#pollStep = 0;
+    this.#setToken(this.#token, this.#expiresAt);
     this.#startTransport();
   }
 
   #stopAll() {
     this.#stopped = true;
+    clearTimeout(this.#renewTimer);
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
     if (this.#current) this.#current.stop();
@@ -380,41 +473,96 @@ class JobWatcher {
 
 // -- presentation ----------------------------------------------------------------------------------
 
-const NUMBER = new Intl.NumberFormat("en-US");
-const fmt = (n) => NUMBER.format(n);
+/**
+ * Every message the element (and the React component) shows, in English. Replace any of them
+ * with the `messages` property (or option): a string with {placeholders}, or a function of the
+ * same values. Numbers arrive already formatted with Intl for the page's language.
+ */
+export const MESSAGES = Object.freeze({
+  empty: "Starting job…",
+  loading: "Checking status…",
+  unavailable: "Status unavailable",
+  queued: "Queued",
+  queuedPosition: "Queued — position {position}",
+  queuedPositionOf: "Queued — position {position} of {total}",
+  processing: "Processing…",
+  processingStep: "Processing — {step}",
+  processingCount: "Processing {unit} {current}…",
+  processingCountStep: "Processing {unit} {current} — {step}",
+  processingOf: "Processing {unit} {current} of {total}…",
+  processingOfStep: "Processing {unit} {current} of {total} — {step}",
+  complete: "Complete",
+  failed: "Failed — {message}",
+  failedUnknown: "the job did not finish",
+  retryHint: "You can retry it, or contact support with the job id {id}.",
+  noRetryHint: "This failure cannot be retried; contact support with the job id {id}.",
+  expired: "Live updates stopped: this status link has expired. Reload the page to get a new one.",
+  denied: "Live updates stopped: this page's status link is not valid for this job.",
+  retryRefused: "This job can no longer be retried.",
+  retryFailed: "Retry did not go through: {message}",
+  retry: "Retry",
+  viewResult: "View result",
+  contactSupport: "Contact support",
+  progress: "Progress",
+  progressStep: "Progress: {step}",
+  progressValue: "{current} of {total}",
+  supportSubject: "Job {id} failed",
+  unit: "row",
+});
+
 const known = (n) => typeof n === "number" && Number.isFinite(n);
+const formats = new Map();
+
+/** `key`'s message (see MESSAGES) with its {placeholders} filled; numbers formatted for `locale`. */
+export function message(key, values = {}, {messages, locale} = {}) {
+  const template = (messages && messages[key] != null ? messages[key] : MESSAGES[key]);
+  const cacheKey = locale || "";
+  if (!formats.has(cacheKey)) {
+    let f;
+    try { f = new Intl.NumberFormat(locale || undefined); } catch { f = new Intl.NumberFormat(); }
+    formats.set(cacheKey, f);
+  }
+  const number = formats.get(cacheKey);
+  const shown = {};
+  for (const [k, v] of Object.entries(values)) shown[k] = known(v) ? number.format(v) : v;
+  if (typeof template === "function") return String(template(shown));
+  return String(template).replace(/\{(\w+)\}/g, (m, k) => (k in shown ? String(shown[k]) : m));
+}
 
 /**
  * The one line of text a person reads for a job (null = not known yet), and the view state:
  * one of "empty", "loading", "queued", "processing", "complete", "failed".
+ * Options: hasId, unit, messages (see MESSAGES), locale (default: the browser's).
  */
-export function describe(job, {hasId = true, unit = "row"} = {}) {
-  if (!hasId) return {state: "empty", text: "Starting job…"};
-  if (!job) return {state: "loading", text: "Checking status…"};
+export function describe(job, {hasId = true, unit, messages, locale} = {}) {
+  const o = {messages, locale};
+  if (!hasId) return {state: "empty", text: message("empty", {}, o)};
+  if (!job) return {state: "loading", text: message("loading", {}, o)};
   switch (job.state) {
     case "queued": {
       const q = job.queue || {};
-      if (!known(q.position)) return {state: "queued", text: "Queued"};
-      const of = known(q.total) && q.total >= q.position ? ` of ${fmt(q.total)}` : "";
-      return {state: "queued", text: `Queued — position ${fmt(q.position)}${of}`};
+      if (!known(q.position)) return {state: "queued", text: message("queued", {}, o)};
+      const of = known(q.total) && q.total >= q.position;
+      return {state: "queued", text: message(of ? "queuedPositionOf" : "queuedPosition", {position: q.position, total: q.total}, o)};
     }
     case "processing": {
       const p = job.progress || {};
       const step = typeof p.step === "string" && p.step ? p.step : null;
-      let text = "Processing";
-      if (known(p.current) && known(p.total) && p.total > 0) text += ` ${unit} ${fmt(p.current)} of ${fmt(p.total)}`;
-      else if (known(p.current)) text += ` ${unit} ${fmt(p.current)}`;
-      text += step ? ` — ${step}` : "…";
-      return {state: "processing", text};
+      let key = "processing";
+      if (known(p.current) && known(p.total) && p.total > 0) key = "processingOf";
+      else if (known(p.current)) key = "processingCount";
+      if (step) key = key === "processing" ? "processingStep" : key + "Step";
+      const values = {unit: unit || message("unit", {}, o), current: p.current, total: p.total, step};
+      return {state: "processing", text: message(key, values, o)};
     }
     case "complete":
-      return {state: "complete", text: "Complete"};
+      return {state: "complete", text: message("complete", {}, o)};
     case "failed": {
       const e = job.error || {};
-      return {state: "failed", text: `Failed — ${e.message || "the job did not finish"}`};
+      return {state: "failed", text: message("failed", {message: e.message || message("failedUnknown", {}, o)}, o)};
     }
     default:
-      return {state: "loading", text: "Checking status…"};
+      return {state: "loading", text: message("loading", {}, o)};
   }
 }
 
@@ -427,6 +575,40 @@ export function safeUrl(raw) {
   } catch {
     return null;
   }
+}
+
+/**
+ * Everything the element shows for a job, as data (the React component renders the same):
+ * {state, text, label, progress: {value, max, text, label} | null, detail, alert, retryable,
+ * resultUrl, supportHref}. `notice` (a message key or text) replaces the detail line, as an alert.
+ */
+export function present(job, {jobId = "", denied = false, notice = "", supportEmail = "support@example.com",
+                              unit, messages, locale} = {}) {
+  const o = {messages, locale};
+  const described = describe(job, {hasId: Boolean(jobId), unit, messages, locale});
+  const {state} = described;
+  const text = state === "loading" && denied ? message("unavailable", {}, o) : described.text;
+  const p = state === "processing" ? job.progress || {} : {};
+  let progress = null;
+  if (known(p.current) && known(p.total) && p.total > 0) {
+    const value = Math.min(p.current, p.total);
+    progress = {value, max: p.total, text: message("progressValue", {current: value, total: p.total}, o),
+                label: p.step ? message("progressStep", {step: p.step}, o) : message("progress", {}, o)};
+  }
+  const error = state === "failed" ? job.error || {} : null;
+  const retryable = Boolean(error) && error.retryable !== false;
+  let detail = notice ? (notice in MESSAGES ? message(notice, {}, o) : notice) : "";
+  if (!detail && error) detail = message(retryable ? "retryHint" : "noRetryHint", {id: jobId}, o);
+  let supportHref = null;
+  if (state === "failed") {
+    const subject = message("supportSubject", {id: jobId}, o);
+    const body = `Job id: ${jobId}\nError: ${error.code || "unknown"}: ${error.message || ""}\nAttempt: ${job.attempt}\n`;
+    supportHref = `mailto:${encodeURIComponent(supportEmail).replace(/%40/g, "@")}?subject=${encodeURIComponent(subject)}&body=${encodeURIComponent(body)}`;
+  }
+  return {
+    state, text, label: job && job.label ? String(job.label) : "", progress, detail, alert: Boolean(notice),
+    retryable, resultUrl: state === "complete" && job.result ? safeUrl(job.result.url) : null, supportHref,
+  };
 }
 
 const STYLE = `
@@ -474,19 +656,22 @@ a { color: var(--job-status-link, var(--job-status-accent, #0969da)); }
 @media (prefers-reduced-motion: reduce) { [part~="bar"] { transition: none; } }
 `;
 
-const ICONS = {empty: "…", loading: "…", queued: "◔", processing: "▶", complete: "✓", failed: "✕"};
+export const ICONS = Object.freeze({empty: "…", loading: "…", queued: "◔", processing: "▶", complete: "✓", failed: "✕"});
 
 /**
  * <job-status job-id="job_…" token="…" support-email="help@example.com">
  *
  * Attributes: job-id, token (browser token; retry scope for the Retry button), support-email,
  * base-url (the gateway when not same-origin), transports ("websocket,sse,poll"), unit ("row").
- * Reflects `state` ("empty" | "loading" | "queued" | "processing" | "complete" | "failed") and
- * `transport` on itself, and fires a `job-change` event {detail: {state, job}} on every change.
+ * Properties: `messages` (replace any of MESSAGES), `initial` (the job JSON the page already
+ * has; also read from a child <script type="application/json">), `getToken` (see watchJob).
+ * Numbers are formatted for the nearest `lang` attribute. Reflects `state` ("empty" |
+ * "loading" | "queued" | "processing" | "complete" | "failed") and `transport` on itself, and
+ * fires a `job-change` event {detail: {state, job}} on every change.
  * Style with CSS custom properties (--job-status-*) and ::part(box | label | text | icon |
  * detail | progress | bar | actions | retry | support | result).
  */
-export class JobStatusElement extends HTMLElement {
+export class JobStatusElement extends (globalThis.HTMLElement || class {}) {   // importable where there is no DOM (SSR)
   static observedAttributes = ["job-id", "token", "base-url", "transports", "support-email", "unit"];
 
   #watcher = null;
@@ -496,6 +681,9 @@ export class JobStatusElement extends HTMLElement {
   #notice = "";
   #denied = false;                 // the gateway refused the token: nothing is being checked any more
   #lastAnnounced = "";
+  #messages = null;
+  #initial = null;
+  #getToken = null;
 
   constructor() {
     super();
@@ -508,13 +696,20 @@ export class JobStatusElement extends HTMLElement {
         <div part="progress" role="progressbar" aria-valuemin="0" hidden><div part="bar"></div></div>
         <p part="detail" hidden></p>
         <div part="actions" hidden>
-          <a part="result" hidden>View result</a>
-          <button part="retry" type="button" hidden>Retry</button>
-          <a part="support" hidden>Contact support</a>
+          <a part="result" hidden></a>
+          <button part="retry" type="button" hidden></button>
+          <a part="support" hidden></a>
         </div>
       </div>`;
     for (const el of root.querySelectorAll("[part]")) this.#parts[el.getAttribute("part")] = el;
     this.#parts.retry.addEventListener("click", () => this.#retry());
+    for (const name of ["messages", "initial", "getToken"]) {   // set on the element before it was defined
+      if (Object.prototype.hasOwnProperty.call(this, name)) {
+        const value = this[name];
+        delete this[name];
+        this[name] = value;
+      }
+    }
   }
 
   /** The job as last seen (null before the first answer). */
@@ -522,6 +717,18 @@ export class JobStatusElement extends HTMLElement {
 
   /** The watcher's transport: "websocket" | "sse" | "poll" | "none". */
   get transport() { return this.#watcher ? this.#watcher.transport : "none"; }
+
+  /** Replacements for any of MESSAGES' keys (strings with {placeholders}, or functions). */
+  get messages() { return this.#messages; }
+  set messages(value) { this.#messages = value && typeof value === "object" ? value : null; this.#render(); }
+
+  /** The job JSON the page already has, shown on the first frame (only newer versions follow). */
+  get initial() { return this.#initial; }
+  set initial(job) { this.#initial = job || null; if (this.isConnected) this.#scheduleRestart(); }
+
+  /** async () → token | {token, expires_at}: renews the token before it expires (see watchJob). */
+  get getToken() { return this.#getToken; }
+  set getToken(fn) { this.#getToken = typeof fn === "function" ? fn : null; }
 
   connectedCallback() { this.#scheduleRestart(); }
 
@@ -543,13 +750,23 @@ export class JobStatusElement extends HTMLElement {
     queueMicrotask(() => { this.#restartQueued = false; this.#restart(); });
   }
 
+  /** The snapshot handed over by the page for this job id: the `initial` property or inline JSON. */
+  #snapshot(id) {
+    let job = this.#initial;
+    const inline = this.querySelector(":scope > script[type='application/json']");
+    if (!job && inline) {
+      try { job = JSON.parse(inline.textContent); } catch { job = null; }
+    }
+    return job && job.id === id && Number.isInteger(job.version) ? job : null;
+  }
+
   #restart() {
     if (this.#watcher) this.#watcher.close();
     this.#watcher = null;
-    this.#job = null;              // never show a previous job's state
+    const id = this.getAttribute("job-id");
+    this.#job = id ? this.#snapshot(id) : null;   // never show a previous job's state
     this.#notice = "";
     this.#denied = false;
-    const id = this.getAttribute("job-id");
     this.#render();
     if (!id || !this.isConnected) return;
     const transports = (this.getAttribute("transports") || "").split(",").map((s) => s.trim()).filter(Boolean);
@@ -557,13 +774,13 @@ export class JobStatusElement extends HTMLElement {
       token: this.getAttribute("token") || "",
       baseUrl: this.getAttribute("base-url") || "",
       transports: transports.length ? transports : undefined,
+      initial: this.#job,
+      getToken: this.#getToken ? () => this.#getToken() : null,
       onChange: (job) => { this.#job = job; this.#notice = ""; this.#render(); },
       onTransport: (name) => this.setAttribute("transport", name),
       onError: ({code}) => {
         this.#denied = true;
-        this.#notice = code === "token_expired"
-          ? "Live updates stopped: this status link has expired. Reload the page to get a new one."
-          : "Live updates stopped: this page's status link is not valid for this job.";
+        this.#notice = code === "token_expired" ? "expired" : "denied";
         this.#render();
       },
     });
@@ -580,63 +797,57 @@ export class JobStatusElement extends HTMLElement {
     button.disabled = false;
     button.removeAttribute("aria-busy");
     if (!outcome.ok) {
-      this.#notice = outcome.status === 409 ? "This job can no longer be retried." : `Retry did not go through: ${outcome.message}`;
+      this.#notice = outcome.status === 409 ? "retryRefused" : message("retryFailed", {message: outcome.message}, this.#words());
     }
     this.#render();
   }
 
+  #words() {
+    const lang = this.closest("[lang]");
+    return {messages: this.#messages, locale: (lang && lang.getAttribute("lang")) || undefined};
+  }
+
   #render() {
     const p = this.#parts;
-    const id = this.getAttribute("job-id");
+    const id = this.getAttribute("job-id") || "";
     const job = this.#job;
-    const described = describe(job, {hasId: Boolean(id), unit: this.getAttribute("unit") || "row"});
-    const {state} = described;
-    const text = state === "loading" && this.#denied ? "Status unavailable" : described.text;
+    const words = this.#words();
+    const view = present(job, {
+      jobId: id, denied: this.#denied, notice: this.#notice, unit: this.getAttribute("unit") || undefined,
+      supportEmail: this.getAttribute("support-email") || undefined, ...words,
+    });
+    const {state} = view;
     p.box.dataset.state = state;
     p.icon.textContent = ICONS[state];
-    if (p.message.textContent !== text) p.message.textContent = text;
+    if (p.message.textContent !== view.text) p.message.textContent = view.text;
 
-    p.label.textContent = job && job.label ? job.label : "";
-    p.label.hidden = !p.label.textContent;
+    p.label.textContent = view.label;
+    p.label.hidden = !view.label;
 
-    const progress = state === "processing" ? job.progress || {} : {};
-    const hasTotals = known(progress.current) && known(progress.total) && progress.total > 0;
-    p.progress.hidden = !hasTotals;
-    if (hasTotals) {
-      const now = Math.min(progress.current, progress.total);
-      p.progress.setAttribute("aria-valuemax", String(progress.total));
-      p.progress.setAttribute("aria-valuenow", String(now));
-      p.progress.setAttribute("aria-valuetext", `${fmt(now)} of ${fmt(progress.total)}`);
-      p.progress.setAttribute("aria-label", progress.step ? `Progress: ${progress.step}` : "Progress");
-      p.bar.style.width = `${(100 * now) / progress.total}%`;
+    const progress = view.progress;
+    p.progress.hidden = !progress;
+    if (progress) {
+      p.progress.setAttribute("aria-valuemax", String(progress.max));
+      p.progress.setAttribute("aria-valuenow", String(progress.value));
+      p.progress.setAttribute("aria-valuetext", progress.text);
+      p.progress.setAttribute("aria-label", progress.label);
+      p.bar.style.width = `${(100 * progress.value) / progress.max}%`;
     } else {
       for (const a of ["aria-valuemax", "aria-valuenow", "aria-valuetext"]) p.progress.removeAttribute(a);
     }
 
-    const error = state === "failed" ? job.error || {} : null;
-    const retryable = Boolean(error) && error.retryable !== false;
-    let detail = this.#notice;
-    if (!detail && error) {
-      detail = retryable ? "You can retry it, or contact support with the job id " + id + "." : "This failure cannot be retried; contact support with the job id " + id + ".";
-    }
-    p.detail.textContent = detail;
-    p.detail.hidden = !detail;
-    p.detail.setAttribute("role", this.#notice ? "alert" : "note");
+    p.detail.textContent = view.detail;
+    p.detail.hidden = !view.detail;
+    p.detail.setAttribute("role", view.alert ? "alert" : "note");
 
-    const resultUrl = state === "complete" && job.result ? safeUrl(job.result.url) : null;
-    p.result.hidden = !resultUrl;
-    if (resultUrl) p.result.href = resultUrl; else p.result.removeAttribute("href");
-
-    p.retry.hidden = !retryable;
-    p.support.hidden = state !== "failed";
-    if (state === "failed") {
-      const email = this.getAttribute("support-email") || "support@example.com";
-      const subject = `Job ${id} failed`;
-      const body = `Job id: ${id}\nError: ${error.code || "unknown"}: ${error.message || ""}\nAttempt: ${job.attempt}\n`;
-      p.support.href = `mailto:${encodeURIComponent(email).replace(/%40/g, "@")}?subject=${encodeURIComponent(subject)}&body=${encodeURIComponent(body)}`;
-    } else {
-      p.support.removeAttribute("href");
-    }
+    p.result.textContent = message("viewResult", {}, words);
+    p.retry.textContent = message("retry", {}, words);
+    p.support.textContent = message("contactSupport", {}, words);
+    p.result.hidden = !view.resultUrl;
+    if (view.resultUrl) p.result.href = view.resultUrl; else p.result.removeAttribute("href");
+    p.retry.hidden = !view.retryable;
+    p.support.hidden = !view.supportHref;
+    if (view.supportHref) p.support.href = view.supportHref; else p.support.removeAttribute("href");
     p.actions.hidden = p.result.hidden && p.retry.hidden && p.support.hidden;
 
     if (this.getAttribute("state") !== state) this.setAttribute("state", state);
