@@ -52,14 +52,13 @@ def database_problem(url: str) -> str | None:
 
     Reads only: a SQLite file that does not exist is reported, never created."""
     from sqlalchemy.exc import SQLAlchemyError
-    from sqlalchemy.pool import NullPool
 
     from gateway.migrate import current_revision, head_revision
 
     path = sqlite_path(url)
     if path is not None and not os.path.exists(path):
         return f"database: no SQLite file at {path} (create it with `gateway migrate`)"
-    engine = make_engine(url, poolclass=NullPool) if path is not None else make_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    engine = make_engine(url)
     try:
         current = current_revision(engine)
     except SQLAlchemyError as exc:
