@@ -99,7 +99,7 @@ def test_postgres_urls_as_hosts_hand_them_out_are_accepted(tmp_path: Path, pg_ur
 def test_migrate_says_what_it_applied_then_that_nothing_was_left(tmp_path: Path) -> None:
     env = env_for(tmp_path, GOOD_SOURCE, {})
     first = gateway("migrate", cwd=tmp_path, env=env)
-    assert first.returncode == 0 and "applied 3 migration(s)" in first.stderr and "0001" in first.stderr
+    assert first.returncode == 0 and "migration(s) to sqlite" in first.stderr and "0001" in first.stderr
     again = gateway("migrate", cwd=tmp_path, env=env)
     assert again.returncode == 0 and "already up to date" in again.stderr and "applied" not in again.stderr
     assert gateway("check", cwd=tmp_path, env=env).returncode == 0
