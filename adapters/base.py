@@ -101,6 +101,12 @@ class Adapter(ABC):
     def parse(self, request: WebhookRequest) -> list[ProviderEvent]:
         """The provider events in a verified body; PayloadError if it cannot be read."""
 
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        """(provider event, the state it maps to) rows from the adapter's own mapping, for
+        docs/sources.md and ``gateway adapters --markdown``; [] when the adapter has none to show."""
+        return []
+
     def details_request(self, event: ProviderEvent, api_key: str | None) -> DetailsRequest | None:
         """For thin payloads: the provider API call that tells the rest. None: nothing to fetch."""
         return None

@@ -205,11 +205,17 @@ def token(job_id: str, scopes: tuple[str, ...], ttl: int | None) -> None:
 
 
 @main.command()
-def adapters() -> None:
+@click.option("--markdown", is_flag=True, help="print each adapter's event → state table (docs/sources.md holds them)")
+def adapters(markdown: bool) -> None:
     """List installed adapters, and plugins that failed to load."""
     from adapters.registry import load_registry
 
     registry = load_registry()
+    if markdown:
+        from adapters.tables import state_tables_markdown
+
+        click.echo(state_tables_markdown(registry))
+        return
     for name in sorted(registry.adapters):
         click.echo(f"{name:<16} {registry.origins[name]}")
     for name, why in sorted(registry.broken.items()):
