@@ -230,7 +230,7 @@ class JobWatcher {
         this.#connected(name);
         this.#pending();
       } else if (msg.type === "error" && (msg.job === this.#id || msg.job === null)) {
-        if (msg.code === "forbidden" || msg.code === "unauthorized" || msg.code === "invalid_token" || msg.code === "token_expired") {
+        if (msg.code === "forbidden" || msg.code === "unauthorized" || msg.code === "invalid_token" || msg.code === "invalid_api_key" || msg.code === "token_expired") {
           this.#denied(msg.code, msg.message || "This status link is not valid for this job.");
         } else if (msg.code === "too_many_subscriptions") {
           this.#lost(name);       // this connection cannot take us: try the next transport
