@@ -236,7 +236,10 @@ def sources(as_json: bool) -> None:
         _echo_json(rows)
         return
     if not rows:
-        click.echo(f"no sources configured ({_resolution().describe()})")
+        found = _resolution()
+        hint = "" if found.config_path else (" — point GATEWAY_CONFIG or --config at the server's file, or create gateway.toml here "
+                                              "(docs/sources.md; for `make serve`'s demo: set -a; . config/demo.env; set +a)")
+        click.echo(f"no sources configured ({found.describe()}){hint}")
         return
     click.echo(_table(
         [[r["name"], r["adapter"], r["secrets_env"], f"{r['secrets_set']} set" if r["secrets_set"] else "NOT SET",
