@@ -163,7 +163,8 @@ def serve(host: str, port: int, workers: int, worker_connections: int, timeout: 
     """Run the gateway under gunicorn's gevent worker (config: gateway/gunicorn_conf.py)."""
     from gateway.check import run_checks
 
-    failed = [c for c in run_checks(os.environ, _resolution())[0] if not c.ok]
+    found = _resolution()
+    failed = [c for c in run_checks(os.environ, found)[0] if not c.ok]
     if failed:  # here, with the key named, before gunicorn forks a worker or anything says "listening"
         raise click.ClickException(f"cannot serve: {failed[0].detail}")
     from gateway.migrate import ROOT
@@ -184,6 +185,10 @@ def serve(host: str, port: int, workers: int, worker_connections: int, timeout: 
     if access_log is not None:
         env["GATEWAY_ACCESS_LOG"] = "1" if access_log else ""
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if found.config_path:  # the workers open exactly what was checked, wherever they start
+        env["GATEWAY_CONFIG"] = os.path.abspath(found.config_path)
+    env["DATABASE_URL"] = found.database_url
+    click.echo(f"{found.describe()}", err=True)
     click.echo(f"gateway listening on http://{host}:{port}/ ({workers} workers)", err=True)
     os.execvpe(args[0], args, env)
 

@@ -139,3 +139,38 @@ def test_flags_come_before_the_environment(tmp_path: Path) -> None:
     out = gateway("--config", str(cfg), "--database-url", f"sqlite:///{tmp_path / 'f.db'}", "-v", "sources", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert "(from --config)" in out.stderr and "(from --database-url)" in out.stderr
+
+
+def test_serve_from_a_subfolder_uses_the_project_file_and_its_database(tmp_path: Path) -> None:
+    import time
+
+    import requests
+
+    from tests.conftest import API_KEY
+
+    write_config(tmp_path / "gateway.toml")
+    sub = tmp_path / "app" / "web"
+    sub.mkdir(parents=True)
+    assert gateway("migrate", cwd=sub, env=TEST_ENV).returncode == 0  # creates the database beside gateway.toml
+    assert (tmp_path / "gateway.db").exists() and not (sub / "gateway.db").exists()
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    base = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_CONFIG", "DATABASE_URL")}
+    proc = subprocess.Popen([GATEWAY, "serve", "--port", str(port), "--workers", "1"], cwd=sub, env={**base, **TEST_ENV},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        r = requests.post(url + "/api/jobs", json={"source": "worker", "external_id": "sub-1"}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+        assert r.status_code == 201, (tmp_path / "serve.log").read_text()[-2000:]
+        out = gateway("find", "sub-1", cwd=tmp_path, env=TEST_ENV)  # the CLI, from the project root, sees the same job
+        assert out.returncode == 0 and r.json()["job"]["id"] in out.stdout
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(10)
