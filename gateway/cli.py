@@ -20,17 +20,17 @@ from gateway.errors import ConfigError
 from gateway.send import send
 
 
-def _flags() -> dict[str, Any]:
-    ctx = click.get_current_context(silent=True)
+def _flags(ctx: click.Context | None = None) -> dict[str, Any]:
+    ctx = ctx or click.get_current_context(silent=True)
     root = ctx.find_root() if ctx else None
     return (root.obj if root is not None and isinstance(root.obj, dict) else None) or {}
 
 
-def _resolution():  # type: ignore[no-untyped-def]
+def _resolution(ctx: click.Context | None = None):  # type: ignore[no-untyped-def]
     """Where this command finds its configuration and database: the server's order (gateway.config.resolve)."""
     from gateway.config import resolve
 
-    flags = _flags()
+    flags = _flags(ctx)
     return resolve(config_flag=flags.get("config"), database_flag=flags.get("database_url"))
 
 
@@ -83,7 +83,7 @@ class _Main(click.Group):
         except click.UsageError:
             raise
         except click.ClickException as exc:
-            exc.message = f"{exc.message}\n({_resolution().describe()})"
+            exc.message = f"{exc.message}\n({_resolution(ctx).describe()})"
             raise
 
 
