@@ -38,6 +38,7 @@ migrate: $(SERVE_STAMP)
 
 serve: migrate
 	@echo "Demo: open http://$(HOST):$(PORT)/  (API key: $$GATEWAY_API_KEYS)"
+	@echo "Send a signed Stripe event from another shell: set -a; . config/demo.env; set +a; .venv/bin/gateway send stripe payment_intent.succeeded"
 	$(VENV)/bin/gateway serve --host $(HOST) --port $(PORT) --workers 2
 
 # Chromium comes from Debian's package; Playwright drives it, it never downloads a browser.

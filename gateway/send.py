@@ -31,7 +31,7 @@ def sample_table(adapter: str) -> list[list[str]]:
 @click.command()
 @click.argument("source")
 @click.argument("event_type", required=False)
-@click.option("--list", "list_only", is_flag=True, help="show the source's event types and the state each maps to")
+@click.option("--list", "list_only", is_flag=True, help="show the source's (or a built-in adapter's) event types and the state each maps to")
 @click.option("--external-id", default=None, help="the provider's id of the thing (default: a fresh one); reuse it to move one job on")
 @click.option("--to", "to_url", default=None, help=f"the gateway's base URL (default: GATEWAY_URL, else {DEFAULT_URL})")
 @click.option("--no-register", is_flag=True, help="do not register the job first (as when the provider reports a job your backend never registered)")
@@ -44,6 +44,9 @@ def send(source: str, event_type: str | None, list_only: bool, external_id: str 
 
     config = _config(strict=False)
     sc = config.sources.get(source)
+    if sc is None and list_only and sample_table(source):  # an adapter's name: its events, no source needed
+        click.echo(_table(sample_table(source), ["EVENT", "PROVIDER TYPE", "STATE"]))
+        return
     if sc is None:
         from gateway.config import did_you_mean
 

@@ -81,6 +81,11 @@ def test_list_shows_each_event_and_its_state(tmp_path: Path) -> None:
     assert "(no state: ignored)" in out.output
 
 
+def test_list_takes_an_adapter_name_without_any_configuration(tmp_path: Path) -> None:
+    out = CliRunner(env={"GATEWAY_CONFIG": "", "DATABASE_URL": ""}).invoke(main, ["send", "--list", "mux"])
+    assert out.exit_code == 0 and "video.asset.ready" in out.output
+
+
 def test_unknown_source_and_event_say_what_exists(tmp_path: Path) -> None:
     out = run(tmp_path, "send", "strpe", "payment_intent.succeeded")
     assert out.exit_code == 1 and "did you mean 'stripe'" in out.output
