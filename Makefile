@@ -2,33 +2,43 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SERVE_STAMP := $(VENV)/.installed-serve-$(SUM)
+STAMP  := $(VENV)/.installed-test-$(SUM)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-# Demo-only settings for `make serve`; a real deployment sets its own in the environment.
-export GATEWAY_CONFIG      ?= $(CURDIR)/config/demo.toml
-export GATEWAY_SECRET_KEY  ?= demo-only-secret-key-do-not-use-in-production
-export GATEWAY_API_KEYS    ?= demo-api-key
-export DEMO_WEBHOOK_SECRETS ?= whsec_ZGVtby1vbmx5LXNpbXVsYXRvci1zZWNyZXQtMzJi
+# Demo-only settings for `make serve` (config/demo.env; a shell reads the same file with
+# `set -a; . config/demo.env; set +a`). A value already in the environment wins.
+DEMO_ENV := $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' config/demo.env)
+$(foreach v,$(DEMO_ENV),$(eval export $(v) ?= $(shell sed -n 's/^$(v)=//p' config/demo.env)))
 export GATEWAY_DEMO_URL    ?= http://$(HOST):$(PORT)
 
 .PHONY: setup serve test migrate bench browser-deps client-deps clean fuzz trust
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+# `make serve` installs what serving needs; `make setup` / `make test` add the test extra.
+$(SERVE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	rm -f $(VENV)/.installed-serve-*
+	touch $@
+
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-*
-	touch $@
+	touch $@ $(SERVE_STAMP)
 
 setup: $(STAMP)
 
-migrate: setup
+migrate: $(SERVE_STAMP)
 	$(VENV)/bin/gateway migrate
 
 serve: migrate
 	@echo "Demo: open http://$(HOST):$(PORT)/  (API key: $$GATEWAY_API_KEYS)"
+	@echo "Send a signed Stripe event from another shell: set -a; . config/demo.env; set +a; .venv/bin/gateway send stripe payment_intent.succeeded"
 	$(VENV)/bin/gateway serve --host $(HOST) --port $(PORT) --workers 2
 
 # Chromium comes from Debian's package; Playwright drives it, it never downloads a browser.

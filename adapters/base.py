@@ -8,6 +8,8 @@ Those two errors are the only ones an adapter may let out.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import time
@@ -88,6 +90,13 @@ class Adapter(ABC):
     name: ClassVar[str] = ""
     #: options this adapter accepts besides the common ones; unknown keys are a config error
     options_schema: ClassVar[Mapping[str, type]] = {}
+    #: False for a provider that authenticates a delivery with a fixed token in a header or with
+    #: HTTP basic auth instead of signing the body (use ``check_header_token``). Such a delivery
+    #: proves who sent it, not what was sent nor when: whoever sees one request can post any body
+    #: until the token is rotated. The conformance kit then checks what still applies (the
+    #: constant-time compare, near-miss tokens, rotation, a missing header); docs/adapters.md
+    #: "Providers that sign no body" has the whole weaker guarantee.
+    signs_body: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any] | None = None, *, tolerance: int = 300):
         self.options = dict(options or {})
@@ -100,6 +109,12 @@ class Adapter(ABC):
     @abstractmethod
     def parse(self, request: WebhookRequest) -> list[ProviderEvent]:
         """The provider events in a verified body; PayloadError if it cannot be read."""
+
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        """(provider event, the state it maps to) rows from the adapter's own mapping, for
+        docs/sources.md and ``gateway adapters --markdown``; [] when the adapter has none to show."""
+        return []
 
     def details_request(self, event: ProviderEvent, api_key: str | None) -> DetailsRequest | None:
         """For thin payloads: the provider API call that tells the rest. None: nothing to fetch."""
@@ -159,6 +174,28 @@ def constant_time_in(candidate: str | bytes, expected: Sequence[str | bytes]) ->
         exp = item.encode() if isinstance(item, str) else item
         found |= hmac.compare_digest(cand, exp)
     return found
+
+
+def check_header_token(request: WebhookRequest, secrets: Sequence[str], header: str, *, scheme: str = "") -> None:
+    """For ``signs_body = False`` adapters: ``header`` must carry one of ``secrets`` (after
+    ``scheme``, e.g. ``Bearer``), compared in constant time. With ``scheme="Basic"`` the header's
+    base64 ``user:password`` is decoded and compared with secrets written ``user:password``.
+    SignatureError when the header is missing, malformed or matches no secret."""
+    value = (request.header(header) or "").strip()
+    if not value:
+        raise SignatureError(f"missing {header} header")
+    if scheme:
+        given_scheme, _, value = value.partition(" ")
+        if given_scheme.lower() != scheme.lower() or not value.strip():
+            raise SignatureError(f"{header} is not {scheme} <credentials>")
+        value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise SignatureError(f"{header} is not valid Basic credentials") from None
+    if not constant_time_in(value.encode("utf-8", "replace"), [s.encode("utf-8") for s in secrets]):
+        raise SignatureError(f"{header} matches no active secret")
 
 
 def utc_from_unix(seconds: float) -> datetime:

@@ -110,6 +110,12 @@ class GitHubAdapter(Adapter):
 
     name = "github"
 
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        return ([(f"`{'` / `'.join(OBJECTS)}` action `{action}`", s.value) for action, s in ACTION_STATES.items()]
+                + [(f"action `completed`, conclusion `{c}`", s.value) for c, s in CONCLUSION_STATES.items()]
+                + [("any other conclusion", F.value)])
+
     def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
         header = request.header(SIGNATURE_HEADER)
         if not header:

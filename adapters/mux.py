@@ -59,6 +59,10 @@ class MuxAdapter(Adapter):
 
     name = "mux"
 
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        return [(f"`{etype}`", s.value) for etype, s in EVENT_STATES.items()]
+
     def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
         header = request.header(SIGNATURE_HEADER)
         if not header:

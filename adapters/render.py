@@ -120,6 +120,12 @@ class RenderAdapter(Adapter):
 
     name = "render"
 
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        return ([(f"`{etype}`", s.value) for etype, s in STARTED.items()]
+                + [(f"`{etype}`, {outcome}", s.value) for etype, ends in ENDED.items() for outcome, s in ends.items()]
+                + [(f"`{etype}`", F.value) for etype in FAILED_AT_ONCE])
+
     def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
         verify_standard(request, secrets, self)
 

@@ -98,6 +98,10 @@ class ReplicateAdapter(Adapter):
 
     name = "replicate"
 
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        return [(f"`status` `{status}`", s.value) for status, s in STATUS_STATES.items()]
+
     def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
         verify_standard(request, secrets, self)
 

@@ -154,6 +154,10 @@ class StandardAdapter(Adapter):
 
     name = "standard"
 
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        return [(f"`\"state\": \"{s.value}\"`", s.value) for s in State]
+
     def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
         verify_standard(request, secrets, self)
 

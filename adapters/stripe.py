@@ -26,7 +26,7 @@ Q, P, C, F = State.QUEUED, State.PROCESSING, State.COMPLETE, State.FAILED
 
 
 def _checkout_completed(obj: Mapping[str, Any]) -> State:
-    # paid at once (card) or nothing to pay: complete; delayed methods finish later
+    """complete when paid at once (card) or nothing to pay, else processing (a delayed method finishes later)"""
     return C if obj.get("payment_status") in ("paid", "no_payment_required") else P
 
 
@@ -80,6 +80,10 @@ class StripeAdapter(Adapter):
     """Stripe events for PaymentIntents, Checkout Sessions, Invoices and report runs."""
 
     name = "stripe"
+
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        return [(f"`{etype}`", rule.value if isinstance(rule, State) else (rule.__doc__ or "").strip()) for etype, rule in EVENT_STATES.items()]
 
     def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
         header = request.header(SIGNATURE_HEADER)

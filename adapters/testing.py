@@ -22,6 +22,13 @@ future timestamp are rejected with ``SignatureError``; either of two rotating se
 accepted; ``parse`` is deterministic and returns well-formed events; fuzzed bodies and headers
 only ever raise ``SignatureError`` / ``PayloadError``; each sample maps to its stated state.
 
+An adapter with ``signs_body = False`` (a fixed header token or basic auth: see
+``adapters.base.Adapter.signs_body``) cannot fail a tampered body or a stale timestamp, so those
+are skipped, and what still applies is checked instead: the token is compared in constant time
+(``hmac.compare_digest``, e.g. through ``check_header_token``; checked for every adapter), a near miss (one character off,
+a prefix, an extension) is refused, a missing header is refused, and rotation works. Its
+``sign`` returns the headers carrying the token, whatever the body.
+
 This module needs pytest and hypothesis (the gateway's ``test`` extra); the gateway itself
 never imports it.
 """
@@ -29,11 +36,13 @@ never imports it.
 from __future__ import annotations
 
 import copy
+import hmac
 import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar
+from unittest import mock
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
@@ -154,7 +163,15 @@ class AdapterConformance:
             events = adapter.parse(req)
             assert events, "a verified sample must give at least one event"
 
+    def _signs_body(self) -> bool:
+        return self.adapter_class.signs_body
+
+    def _signs_timestamp(self) -> bool:
+        return self.signs_timestamp and self._signs_body()
+
     def test_rejects_tampered_body(self) -> None:
+        if not self._signs_body():
+            pytest.skip("signs_body = False: the token does not cover the body (the weaker guarantee, docs/adapters.md)")
         adapter = self.make_adapter()
         for body in self._sample_bodies():
             req = self.request(body)
@@ -177,7 +194,7 @@ class AdapterConformance:
             adapter.verify(WebhookRequest(req.body, {}, req.url), list(self.secrets))
 
     def test_rejects_stale_timestamp(self) -> None:
-        if not self.signs_timestamp:
+        if not self._signs_timestamp():
             pytest.skip("this provider signs no timestamp; replays are caught by dedup on the event id")
         adapter = self.make_adapter()
         req = self.request(self._sample_bodies()[0], timestamp=int(time.time()) - self.tolerance - 30)
@@ -185,7 +202,7 @@ class AdapterConformance:
             adapter.verify(req, list(self.secrets))
 
     def test_rejects_future_timestamp(self) -> None:
-        if not self.signs_timestamp:
+        if not self._signs_timestamp():
             pytest.skip("this provider signs no timestamp; replays are caught by dedup on the event id")
         adapter = self.make_adapter()
         req = self.request(self._sample_bodies()[0], timestamp=int(time.time()) + self.tolerance + 30)
@@ -193,7 +210,7 @@ class AdapterConformance:
             adapter.verify(req, list(self.secrets))
 
     def test_accepts_timestamp_within_tolerance(self) -> None:
-        if not self.signs_timestamp:
+        if not self._signs_timestamp():
             pytest.skip("this provider signs no timestamp")
         adapter = self.make_adapter()
         for skew in (-self.tolerance + 30, self.tolerance - 30):
@@ -206,6 +223,31 @@ class AdapterConformance:
             adapter.verify(self.request(body, secret=secret), list(self.secrets))
         with pytest.raises(SignatureError):  # and a retired secret no longer verifies
             adapter.verify(self.request(body, secret=self.secrets[0]), [self.secrets[1]])
+
+    def test_refuses_a_near_miss_token(self) -> None:
+        """A token one character off, cut short or extended is refused like a wrong one."""
+        if self._signs_body():
+            pytest.skip("signed bodies: a near-miss secret gives an unrelated signature (test_rejects_wrong_secret)")
+        adapter = self.make_adapter()
+        secret = self.secrets[0]
+        near = {secret[:-1], secret + "x", secret[:-1] + chr(ord(secret[-1]) ^ 1), secret.swapcase(), " " + secret + "\x00"} - {secret, ""}
+        for token in near:
+            with pytest.raises(SignatureError):
+                adapter.verify(self.request(self._sample_bodies()[0], secret=token), list(self.secrets))
+
+    def test_compares_in_constant_time(self) -> None:
+        """The signature or token is checked with ``hmac.compare_digest`` (never ``==`` or
+        ``startswith``), for an accepted and for a refused delivery alike."""
+        adapter = self.make_adapter()
+        for secret, accepted in ((self.secrets[1], True), (self.wrong_secret, False)):
+            with mock.patch.object(hmac, "compare_digest", wraps=hmac.compare_digest) as spy:
+                try:
+                    adapter.verify(self.request(self._sample_bodies()[0], secret=secret), list(self.secrets))
+                    verified = True
+                except SignatureError:
+                    verified = False
+            assert verified is accepted
+            assert spy.call_count >= 1, "the signature or token must be compared with hmac.compare_digest"
 
     def test_parse_is_deterministic(self) -> None:
         adapter = self.make_adapter()

@@ -91,6 +91,11 @@ class TwilioAdapter(Adapter):
 
     name = "twilio"
 
+    @classmethod
+    def state_table(cls) -> list[tuple[str, str]]:
+        return ([(f"message `MessageStatus={status}`", s.value) for status, s in MESSAGE_STATES.items()]
+                + [(f"call `CallStatus={status}`", s.value) for status, s in CALL_STATES.items()])
+
     def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
         given = request.header(SIGNATURE_HEADER)
         if not given:

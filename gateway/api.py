@@ -218,11 +218,14 @@ def trace(job_id: str) -> Any:
     gw.auth.require_api_key(request)
     from gateway.trace import build_trace
 
-    data = build_trace(gw.store, job_id)
-    if data is None:
-        from gateway.support import suggest
+    from gateway.support import resolve_job
 
-        hints = [h.as_dict() for h in suggest(gw.store, job_id)]
-        body = {"error": {"code": "job_not_found", "message": "no such job" + ("; closest matches in suggestions" if hints else "")}, "suggestions": hints}
-        return jsonify(body), 404
+    data = build_trace(gw.store, job_id)
+    if data is None:  # an external id or provider event id naming one job, as `gateway trace` takes
+        resolved, _, found = resolve_job(gw.store, job_id)
+        data = build_trace(gw.store, resolved) if resolved else None
+        if data is None:
+            hints = [h.as_dict() for h in found]
+            body = {"error": {"code": "job_not_found", "message": "no such job" + ("; closest matches in suggestions" if hints else "")}, "suggestions": hints}
+            return jsonify(body), 404
     return jsonify(data)

@@ -7,6 +7,8 @@ accepted as ``?token=`` because EventSource cannot set headers.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
 import hmac
@@ -41,6 +43,18 @@ class Principal:
 def fingerprint(secret: str) -> str:
     """A short, non-reversible name for a credential, for logs and the trace."""
     return hashlib.sha256(secret.encode()).hexdigest()[:10]
+
+
+def looks_like_job_token(credential: str) -> bool:
+    """True when ``credential`` has a job token's shape (``<base64 JSON>.<signature>``), so a
+    refusal can say "invalid token" to a browser and "unknown API key" to an integrator."""
+    payload, dot, signature = credential.rpartition(".")
+    if not dot or not payload or not signature or len(credential) > MAX_TOKEN_LENGTH:
+        return len(credential) > MAX_TOKEN_LENGTH
+    try:
+        return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).startswith(b"{")
+    except (binascii.Error, ValueError):
+        return False
 
 
 class Auth:
@@ -95,6 +109,8 @@ class Auth:
             raise Unauthorized("missing credentials: Authorization: Bearer <api key or job token>")
         if self.is_api_key(credential):
             return Principal("api_key", name="key:" + fingerprint(credential))
+        if not looks_like_job_token(credential):
+            raise Unauthorized("unknown API key: it is not one of the gateway's API keys (GATEWAY_API_KEYS)", code="invalid_api_key")
         return self._job_token(credential)
 
     def from_request(self, request: Request) -> Principal:

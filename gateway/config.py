@@ -1,21 +1,31 @@
-"""Configuration: a TOML file (path in GATEWAY_CONFIG) plus environment variables.
+"""Configuration: a TOML file plus environment variables, found the same way by the server and
+every CLI command (``resolve``):
 
-Secrets come only from the environment. Every problem raises ConfigError naming the key,
-so a broken configuration stops start-up with a message an operator can act on.
+- the configuration file: ``--config`` (CLI flag), else ``GATEWAY_CONFIG``, else the project
+  file ``gateway.toml`` in the working directory or the nearest folder above it, else none;
+- the database: ``--database-url``, else ``DATABASE_URL``, else the SQLite file ``gateway.db``
+  beside the project file, else ``gateway.db`` in the working directory.
+
+Secrets come only from the environment. Every problem raises ConfigError naming the key (and
+the closest known key when one was misspelt), so a broken configuration stops start-up with a
+message an operator can act on.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from gateway.db import default_database_url
+from gateway.db import default_database_url, normalise_database_url, safe_url
 from gateway.errors import ConfigError
 
+PROJECT_FILE = "gateway.toml"
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_SOURCES = {"gateway", "api"}  # used for events the gateway records itself
 
@@ -63,6 +73,60 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "max_connections_per_address": (int, 500),
     "body_timeout": (int, 30),
 }
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where the configuration file and the database were found, and why (for ``--verbose`` and errors)."""
+
+    config_path: str | None
+    config_from: str
+    database_url: str
+    database_from: str
+
+    def describe(self) -> str:
+        """One line naming both, the database URL without its password."""
+        where = f"{self.config_path} (from {self.config_from})" if self.config_path else f"none ({self.config_from})"
+        return f"configuration: {where}; database: {safe_url(self.database_url)} (from {self.database_from})"
+
+
+def resolve(env: Mapping[str, str] | None = None, *, config_flag: str | None = None, database_flag: str | None = None,
+            cwd: str | None = None) -> Resolution:
+    """Find the configuration file and the database in the documented order (module docstring)."""
+    env = os.environ if env is None else env
+    here = Path(cwd or os.getcwd())
+    project = _project_file(here)
+    if config_flag:
+        path, origin = config_flag, "--config"
+    elif env.get("GATEWAY_CONFIG"):
+        path, origin = env["GATEWAY_CONFIG"], "GATEWAY_CONFIG"
+    elif project is not None:
+        path, origin = str(project), f"the project file {PROJECT_FILE}"
+    else:
+        path, origin = None, f"no --config, GATEWAY_CONFIG or {PROJECT_FILE} in {here} or above"
+    if database_flag:
+        url, db_origin = database_flag, "--database-url"
+    elif env.get("DATABASE_URL"):
+        url, db_origin = env["DATABASE_URL"], "DATABASE_URL"
+    elif project is not None and path == str(project):
+        url, db_origin = "sqlite:///" + str(project.parent / "gateway.db"), f"default: beside {PROJECT_FILE}"
+    else:
+        url, db_origin = default_database_url(str(here)), "default: the working directory"
+    return Resolution(path, origin, normalise_database_url(url), db_origin)
+
+
+def _project_file(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        candidate = folder / PROJECT_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +184,7 @@ class Config:
     max_connections_per_address: int = 500
     body_timeout: int = 30
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    resolution: Resolution | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # never print secrets
         return f"Config(database={self.database_url.split('@')[-1]!r}, sources={sorted(self.sources)!r})"
@@ -139,28 +204,37 @@ def _typed(key: str, value: Any, kind: type) -> Any:
     return value
 
 
-def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True) -> Config:
-    """Read GATEWAY_CONFIG and the environment. ``strict=False`` tolerates unset secrets (CLI listings)."""
+def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True, resolution: Resolution | None = None) -> Config:
+    """Read the configuration file and the environment, found by ``resolve`` unless ``resolution``
+    is given. ``strict=False`` tolerates unset secrets (CLI listings)."""
     env = dict(os.environ if env is None else env)
+    found = resolution or resolve(env)
     data: dict[str, Any] = {}
-    path = env.get("GATEWAY_CONFIG")
+    path = found.config_path
+    key = found.config_from if found.config_from in ("--config", "GATEWAY_CONFIG") else PROJECT_FILE
     if path:
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"GATEWAY_CONFIG: no such file {path!r}") from None
+            raise ConfigError(f"{key}: no such file {path!r}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{key}: {path!r} is a folder, not a TOML file") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"GATEWAY_CONFIG: {path} is not valid TOML: {exc}") from None
+            raise ConfigError(f"{key}: {path} is not valid TOML: {exc}") from None
     unknown = set(data) - {"gateway", "sources"}
     if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown section (expected [gateway] and [sources.<name>])")
+        name = sorted(unknown)[0]
+        raise ConfigError(f"{name}: unknown section{did_you_mean(name, ['gateway', 'sources'])} "
+                          "(expected [gateway] and [sources.<name>])")
+    if not isinstance(data.get("gateway", {}), dict) or not isinstance(data.get("sources", {}), dict):
+        raise ConfigError("gateway: expected a table ([gateway] and [sources.<name>])")
 
     gw = data.get("gateway", {})
     settings: dict[str, Any] = {}
     for key, value in gw.items():
         if key not in GATEWAY_KEYS:
-            raise ConfigError(f"gateway.{key}: unknown setting")
+            raise ConfigError(f"gateway.{key}: unknown setting{did_you_mean(key, GATEWAY_KEYS)}")
         settings[key] = _typed(f"gateway.{key}", value, GATEWAY_KEYS[key][0])
     origins = settings.pop("allowed_origins", [])
     if not all(isinstance(o, str) for o in origins):
@@ -177,11 +251,12 @@ def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True) ->
         raise ConfigError("GATEWAY_SECRET_KEY: not set or shorter than 16 characters (it signs browser tokens)")
     return Config(
         secret_key=secret_key,
-        database_url=env.get("DATABASE_URL") or default_database_url(),
+        database_url=found.database_url,
         api_keys=_split(env.get("GATEWAY_API_KEYS")),
         sources=sources,
         allowed_origins=tuple(origins),
         env=env,
+        resolution=found,
         **settings,
     )
 
@@ -199,6 +274,10 @@ def _source(name: str, raw: Any, env: Mapping[str, str], strict: bool) -> Source
             common[key] = _typed(f"{where}.{key}", value, COMMON_SOURCE_KEYS[key])
         else:
             options[key] = value
+    for key in options:
+        hint = did_you_mean(key, set(COMMON_SOURCE_KEYS) - set(common), cutoff=0.8)
+        if hint:  # a misspelt common key, named before the "required" it would otherwise cause
+            raise ConfigError(f"{where}.{key}: unknown setting{hint}")
     if not common.get("adapter"):
         raise ConfigError(f"{where}.adapter: required")
     if not common.get("secrets_env") and not common.get("secrets_file"):

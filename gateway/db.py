@@ -20,13 +20,39 @@ READ_ONLY = "gateway_read_only"  # execution option: a transaction that only rea
 PING_AFTER_IDLE_S = 2.0  # a pooled PostgreSQL connection idle this long is pinged before use
 
 
-def default_database_url() -> str:
-    """The SQLite file under the working directory, as an absolute URL."""
-    return "sqlite:///" + os.path.join(os.getcwd(), "gateway.db")
+def default_database_url(folder: str | None = None) -> str:
+    """The SQLite file ``gateway.db`` in ``folder`` (the working directory), as an absolute URL."""
+    return "sqlite:///" + os.path.join(folder or os.getcwd(), "gateway.db")
+
+
+def normalise_database_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` (what most hosts hand out) as ``postgresql+psycopg://``,
+    the driver the gateway ships with; any other URL unchanged."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL: show only what follows the credentials
+        return url.split("@")[-1]
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a SQLite URL names (None for other databases and in-memory ones)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return os.path.abspath(parsed.database)
 
 
 def make_engine(url: str, **kw: Any) -> Engine:
     """An engine for ``url`` with the settings each backend needs for several writer processes."""
+    url = normalise_database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None}, **kw)

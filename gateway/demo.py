@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, render_template, request
+from flask import Blueprint, Flask, current_app, render_template, request
 
 from gateway.context import Gateway, gateway
 from gateway.errors import BadRequest, Conflict, NotFound
@@ -59,6 +59,14 @@ def index() -> Any:
     if not gw.config.demo:
         return render_template("index.html")
     return render_template("demo.html", support_email=gw.config.support_email, demo_ready=DEMO_SOURCE in gw.sources)
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Any:
+    """The gateway's icon (an SVG), where browsers look for it before reading the page."""
+    response = current_app.send_static_file("favicon.svg")
+    response.cache_control.max_age = 86400
+    return response
 
 
 @bp.post("/demo/jobs")

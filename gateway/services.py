@@ -14,7 +14,7 @@ from adapters.base import Adapter
 from adapters.registry import Registry
 from gateway.auth import Auth
 from gateway.background import Background
-from gateway.config import Config, SourceConfig
+from gateway.config import COMMON_SOURCE_KEYS, Config, SourceConfig, did_you_mean
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 from gateway.store import Store
@@ -53,7 +53,8 @@ def build_sources(config: Config, registry: Registry) -> dict[str, Source]:
         if cls is None:
             why = registry.broken.get(sc.adapter)
             installed = ", ".join(sorted(registry.adapters)) or "none"
-            detail = f"failed to load ({why})" if why else f"not installed (installed: {installed})"
+            hint = did_you_mean(sc.adapter, registry.adapters)
+            detail = f"failed to load ({why})" if why else f"not installed{hint} (installed: {installed})"
             raise ConfigError(f"sources.{name}.adapter: adapter {sc.adapter!r} {detail}")
         options = dict(sc.options)
         for key in ("public_url", "api_base", "api_key_env"):
@@ -62,7 +63,8 @@ def build_sources(config: Config, registry: Registry) -> dict[str, Source]:
         allowed = set(cls.options_schema) | {"public_url", "api_base", "api_key_env"}
         for key in sc.options:
             if key not in allowed:
-                raise ConfigError(f"sources.{name}.{key}: unknown setting for adapter {sc.adapter!r}")
+                hint = did_you_mean(key, allowed | set(COMMON_SOURCE_KEYS))
+                raise ConfigError(f"sources.{name}.{key}: unknown setting for adapter {sc.adapter!r}{hint}")
         try:
             adapter = cls(options, tolerance=config.signature_tolerance)
         except (ValueError, TypeError, KeyError) as exc:

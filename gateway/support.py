@@ -112,6 +112,21 @@ def suggest(store: Store, text: str, limit: int = 5) -> list[Found]:
     return out[:limit]
 
 
+def resolve_job(store: Store, text: str) -> tuple[str | None, Found | None, list[Found]]:
+    """The job ``text`` names, as the CLI and the trace API take it: a job id, or an external id or
+    provider event id that names exactly one job. Returns (job id or None, the match when it was
+    not the job id itself, the closest matches for a message)."""
+    text = text.strip()
+    with store.reading() as session:
+        if session.get(Job, text) is not None:
+            return text, None, []
+    hints = suggest(store, text)
+    exact = [h for h in hints if h.exact]
+    if len(exact) == 1:
+        return exact[0].job_id, exact[0], hints
+    return None, None, hints
+
+
 def list_deliveries(
     store: Store,
     *,

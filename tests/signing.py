@@ -1,4 +1,6 @@
-"""Signing webhooks exactly as each provider does, with the providers' own code where it exists."""
+"""Signing webhooks exactly as each provider does: the signers are adapters.signing (shared with
+``gateway send``); Twilio's here is the twilio SDK's own ``RequestValidator``, the oracle that
+adapters.signing.twilio_signature is tested against."""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-import stripe
-from standardwebhooks.webhooks import Webhook
+from adapters.signing import github_headers, mux_headers, standard_headers, stripe_headers  # noqa: F401  (re-exported)
 
 STANDARD_SECRET = "whsec_" + base64.b64encode(b"test-standard-secret-0123456789ab").decode()
 STANDARD_SECRET_2 = "whsec_" + base64.b64encode(b"test-standard-secret-rotated-9876").decode()
@@ -18,24 +19,9 @@ STRIPE_SECRET = "whsec_test_stripe_endpoint_secret_1"
 STRIPE_SECRET_2 = "whsec_test_stripe_endpoint_secret_2"
 
 
-def standard_headers(secret: str, body: bytes | str, msg_id: str | None = None, ts: float | None = None) -> dict[str, str]:
-    """Standard Webhooks headers made by the ``standardwebhooks`` library's own signer."""
-    data = body.decode() if isinstance(body, bytes) else body
-    msg_id = msg_id or "msg_" + uuid.uuid4().hex
-    when = datetime.fromtimestamp(int(ts if ts is not None else time.time()), tz=timezone.utc)
-    signature = Webhook(secret).sign(msg_id=msg_id, timestamp=when, data=data)
-    return {"webhook-id": msg_id, "webhook-timestamp": str(int(when.timestamp())), "webhook-signature": signature, "content-type": "application/json"}
-
-
 def standard_body(external_id: str, state: str, occurred_at: str | None = None, **fields: Any) -> str:
     body = {"external_id": external_id, "state": state, "occurred_at": occurred_at or iso_now(), **fields}
     return json.dumps(body)
-
-
-def stripe_headers(secret: str, body: str, ts: int | None = None) -> dict[str, str]:
-    """``Stripe-Signature`` made by the official SDK's test helper."""
-    header = stripe.WebhookSignature.generate_signature_header(body, secret, timestamp=ts if ts is not None else int(time.time()))
-    return {"Stripe-Signature": header, "content-type": "application/json"}
 
 
 def stripe_event(etype: str, obj: dict[str, Any], event_id: str | None = None, created: int | None = None) -> str:
@@ -66,29 +52,6 @@ RENDER_SECRET = "whsec_" + base64.b64encode(b"test-render-secret-0123456789abcd"
 RENDER_SECRET_2 = "whsec_" + base64.b64encode(b"test-render-secret-rotated-98765").decode()
 #: the URL Twilio signs for the test source behind a (pretend) TLS proxy
 TWILIO_PUBLIC_URL = "https://gw.example.com/webhooks/twilio"
-
-
-def github_headers(secret: str, body: bytes, event: str, delivery: str | None = None) -> dict[str, str]:
-    """``X-Hub-Signature-256`` exactly as GitHub's docs compute it: ``sha256=`` + hex HMAC-SHA256 of the body."""
-    import hashlib
-    import hmac
-
-    digest = hmac.new(secret.encode("utf-8"), msg=body, digestmod=hashlib.sha256).hexdigest()
-    return {
-        "X-Hub-Signature-256": "sha256=" + digest, "X-GitHub-Event": event,
-        "X-GitHub-Delivery": delivery or str(uuid.uuid4()), "Content-Type": "application/json",
-        "User-Agent": "GitHub-Hookshot/8fe3c0f",
-    }
-
-
-def mux_headers(secret: str, body: bytes, ts: int | None = None) -> dict[str, str]:
-    """``Mux-Signature: t=…,v1=…`` as Mux documents it: hex HMAC-SHA256 of ``{t}.{body}``."""
-    import hashlib
-    import hmac
-
-    t = str(int(time.time()) if ts is None else ts)
-    digest = hmac.new(secret.encode("utf-8"), t.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return {"Mux-Signature": f"t={t},v1={digest}", "Content-Type": "application/json"}
 
 
 def twilio_headers(token: str, url: str, params: Any) -> dict[str, str]:

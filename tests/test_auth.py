@@ -53,3 +53,23 @@ def test_the_memory_is_bounded_and_scoped_to_its_secret() -> None:
     auth.principal(token)
     with pytest.raises(Unauthorized):  # another app, another secret: nothing carried over
         Auth("rotated-secret-0123456789abcdefghij", [], 3600, clock=Clock()).principal(token)
+
+
+def test_a_wrong_api_key_says_so_and_a_damaged_token_says_token() -> None:
+    auth = Auth(SECRET, ["the-right-api-key-0123"], 3600, clock=Clock())
+    token, _ = auth.issue("job_a")
+    for wrong in ("the-wrong-api-key-0123", "sk.live.with.dots", "the-right-api-key-012"):
+        with pytest.raises(Unauthorized) as err:
+            auth.principal(wrong)
+        assert err.value.code == "invalid_api_key" and "API key" in err.value.message, wrong
+        assert "token" not in err.value.message
+    with pytest.raises(Unauthorized) as err:
+        auth.principal(token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
+    assert err.value.code == "invalid_token"
+
+
+def test_the_api_answers_a_wrong_key_in_the_contracts_shape(client) -> None:
+    r = client.post("/api/jobs", json={"source": "worker", "external_id": "x"}, headers={"Authorization": "Bearer not-a-key"})
+    assert r.status_code == 401
+    assert r.get_json() == {"error": {"code": "invalid_api_key", "message": r.get_json()["error"]["message"]}}
+    assert "unknown API key" in r.get_json()["error"]["message"]

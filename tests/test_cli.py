@@ -99,7 +99,9 @@ def test_token_adapters_and_migrate(client: Any, db_url: str, tmp_path: Path) ->
     assert "standard" in out.stdout and "stripe" in out.stdout
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     out = cli(fresh, tmp_path, "migrate")
-    assert out.returncode == 0 and "up to date" in out.stderr
+    assert out.returncode == 0 and re.search(r"applied \d+ migration\(s\)", out.stderr) and "0001 " in out.stderr
+    out = cli(fresh, tmp_path, "migrate")
+    assert out.returncode == 0 and "already up to date" in out.stderr
 
 
 # -- pruning -------------------------------------------------------------------------------------
@@ -178,3 +180,20 @@ def test_a_database_without_schema_is_a_message_not_a_traceback(tmp_path: Path) 
         out = cli(empty, tmp_path, *args)
         assert out.returncode == 1, (args, out.stderr)
         assert "gateway migrate" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_deliveries_job_and_the_trace_api_take_an_external_id(client: Any, db_url: str, tmp_path: Path) -> None:
+    ext = "order-" + uuid.uuid4().hex[:10]
+    job_id = register(client, external_id=ext)["job"]["id"]
+    event_id, _ = deliver(client, ext, "processing")
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    for name in (job_id, ext, event_id):
+        r = client.get(f"/api/jobs/{name}/trace", headers=key)
+        assert r.status_code == 200 and r.get_json()["job"]["id"] == job_id, name
+        out = cli(db_url, tmp_path, "deliveries", "--job", name, "--json")
+        assert out.returncode == 0, out.stderr
+        assert [r["job_id"] for r in json.loads(out.stdout)] == [job_id]
+    r = client.get(f"/api/jobs/no-such-{ext}/trace", headers=key)
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "job_not_found"
+    out = cli(db_url, tmp_path, "deliveries", "--job", f"no-such-{ext}")
+    assert out.returncode == 1 and "no job" in out.stderr

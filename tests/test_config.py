@@ -63,7 +63,8 @@ def test_the_shipped_example_and_demo_configs_load(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    env = {**ENV, "STRIPE_WEBHOOK_SECRETS": "whsec_x", "WORKER_WEBHOOK_SECRETS": "whsec_eA==", "DEMO_WEBHOOK_SECRETS": "whsec_eA=="}
+    env = {**ENV, "STRIPE_WEBHOOK_SECRETS": "whsec_x", "WORKER_WEBHOOK_SECRETS": "whsec_eA==", "DEMO_WEBHOOK_SECRETS": "whsec_eA==",
+           "DEMO_STRIPE_WEBHOOK_SECRETS": "whsec_x"}
     for name in ("example.toml", "demo.toml"):
         config = load_config({**env, "GATEWAY_CONFIG": str(root / "config" / name)})
         build_sources(config, load_registry())

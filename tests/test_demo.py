@@ -73,3 +73,14 @@ def test_a_batch_shows_both_endings_and_progress_without_totals():
     fates = [plan_fate(i) for i in range(6)]
     assert sum(f == "fail" for f, _ in fates) == 2 and sum(f == "complete" for f, _ in fates) == 4
     assert any(not counted for _, counted in fates) and any(counted for _, counted in fates)
+
+
+def test_the_favicon_is_served_not_a_404(client):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.content_type.startswith("image/svg+xml") and b"<svg" in r.get_data()
+    assert 'rel="icon"' in client.get("/").get_data(as_text=True)
+
+
+def test_the_demo_page_starts_a_small_batch_by_itself(db_url, tmp_path):
+    html = demo_app(db_url, tmp_path).test_client().get("/").get_data(as_text=True)
+    assert 'data-autostart="3"' in html

@@ -80,4 +80,9 @@ if (shared.get("job") && shared.get("token")) {
   list.prepend(card.item);
   emptyList.hidden = true;
   card.watch(shared.get("job"), shared.get("token"));
+} else {
+  // A first look already shows jobs moving: a small batch starts with the page (?start=0: none).
+  const first = Number(new URLSearchParams(location.search).get("start") ?? list.dataset.autostart ?? 0);
+  const button = document.getElementById("start-batch");
+  if (first > 0 && !button.disabled) start(Math.min(first, 12), button);
 }

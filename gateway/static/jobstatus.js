@@ -314,7 +314,7 @@ class JobWatcher {
       } else if (msg.type === "error" && (msg.job === this.#id || msg.job === null)) {
         if (msg.code === "token_expired") {
           this.#expired(name);
-        } else if (msg.code === "forbidden" || msg.code === "unauthorized" || msg.code === "invalid_token") {
+        } else if (msg.code === "forbidden" || msg.code === "unauthorized" || msg.code === "invalid_token" || msg.code === "invalid_api_key") {
           this.#denied(msg.code, msg.message || "This status link is not valid for this job.");
         } else if (msg.code === "too_many_subscriptions") {
           this.#lost(name);       // this connection cannot take us: try the next transport

@@ -23,13 +23,18 @@ from tests.conftest import TEST_ENV, make_config, register, server_env, write_co
 from tests.servers import Server
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-DISTRIBUTIONS = ("gateway-example-adapter", "gateway-broken-adapter")
+DISTRIBUTIONS = ("gateway-example-adapter", "gateway-broken-adapter", "gateway-token-adapter")
 ACME_SECRET = "acme-plugin-secret-1"
 ACME_SOURCE = """
 [sources.acme]
 adapter = "example"
 secrets_env = "ACME_SECRETS"
+
+[sources.beacon]
+adapter = "beacon"
+secrets_env = "BEACON_TOKENS"
 """
+BEACON_TOKENS = ("beacon-endpoint-token-new", "beacon-endpoint-token-old")
 
 
 def _pip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -42,7 +47,7 @@ def installed_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     work = tmp_path_factory.mktemp("plugins")
     isolation = [] if importlib.util.find_spec("wheel") is None else ["--no-build-isolation"]
     try:
-        for name in ("example_adapter", "broken_adapter"):
+        for name in ("example_adapter", "broken_adapter", "token_adapter"):
             shutil.copytree(PLUGINS / name, work / name)
             done = _pip("install", "--no-deps", *isolation, str(work / name))
             assert done.returncode == 0, done.stderr[-2000:]
@@ -84,7 +89,7 @@ def test_a_source_on_the_broken_plugin_stops_start_up_naming_it(installed_plugin
 def plugin_server(installed_plugins: None, db_url: str, tmp_path: Path) -> Iterator[Server]:
     cfg = write_config(tmp_path / "gateway.toml", extra_sources=ACME_SOURCE)
     log = tmp_path / "gunicorn.log"
-    srv = Server(server_env(db_url, cfg, ACME_SECRETS=ACME_SECRET), log_path=log, workers=1).start()
+    srv = Server(server_env(db_url, cfg, ACME_SECRETS=ACME_SECRET, BEACON_TOKENS=",".join(BEACON_TOKENS)), log_path=log, workers=1).start()
     try:
         yield srv
     finally:
@@ -114,3 +119,24 @@ def test_webhook_to_a_pip_installed_plugin_through_gunicorn(plugin_server: Serve
     assert requests.post(base + "/webhooks/acme", data=raw, headers=headers, timeout=10).status_code == 401
     # the built-ins work beside the plugins, the broken one included
     assert requests.post(base + "/webhooks/stripe", data=b"{}", headers={"Stripe-Signature": "t=1,v1=00"}, timeout=10).status_code == 401
+
+
+def test_a_header_token_plugin_through_gunicorn(plugin_server: Server) -> None:
+    """A provider that signs no body (signs_body = False): either rotating token is accepted, a
+    missing, wrong or near-miss token is a 401, and events move the job."""
+    base = plugin_server.url
+    task = "task-" + str(time.time_ns())
+    job_id = register(base, source="beacon", external_id=task)["job"]["id"]
+
+    def post(token: str | None, n: int, phase: str) -> requests.Response:
+        body = json.dumps({"delivery": f"{task}-{n}", "task": task, "phase": phase, "at": f"2026-11-28T12:00:0{n}Z"})
+        headers = {"Content-Type": "application/json", **({"X-Beacon-Token": token} if token is not None else {})}
+        return requests.post(base + "/webhooks/beacon", data=body, headers=headers, timeout=10)
+
+    for token in (None, "", "beacon-endpoint-token-ne", BEACON_TOKENS[0] + "x", "wrong"):
+        r = post(token, 9, "finished")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_signature", token
+    assert post(BEACON_TOKENS[1], 1, "running").json() == {"status": "accepted"}
+    assert post(BEACON_TOKENS[0], 2, "finished").json() == {"status": "accepted"}
+    job = requests.get(f"{base}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {TEST_ENV['GATEWAY_API_KEYS'].split(',')[0]}"}, timeout=10).json()
+    assert job["state"] == "complete"

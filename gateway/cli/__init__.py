@@ -4,80 +4,72 @@ the environment); listings print aligned text for people and ``--json`` for scri
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import sys
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
-from gateway.errors import ConfigError
+from gateway.cli.common import _config, _database_errors, _echo_json, _Main, _resolution, _store, _table
+from gateway.cli.send import send
 
 
-def _config(strict: bool = True):  # type: ignore[no-untyped-def]
-    from gateway.config import load_config
+@click.group(cls=_Main)
+@click.option("--config", "config_path", default=None, metavar="PATH", help="the TOML file (else GATEWAY_CONFIG, else ./gateway.toml or above)")
+@click.option("--database-url", default=None, metavar="URL", help="the database (else DATABASE_URL, else gateway.db)")
+@click.option("--verbose", "-v", is_flag=True, help="print which configuration and database were resolved, and why")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, database_url: str | None, verbose: bool) -> None:
+    """Webhook gateway: verified provider webhooks in, live job states out.
 
-    try:
-        return load_config(strict=strict)
-    except ConfigError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
-
-
-def _store():  # type: ignore[no-untyped-def]
-    """A store on the configured database, for read-mostly commands (secrets not required)."""
-    from gateway.db import make_engine
-    from gateway.store import Store
-
-    return Store(make_engine(_config(strict=False).database_url))
-
-
-def _database_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """A database that is down or not migrated is a one-line message, not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            fn(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            where = _config(strict=False).database_url.split("@")[-1]
-            cause = exc.__cause__ or exc
-            raise click.ClickException(f"database at {where}: {type(cause).__name__}: {str(cause).splitlines()[0][:200]} "
-                                       "(is it reachable, and migrated with `gateway migrate`?)") from None
-
-    return wrapper
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-@click.group()
-def main() -> None:
-    """Webhook gateway: verified provider webhooks in, live job states out."""
+    Configuration and database are found as the server finds them: flags, then the environment
+    (GATEWAY_CONFIG, DATABASE_URL), then a project file gateway.toml here or in a folder above,
+    then defaults (docs/operations.md)."""
+    ctx.obj = {"config": config_path, "database_url": database_url}
+    # `serve` hands these to gunicorn's workers, which resolve them from the environment
+    if config_path:
+        os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
+        ctx.obj["config"] = os.environ["GATEWAY_CONFIG"]
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    if verbose:
+        click.echo(_resolution().describe(), err=True)
 
 
 @main.command()
+@_database_errors
 def migrate() -> None:
-    """Bring the database schema up to date (Alembic)."""
+    """Bring the database schema up to date (Alembic) and say which migrations were applied."""
+    from gateway.db import safe_url
     from gateway.migrate import upgrade
 
     config = _config(strict=False)
-    upgrade(config.database_url)
-    click.echo(f"database at {config.database_url.split('@')[-1]} is up to date", err=True)
+    applied = upgrade(config.database_url)
+    where = safe_url(config.database_url)
+    if applied:
+        click.echo(f"applied {len(applied)} migration(s) to {where}:", err=True)
+        for line in applied:
+            click.echo(f"  {line}", err=True)
+    else:
+        click.echo(f"database at {where} was already up to date", err=True)
+
+
+@main.command()
+def check() -> None:
+    """Check everything `serve` needs: configuration, adapters and options, secrets, database migrated."""
+    from gateway.check import run_checks
+
+    checks, _ = run_checks(os.environ, _resolution())
+    for c in checks:
+        click.echo(f"{'ok' if c.ok else 'FAILED':<7} {c.name:<14} {c.detail}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise click.ClickException(failed[0].detail)
+    click.echo("ready to serve")
 
 
 @main.command()
@@ -89,12 +81,17 @@ def migrate() -> None:
 @click.option("--access-log/--no-access-log", default=None, help="gunicorn access log on stderr, query strings dropped (default: GATEWAY_ACCESS_LOG)")
 def serve(host: str, port: int, workers: int, worker_connections: int, timeout: int, access_log: bool | None) -> None:
     """Run the gateway under gunicorn's gevent worker (config: gateway/gunicorn_conf.py)."""
-    _config()  # fail here, with the key named, before gunicorn forks
+    from gateway.check import run_checks
+
+    found = _resolution()
+    failed = [c for c in run_checks(os.environ, found)[0] if not c.ok]
+    if failed:  # here, with the key named, before gunicorn forks a worker or anything says "listening"
+        raise click.ClickException(f"cannot serve: {failed[0].detail}")
     from gateway.migrate import ROOT
 
     args = [
         sys.executable, "-m", "gunicorn", "wsgi:app",
-        "--config", str(Path(__file__).with_name("gunicorn_conf.py")),
+        "--config", str(Path(__file__).parent.parent / "gunicorn_conf.py"),
         "--worker-class", "gevent",
         "--workers", str(workers),
         "--worker-connections", str(worker_connections),
@@ -108,6 +105,10 @@ def serve(host: str, port: int, workers: int, worker_connections: int, timeout: 
     if access_log is not None:
         env["GATEWAY_ACCESS_LOG"] = "1" if access_log else ""
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if found.config_path:  # the workers open exactly what was checked, wherever they start
+        env["GATEWAY_CONFIG"] = os.path.abspath(found.config_path)
+    env["DATABASE_URL"] = found.database_url
+    click.echo(f"{found.describe()}", err=True)
     click.echo(f"gateway listening on http://{host}:{port}/ ({workers} workers)", err=True)
     os.execvpe(args[0], args, env)
 
@@ -129,11 +130,17 @@ def token(job_id: str, scopes: tuple[str, ...], ttl: int | None) -> None:
 
 
 @main.command()
-def adapters() -> None:
+@click.option("--markdown", is_flag=True, help="print each adapter's event → state table (docs/sources.md holds them)")
+def adapters(markdown: bool) -> None:
     """List installed adapters, and plugins that failed to load."""
     from adapters.registry import load_registry
 
     registry = load_registry()
+    if markdown:
+        from adapters.tables import state_tables_markdown
+
+        click.echo(state_tables_markdown(registry))
+        return
     for name in sorted(registry.adapters):
         click.echo(f"{name:<16} {registry.origins[name]}")
     for name, why in sorted(registry.broken.items()):
@@ -154,7 +161,10 @@ def sources(as_json: bool) -> None:
         _echo_json(rows)
         return
     if not rows:
-        click.echo("no sources configured (GATEWAY_CONFIG)")
+        found = _resolution()
+        hint = "" if found.config_path else (" — point GATEWAY_CONFIG or --config at the server's file, or create gateway.toml here "
+                                              "(docs/sources.md; for `make serve`'s demo: set -a; . config/demo.env; set +a)")
+        click.echo(f"no sources configured ({found.describe()}){hint}")
         return
     click.echo(_table(
         [[r["name"], r["adapter"], r["secrets_env"], f"{r['secrets_set']} set" if r["secrets_set"] else "NOT SET",
@@ -170,18 +180,15 @@ def sources(as_json: bool) -> None:
 @_database_errors
 def trace(job_id: str, as_json: bool, show_all: bool) -> None:
     """Print everything that happened to a job, in time order."""
-    from gateway.support import suggest
+    from gateway.support import resolve_job
     from gateway.trace import build_trace, render_trace
 
     store = _store()
     data = build_trace(store, job_id.strip())
-    resolved = None
-    if data is None:
-        hints = suggest(store, job_id)
-        exact = [h for h in hints if h.exact]
-        if len(exact) == 1:  # the ticket had the external id or a provider event id: that names one job
-            resolved = exact[0]
-            data = build_trace(store, resolved.job_id)
+    resolved = hints = None
+    if data is None:  # the ticket had the external id or a provider event id: that may name one job
+        found_id, resolved, hints = resolve_job(store, job_id)
+        data = build_trace(store, found_id) if found_id else None
     if data is None:
         if as_json:
             _echo_json({"error": {"code": "job_not_found", "message": f"no job {job_id}"}, "suggestions": [h.as_dict() for h in hints]})
@@ -237,16 +244,24 @@ def _since(value: str | None) -> Any:
 @main.command()
 @click.option("--rejected", is_flag=True, help="only deliveries answered 4xx: bad signature, unknown source, too large, unreadable")
 @click.option("--source", default=None, help="only this source")
-@click.option("--job", "job_id", default=None, help="only deliveries for this job")
+@click.option("--job", "job_id", default=None, help="only deliveries for this job (its id, external id or an event id)")
 @click.option("--since", default=None, help="only newer than this, e.g. 30m, 6h, 2d")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 @_database_errors
 def deliveries(rejected: bool, source: str | None, job_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List recent webhook deliveries, newest first (bodies are never kept)."""
-    from gateway.support import list_deliveries
+    from gateway.support import list_deliveries, resolve_job
 
-    rows = list_deliveries(_store(), rejected=rejected, source=source, job_id=job_id, since=_since(since), limit=limit)
+    store = _store()
+    if job_id:
+        found_id, resolved, _ = resolve_job(store, job_id)
+        if found_id is None:
+            raise click.ClickException(f"no job {job_id} (by job id, external id or event id; try `gateway find`)")
+        if resolved is not None:
+            click.echo(f"({job_id} is the {resolved.matched} of {found_id})", err=True)
+        job_id = found_id
+    rows = list_deliveries(store, rejected=rejected, source=source, job_id=job_id, since=_since(since), limit=limit)
     if as_json:
         _echo_json(rows)
         return
@@ -289,15 +304,14 @@ def prune(days: int | None, dry_run: bool, as_json: bool) -> None:
 
 @main.command()
 @click.option("--requeue", "requeue_id", type=int, default=None, help="give a dead row a fresh set of tries")
+@_database_errors
 def outbox(requeue_id: int | None) -> None:
     """List outbound calls not delivered yet (retry callbacks, details fetches), or requeue a dead one."""
-    from gateway.db import make_engine
     from gateway.errors import GatewayError
     from gateway.jobjson import iso
     from gateway.outbox import owed, requeue
-    from gateway.store import Store
 
-    store = Store(make_engine(_config(strict=False).database_url))
+    store = _store()
     if requeue_id is not None:
         try:
             row = requeue(store, requeue_id, by="cli")
@@ -312,6 +326,8 @@ def outbox(requeue_id: int | None) -> None:
         due = iso(r.next_attempt_at) if r.status == "pending" else "-"
         click.echo(f"{r.id:<6} {r.status:<8} {r.kind:<9} {r.job_id or '-':<32} tries={r.attempts:<3} next={due}  {r.last_error or ''}".rstrip())
 
+
+main.add_command(send)
 
 if __name__ == "__main__":
     main()
