@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
-import redis
 from celery import Celery
 
 from gateway.integrations.celery import install, report_progress
 from gateway.integrations.sender import Sender
+from tests.integrations.hold import broker_url, wait_for_go
 
-app = Celery("gateway_tests", broker=os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/9"))
+app = Celery("gateway_tests", broker=broker_url())
 app.conf.update(task_acks_late=False, worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True)
 install(app, Sender.from_env(backoff=0.05, retries=3, timeout=5))
-
-
-def wait_for_go(key: str, timeout: float = 30) -> None:
-    """Block until the test sets ``key`` in Redis (the test's way of holding a task mid-run)."""
-    r = redis.Redis.from_url(os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/9"))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not r.exists(key):
-        time.sleep(0.02)
 
 
 @app.task

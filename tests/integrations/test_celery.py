@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 
 from tests.conftest import API_KEY, register
-from tests.integrations.conftest import PY, start, stop, worker_env
+from tests.integrations.conftest import PY, go, reported, start, states_in_order, stop, watch, worker_env
 from tests.loadgen import wait_for
 from tests.relay_helpers import Watcher, job_frame
 from tests.servers import Server
@@ -33,11 +32,6 @@ def tasks(server: Server, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> A
 
 
 @pytest.fixture
-def queue_name() -> str:
-    return f"imports-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
 def worker(server: Server, broker_url: str, queue_name: str, tmp_path: Path) -> Any:
     """A function starting one real Celery worker (solo pool) on this test's queue."""
     procs = []
@@ -50,33 +44,6 @@ def worker(server: Server, broker_url: str, queue_name: str, tmp_path: Path) -> 
     yield run
     for proc in procs:
         stop(proc)
-
-
-def watch(server: Server, reg: dict[str, Any]) -> Watcher:
-    w = Watcher(server.url)
-    w.subscribe(reg["job"]["id"], reg["token"])
-    w.wait_for(job_frame(reg["job"]["id"]))
-    return w
-
-
-def reported(server: Server, job_id: str, state: str) -> bool:
-    """The gateway has recorded an event in ``state`` for the job (the trace's event entries)."""
-    timeline = requests.get(f"{server.url}/api/jobs/{job_id}/trace", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).json()["timeline"]
-    return any(e["what"] == "delivery" and e.get("event_type") == f"job.{state}" and e.get("decision") == "applied" for e in timeline)
-
-
-def go(broker_url: str, key: str) -> None:
-    redis.Redis.from_url(broker_url).set(key, 1)
-
-
-def states_in_order(w: Watcher, job_id: str) -> list[str]:
-    """The states of ``job_id`` in the frames seen, consecutive repeats folded."""
-    out: list[str] = []
-    for frame in w.seen:
-        if frame.get("type") == "job" and frame["job"]["id"] == job_id:
-            if not out or out[-1] != frame["job"]["state"]:
-                out.append(frame["job"]["state"])
-    return out
 
 
 @ON_POSTGRES
