@@ -14,7 +14,7 @@ DEMO_ENV := $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' config/demo.env)
 $(foreach v,$(DEMO_ENV),$(eval export $(v) ?= $(shell sed -n 's/^$(v)=//p' config/demo.env)))
 export GATEWAY_DEMO_URL    ?= http://$(HOST):$(PORT)
 
-.PHONY: setup serve test migrate bench browser-deps client-deps clean fuzz trust
+.PHONY: setup serve test migrate bench browser-deps client-deps bullmq-deps clean fuzz trust
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +61,22 @@ $(CLIENT_STAMP): $(CLIENT_NPM)/package-lock.json
 
 client-deps: $(CLIENT_STAMP)
 
-test: setup browser-deps client-deps
+# The BullMQ bridge (clients/bullmq) and its test scenario: BullMQ from the npm registry.
+# Without npm the BullMQ test skips, except in CI (GATEWAY_REQUIRE_NODE=1), where this fails.
+BULLMQ := clients/bullmq
+BULLMQ_STAMP := $(BULLMQ)/node_modules/.installed-$(shell cat $(BULLMQ)/package-lock.json | cksum | cut -d' ' -f1)
+
+$(BULLMQ_STAMP): $(BULLMQ)/package-lock.json
+	@if command -v npm >/dev/null && (cd $(BULLMQ) && npm ci --no-audit --no-fund --loglevel=error); then \
+		rm -f $(BULLMQ)/node_modules/.installed-*; touch $@; \
+	else \
+		echo "bullmq-deps: npm ci in $(BULLMQ) failed; the BullMQ test will skip" >&2; \
+		test "$$GATEWAY_REQUIRE_NODE" != 1; \
+	fi
+
+bullmq-deps: $(BULLMQ_STAMP)
+
+test: setup browser-deps client-deps bullmq-deps
 	env -u GATEWAY_CONFIG -u DATABASE_URL $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

@@ -129,10 +129,16 @@ class Reporter:
 
     # -- the transport ----------------------------------------------------------------------------
 
-    def report(self, job: str, state: str, **fields: Any) -> dict[str, Any]:
-        """Post one event (retrying transient failures with the same id); the gateway's JSON answer."""
-        event_id = "evt_" + uuid.uuid4().hex
-        body: dict[str, Any] = {"state": state, "occurred_at": _iso(datetime.now(timezone.utc)), **_clean(fields)}
+    def report(
+        self, job: str, state: str, *, event_id: str | None = None, occurred_at: datetime | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Post one event (retrying transient failures with the same id); the gateway's JSON answer.
+
+        ``event_id`` and ``occurred_at`` default to a fresh id and now; a caller that sends later
+        than the event happened (``gateway.integrations.sender``) fixes both when it happens."""
+        event_id = event_id or "evt_" + uuid.uuid4().hex
+        when = occurred_at or datetime.now(timezone.utc)
+        body: dict[str, Any] = {"state": state, "occurred_at": _iso(when), **_clean(fields)}
         if self.api_key is not None:
             url = f"{self.base_url}/api/jobs/{quote(job, safe='')}/events"
             body["event_id"] = event_id

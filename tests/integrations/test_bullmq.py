@@ -1,0 +1,64 @@
+"""BullMQ through Node, a real Queue and Worker on Redis and clients/bullmq's bridge: each job is
+reported queued → processing (with progress) → complete or failed, a BullMQ retry is the next
+attempt, and a watcher sees it in order. Node and the npm packages are required in CI
+(GATEWAY_REQUIRE_NODE=1): missing, the test fails rather than skips."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import register
+from tests.integrations.conftest import ROOT, states_in_order
+from tests.relay_helpers import Watcher, job_frame
+from tests.signing import STANDARD_SECRET
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+CLIENT = ROOT / "clients" / "bullmq"
+
+
+def node_ready() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (CLIENT / "node_modules" / "bullmq").is_dir():
+        return "clients/bullmq/node_modules is missing (make bullmq-deps)"
+    return None
+
+
+@pytest.fixture
+def node() -> str:
+    why = node_ready()
+    if why:
+        if os.environ.get("GATEWAY_REQUIRE_NODE") == "1":
+            pytest.fail(f"Node and BullMQ are required (GATEWAY_REQUIRE_NODE=1): {why}")
+        pytest.skip(why)
+    return shutil.which("node") or "node"
+
+
+def test_bullmq_jobs_are_reported_from_waiting_to_the_end(server, broker_url, node, tmp_path: Path):
+    kinds = ["ok", "fail", "retry"]
+    queue = f"bull-{uuid.uuid4().hex[:8]}"
+    regs = {kind: register(server.url, "worker", queue=queue) for kind in kinds}
+    w = Watcher(server.url)
+    for reg in regs.values():
+        w.subscribe(reg["job"]["id"], reg["token"])
+    env = {**os.environ, "REDIS_URL": broker_url, "QUEUE": queue, "GATEWAY_URL": server.url, "WORKER_WEBHOOK_SECRET": STANDARD_SECRET,
+           "JOBS": json.dumps([{"ext": regs[k]["job"]["external_id"], "kind": k} for k in kinds])}
+    run = subprocess.run([node, "test/scenario.mjs"], cwd=CLIENT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ok = w.wait_for(job_frame(regs["ok"]["job"]["id"], state="complete"))
+    failed = w.wait_for(job_frame(regs["fail"]["job"]["id"], state="failed"))
+    retried = w.wait_for(job_frame(regs["retry"]["job"]["id"], state="complete"))
+    assert ok["job"]["result"] == {"imported": 3}
+    assert failed["job"]["error"] == {"code": "TypeError", "message": "Row 2: missing email", "retryable": True}
+    assert retried["job"]["attempt"] == 2 and retried["job"]["result"] == {"value": "ok on retry"}
+    seen_ok = states_in_order(w, regs["ok"]["job"]["id"])
+    assert seen_ok[-1] == "complete" and seen_ok == sorted(seen_ok, key=["queued", "processing", "complete"].index)
+    progress = [f["job"]["progress"] for f in w.seen if f.get("type") == "job" and f["job"]["id"] == regs["ok"]["job"]["id"] and f["job"]["progress"]]
+    assert progress and progress[-1]["total"] == 3
