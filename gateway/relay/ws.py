@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.relay")
 
 PING_FRAME = b"\x89\x00"  # an empty server ping
+FRAME_COST = 6  # bytes a client frame costs at least (2 header + 4 mask), counted even when empty
+MAX_FRAGMENTS = 64  # frames one message may arrive in
+#: every frame a client sends (message parts, pings) spends one token; a bucket of this many
+#: refilled at MESSAGE_RATE a second: a page subscribing to its jobs never meets it
+MESSAGE_BURST = 200
+MESSAGE_RATE = 20.0
 
 
 class _NoReader:
@@ -58,7 +65,7 @@ class Connection(Detached):
     """One WebSocket: its subscriptions (job id → newest version sent) and the wsproto state of
     its frames, on a ``Detached`` socket."""
 
-    __slots__ = ("relay", "proto", "subs", "pinged", "pong_received", "parts", "parts_bytes", "expiries", "due")
+    __slots__ = ("relay", "proto", "subs", "pinged", "pong_received", "parts", "parts_bytes", "expiries", "due", "tokens", "refilled")
 
     def __init__(self, relay: Relay, proto: Protocol, sock: Any):
         super().__init__(sock)
@@ -69,6 +76,8 @@ class Connection(Detached):
         self.pong_received = True
         self.parts: list[Any] | None = None  # a message arriving in several frames
         self.parts_bytes = 0
+        self.tokens = float(MESSAGE_BURST)  # the frame budget (MESSAGE_BURST, MESSAGE_RATE)
+        self.refilled = time.monotonic()
         # job id → its token's expiry, for subscriptions made with a job token: a (job, expiry)
         # pair while there is one (the usual browser), a dict for several, None for none
         self.expiries: tuple[str, int] | dict[str, int] | None = None
@@ -104,6 +113,10 @@ class Connection(Detached):
         connection is to close."""
         try:
             for event in self.proto.events():
+                if not self._spend():
+                    log.info("websocket frame budget exceeded; closing")
+                    self.write(self.proto.send(CloseConnection(CloseReason.POLICY_VIOLATION, "Too many messages")))
+                    return False
                 if isinstance(event, (TextMessage, BytesMessage)):
                     if not self._message_part(event):
                         return False
@@ -118,16 +131,30 @@ class Connection(Detached):
             return False
         return True
 
+    def _spend(self) -> bool:
+        """One frame's token from the connection's budget; False when it is spent."""
+        now = time.monotonic()
+        self.tokens = min(float(MESSAGE_BURST), self.tokens + (now - self.refilled) * MESSAGE_RATE)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
     def _message_part(self, event: TextMessage | BytesMessage) -> bool:
-        """Collect a message's frames; over the hard ceiling, close with 1009."""
-        self.parts_bytes += len(event.data)
-        if self.parts_bytes > hard_limit(self.relay.gw.config):
+        """Collect a message's frames; over the hard ceiling (frames counted with their headers,
+        so empty ones cost too) or MAX_FRAGMENTS frames, close with 1009."""
+        self.parts_bytes += len(event.data) + FRAME_COST
+        fragments = len(self.parts) + 1 if self.parts is not None else 1
+        if self.parts_bytes > hard_limit(self.relay.gw.config) or fragments > MAX_FRAGMENTS:
             self.write(self.proto.send(CloseConnection(CloseReason.MESSAGE_TOO_BIG, "Message is too big")))
             return False
         if event.message_finished and self.parts is None:
             message: Any = event.data
         else:
-            self.parts = (self.parts or []) + [event.data]
+            if self.parts is None:
+                self.parts = []
+            self.parts.append(event.data)
             if not event.message_finished:
                 return True
             message = ("" if isinstance(event, TextMessage) else b"").join(self.parts)
@@ -190,7 +217,7 @@ class Connection(Detached):
             return self.error(None, "invalid_message")
         try:
             msg = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             return self.error(None, "invalid_message")
         if not isinstance(msg, dict):
             return self.error(None, "invalid_message")
