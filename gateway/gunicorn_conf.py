@@ -4,6 +4,8 @@
   set before any worker creates a metric, and the directory empty at start. ``on_starting``
   (the master, before the first fork) sets it to a fresh directory, or empties the one the
   operator set; ``child_exit`` marks a dead worker's live gauges gone.
+* Deploys: ``worker_exit`` tells the leaving worker's WebSocket watchers (1001) and SSE
+  streams to reconnect elsewhere, once the requests in flight are finished.
 * Logs: gunicorn's own lines in the gateway's format on stderr; the access log, when enabled
   (GATEWAY_ACCESS_LOG=1), records the path without the query string, so ``?token=`` never
   reaches it. ``GatewayLogger`` (accesslog.py) builds the access line only when it is written.
@@ -42,6 +44,18 @@ def on_starting(server: Any) -> None:
         os.environ[_OWNED_DIR] = path
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     server.log.info("metrics directory %s", path)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """A worker leaves (SIGTERM, a HUP's rolling restart, max_requests) after finishing the
+    requests in flight (webhooks included, within graceful_timeout): its WebSocket watchers get
+    a 1001 close and its SSE streams end, so every tab reconnects to a live worker at once."""
+    app = getattr(worker, "wsgi", None)
+    gw = getattr(app, "extensions", {}).get("gateway") if app is not None else None
+    relay = getattr(gw, "relay", None)
+    if relay is not None:
+        told = relay.going_away()
+        server.log.info("told %d watchers the worker is going away", told)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -95,6 +95,19 @@ class Relay:
             for stream in list(self.streams):
                 stream.beat()
 
+    def going_away(self, wait: float = 2.0) -> int:
+        """This process is shutting down (a deploy, a rolling restart): every WebSocket gets a
+        1001 "going away" close and every SSE stream ends cleanly, so clients reconnect at once to a
+        live process with the last version they saw. Waits up to ``wait`` seconds for the closes
+        to be written; the number of connections told."""
+        told = list(self.connections) + list(self.streams)
+        for conn in told:
+            conn.going_away()
+        deadline = time.monotonic() + wait
+        while any(not c.closed for c in told) and time.monotonic() < deadline:
+            time.sleep(0.01)  # gevent-patched in a worker: the event loop writes meanwhile
+        return len(told)
+
     def _expire_forever(self) -> None:
         """Every second: end the subscriptions whose job token has expired (``token_expired``)."""
         clock = self.gw.auth.clock

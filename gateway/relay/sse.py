@@ -131,6 +131,12 @@ class Stream(Detached):
         if not self.closed:
             self.end(http_chunk(token_expired_event(self.job_id)) + LAST_CHUNK)
 
+    def going_away(self) -> None:
+        """The process is shutting down: end the stream cleanly; EventSource reconnects with its
+        Last-Event-ID (the last version it saw)."""
+        if not self.closed:
+            self.end(LAST_CHUNK)
+
     def _finished(self) -> None:
         relay = self.relay
         if self.expires is not None:

@@ -188,6 +188,11 @@ class Connection(Detached):
         named = job if isinstance(job, str) and len(job) <= 64 else None
         self.send_message({"type": "error", "job": named, "code": code})
 
+    def going_away(self) -> None:
+        """The process is shutting down: close with 1001, the client reconnects elsewhere."""
+        if not self.closed:
+            self.end(self.proto.send(CloseConnection(CloseReason.GOING_AWAY, "server restarting")))
+
     def ping(self) -> None:
         """Called every ping interval: drop the connection if the last ping got no pong."""
         if self.pinged and not self.pong_received:
