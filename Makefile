@@ -14,6 +14,8 @@ DEMO_ENV := $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' config/demo.env)
 $(foreach v,$(DEMO_ENV),$(eval export $(v) ?= $(shell sed -n 's/^$(v)=//p' config/demo.env)))
 export GATEWAY_DEMO_URL    ?= http://$(HOST):$(PORT)
 
+
+.PHONY: lint
 .PHONY: setup serve test migrate bench browser-deps client-deps bullmq-deps clean fuzz trust
 
 $(PY):
@@ -76,7 +78,12 @@ $(BULLMQ_STAMP): $(BULLMQ)/package-lock.json
 
 bullmq-deps: $(BULLMQ_STAMP)
 
-test: setup browser-deps client-deps bullmq-deps
+# Lint and types (pyproject.toml: [tool.ruff], [tool.mypy], strict on gateway/ and adapters/).
+lint: setup
+	$(VENV)/bin/ruff check gateway adapters tests bench examples
+	$(VENV)/bin/mypy
+
+test: setup lint browser-deps client-deps bullmq-deps
 	env -u GATEWAY_CONFIG -u DATABASE_URL $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

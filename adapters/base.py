@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -201,7 +201,7 @@ def check_header_token(request: WebhookRequest, secrets: Sequence[str], header: 
 def utc_from_unix(seconds: float) -> datetime:
     """A UTC datetime, truncated to milliseconds, from unix seconds."""
     try:
-        dt = datetime.fromtimestamp(float(seconds), tz=timezone.utc)
+        dt = datetime.fromtimestamp(float(seconds), tz=UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         raise PayloadError("timestamp is not a unix time") from None
     return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
@@ -221,9 +221,9 @@ def utc_from_iso(text: Any) -> datetime:
 def as_utc_ms(dt: datetime) -> datetime:
     """A provider's datetime in UTC, truncated to milliseconds; naive means UTC."""
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     try:
-        dt = dt.astimezone(timezone.utc)
+        dt = dt.astimezone(UTC)
     except (OverflowError, ValueError):
         raise PayloadError("timestamp out of range") from None
     return dt.replace(microsecond=dt.microsecond // 1000 * 1000)

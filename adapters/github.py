@@ -177,7 +177,7 @@ class GitHubAdapter(Adapter):
     @staticmethod
     def _occurred_at(event: str, obj: Mapping[str, Any], action: str) -> datetime:
         if event == "workflow_run":
-            keys = ("updated_at", "run_started_at", "created_at")
+            keys: tuple[str, ...] = ("updated_at", "run_started_at", "created_at")
         elif action == "completed":
             keys = ("completed_at", "started_at", "created_at")
         elif action == "in_progress":

@@ -171,7 +171,7 @@ class RenderAdapter(Adapter):
         doc = json_body(WebhookRequest(body=body, headers={}))
         if not isinstance(doc, dict) or not isinstance(doc.get("details"), dict):
             raise PayloadError("the Render event has no details")
-        etype = doc.get("type") if isinstance(doc.get("type"), str) and doc.get("type") else event.type
+        etype = doc["type"] if isinstance(doc.get("type"), str) and doc["type"] else event.type
         occurred_at = utc_from_iso(doc["timestamp"]) if doc.get("timestamp") is not None else event.occurred_at
         mapped = self._map(etype, doc["details"], f"{event.event_id}:details", occurred_at)
         if mapped is None:

@@ -185,7 +185,7 @@ class ReplicateAdapter(Adapter):
         metrics = prediction.get("metrics")
         predict_time = metrics.get("predict_time") if isinstance(metrics, dict) else None
         if isinstance(predict_time, (int, float)) and not isinstance(predict_time, bool) and math.isfinite(predict_time):
-            result["predict_time"] = metrics["predict_time"]
+            result["predict_time"] = predict_time
         return result
 
     @staticmethod

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -97,7 +97,7 @@ def build(sample: Sample, secret: str, *, external_id: str | None = None, url: s
 # -- per provider ---------------------------------------------------------------------------------
 
 
-def _stripe(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
+def _stripe(fx: dict[str, Any], body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
     obj = body["data"]["object"]
     obj["id"] = ext or _fresh_like(obj["id"])
     body["id"] = "evt_" + uuid.uuid4().hex[:24]
@@ -105,19 +105,19 @@ def _stripe(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: in
     return Delivery(raw.encode(), signing.stripe_headers(secret, raw, now), obj["id"], etype)
 
 
-def _standard(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
+def _standard(fx: dict[str, Any], body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
     body["external_id"] = ext or _fresh_like(body["external_id"])
     raw = json.dumps(body)
     return Delivery(raw.encode(), signing.standard_headers(secret, raw, ts=now), body["external_id"], etype)
 
 
-def _replicate(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
+def _replicate(fx: dict[str, Any], body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
     body["id"] = ext or uuid.uuid4().hex[:26]
     raw = json.dumps(body)
     return Delivery(raw.encode(), signing.standard_headers(secret, raw, ts=now), body["id"], etype)
 
 
-def _render(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
+def _render(fx: dict[str, Any], body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
     data = body["data"]
     data["id"] = "evj-" + uuid.uuid4().hex[:20]
     keys = [k for k in ("deployId", "jobId", "buildId") if k in data]
@@ -128,7 +128,7 @@ def _render(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: in
     return Delivery(raw.encode(), signing.standard_headers(secret, raw, ts=now), ext, etype)
 
 
-def _github(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
+def _github(fx: dict[str, Any], body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
     event = fx["headers"]["X-GitHub-Event"]
     external = ext or str(uuid.uuid4().int % 10**10)
     if isinstance(body.get(event), dict):
@@ -138,7 +138,7 @@ def _github(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: in
     return Delivery(raw, signing.github_headers(secret, raw, event, delivery), external if event in body else delivery, etype)
 
 
-def _twilio(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
+def _twilio(fx: dict[str, Any], body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
     params = {k: str(v) for k, v in body.items()}
     sid_keys = [k for k in ("MessageSid", "SmsSid", "CallSid") if k in params]
     ext = ext or params[sid_keys[0]][:2] + uuid.uuid4().hex
@@ -147,7 +147,7 @@ def _twilio(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: in
     return Delivery(urlencode(params).encode(), signing.twilio_headers(secret, url, params), ext, etype)
 
 
-def _mux(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
+def _mux(fx: dict[str, Any], body: Any, secret: str, ext: str | None, url: str, now: int, etype: str) -> Delivery:
     body["id"] = str(uuid.uuid4())
     data = body["data"]
     upload_id = ext or uuid.uuid4().hex
@@ -162,12 +162,12 @@ def _mux(fx: dict, body: Any, secret: str, ext: str | None, url: str, now: int, 
     return Delivery(raw, signing.mux_headers(secret, raw, now), upload_id, etype)
 
 
-def _github_type(fx: dict) -> str:
+def _github_type(fx: dict[str, Any]) -> str:
     event, body = fx["headers"]["X-GitHub-Event"], fx["body"]
     return f"{event}.{body['action']}" if "action" in body else event
 
 
-def _twilio_type(fx: dict) -> str:
+def _twilio_type(fx: dict[str, Any]) -> str:
     body = fx["body"]
     return f"call.{body['CallStatus']}" if "CallStatus" in body else f"message.{body.get('MessageStatus', '')}"
 
@@ -176,7 +176,7 @@ _BUILDERS: dict[str, Callable[..., Delivery]] = {
     "stripe": _stripe, "standard": _standard, "replicate": _replicate, "render": _render,
     "github": _github, "twilio": _twilio, "mux": _mux,
 }
-_EVENT_TYPES: dict[str, Callable[[dict], str]] = {
+_EVENT_TYPES: dict[str, Callable[[dict[str, Any]], str]] = {
     "stripe": lambda fx: fx["body"]["type"], "mux": lambda fx: fx["body"]["type"], "render": lambda fx: fx["body"]["type"],
     "standard": lambda fx: fx["body"]["state"], "replicate": lambda fx: "prediction." + fx["body"]["status"],
     "github": _github_type, "twilio": _twilio_type,
@@ -212,7 +212,7 @@ def _redate(value: Any, now: float) -> Any:
 
 
 def _time_like(example: Any, now: float) -> Any:
-    dt = datetime.fromtimestamp(now, tz=timezone.utc)
+    dt = datetime.fromtimestamp(now, tz=UTC)
     if isinstance(example, bool):
         return example
     if isinstance(example, int):

@@ -14,7 +14,7 @@ import hmac
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import stripe
 from standardwebhooks.webhooks import Webhook
@@ -30,7 +30,7 @@ def standard_headers(secret: str, body: bytes | str, msg_id: str | None = None, 
     """Standard Webhooks headers made by the ``standardwebhooks`` library's own signer."""
     data = body.decode() if isinstance(body, bytes) else body
     msg_id = msg_id or "msg_" + uuid.uuid4().hex
-    when = datetime.fromtimestamp(int(ts if ts is not None else time.time()), tz=timezone.utc)
+    when = datetime.fromtimestamp(int(ts if ts is not None else time.time()), tz=UTC)
     signature = Webhook(secret).sign(msg_id=msg_id, timestamp=when, data=data)
     return {"webhook-id": msg_id, "webhook-timestamp": str(int(when.timestamp())), "webhook-signature": signature,
             "content-type": "application/json"}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook
@@ -67,7 +67,7 @@ def verify_standard(request: WebhookRequest, secrets: Sequence[str], adapter: Ad
             continue
     if not given:
         raise SignatureError("no v1 signature in webhook-signature")
-    signed_at = datetime.fromtimestamp(int(ts), tz=timezone.utc)
+    signed_at = datetime.fromtimestamp(int(ts), tz=UTC)
     for secret in secrets:
         try:
             expected = Webhook(secret).sign(msg_id=msg_id, timestamp=signed_at, data=body)
@@ -135,7 +135,11 @@ def canonical_fields(body: Any, *, require_external_id: bool = True) -> dict[str
         retryable = error.get("retryable", True)
         if not isinstance(retryable, bool):
             raise PayloadError("error.retryable must be true or false")
-        error = {"code": _text(error.get("code"), "error.code", 64) or "failed", "message": _text(error.get("message"), "error.message") or "The job failed.", "retryable": retryable}
+        error = {
+            "code": _text(error.get("code"), "error.code", 64) or "failed",
+            "message": _text(error.get("message"), "error.message") or "The job failed.",
+            "retryable": retryable,
+        }
     result = _obj(body.get("result"), "result")
     return {
         "external_id": external_id,

@@ -40,7 +40,7 @@ import hmac
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from unittest import mock
 from urllib.parse import parse_qsl, urlencode
@@ -54,7 +54,7 @@ from gateway.errors import PayloadError, SignatureError
 from gateway.states import State
 
 DECLARED = (SignatureError, PayloadError)
-RECEIVED_AT = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+RECEIVED_AT = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
 #: any JSON value, nested a little: what a fuzzed field may hold
 JSON_VALUES = st.recursive(

@@ -29,7 +29,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
@@ -197,7 +197,7 @@ def _occurred_at(params: Mapping[str, str], request: WebhookRequest) -> datetime
         except (TypeError, ValueError, IndexError, OverflowError):
             raise PayloadError("Timestamp is not an RFC 2822 date") from None
         return as_utc_ms(dt)
-    return as_utc_ms(request.received_at or datetime.now(timezone.utc))
+    return as_utc_ms(request.received_at or datetime.now(UTC))
 
 
 def _error(kind: str, status: str, params: Mapping[str, str]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     started = time.monotonic()
     results: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "make bench",
         "machine": machine(),
         "setup": "loopback only; gunicorn -k gevent; servers, load generators and PostgreSQL share the same cores",

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,9 @@ def rss_kb(pid: int) -> int:
 
 
 def iso_at(t: float) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    dt = datetime.fromtimestamp(t, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
@@ -359,7 +360,7 @@ def _idle_client(port: int, source: str, n: int, subscribe: list[str] | None, re
         while not stop.is_set():
             swarm.poll(0.1)
         out.send({"ok": ok, "snapshots": got[0], "alive": sum(1 for c in swarm.conns if c.open)})
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception as exc:
         ready.set()
         out.send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "alive": sum(1 for c in swarm.conns if c.open)})
     finally:

@@ -28,18 +28,19 @@ def writes(logger: logging.Logger) -> bool:
     return False
 
 
-class GatewayLogger(glogging.Logger):
+class GatewayLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn ships no type hints
     """gunicorn's Logger, with the access line built only when it is written."""
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        self._access_log_enabled = self._access_log_enabled and writes(self.access_log)
+        self._access_log_enabled: bool = bool(self._access_log_enabled) and writes(self.access_log)
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         """The atoms ``ACCESS_LOG_FORMAT`` uses (the JSON line's fields); gunicorn's full set for
         any other format."""
         if self.cfg.access_log_format != ACCESS_LOG_FORMAT:
-            return super().atoms(resp, req, environ, request_time)
+            full: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+            return full
         status = resp.status
         if isinstance(status, str):
             status = status.split(None, 1)[0]

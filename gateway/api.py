@@ -11,8 +11,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, make_response, r
 
 from adapters.base import ProviderEvent
 from adapters.standard import canonical_fields
-from gateway.context import gateway
 from gateway.auth import SCOPES, Principal
+from gateway.context import gateway
 from gateway.errors import BadRequest, NotFound
 from gateway.http import NO_CACHE, etag_of, job_matches, not_modified, tag_matches
 from gateway.jobjson import job_json
@@ -216,9 +216,8 @@ def retry(job_id: str) -> Any:
 def trace(job_id: str) -> Any:
     gw = gateway()
     gw.auth.require_api_key(request)
-    from gateway.trace import build_trace
-
     from gateway.support import resolve_job
+    from gateway.trace import build_trace
 
     data = build_trace(gw.store, job_id)
     if data is None:  # an external id or provider event id naming one job, as `gateway trace` takes

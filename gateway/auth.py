@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from flask import Request
 from itsdangerous import BadSignature, URLSafeSerializer
+from werkzeug.wrappers import Request  # Flask's request, or the raw one of the fast poll path
 
 from gateway.errors import Forbidden, Unauthorized
 

@@ -35,4 +35,5 @@ class Gateway(Services):
 
 def gateway() -> Gateway:
     """The current app's Gateway."""
-    return current_app.extensions["gateway"]
+    gw: Gateway = current_app.extensions["gateway"]
+    return gw

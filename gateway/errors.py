@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GatewayError(Exception):
     """Base of every error a client or provider can cause; carries the HTTP status and error code."""
@@ -82,7 +84,7 @@ class Unavailable(GatewayError):
 
     status, code = 503, "unavailable"
 
-    def __init__(self, message: str = "", *, retry_after: int = 5, **kw):
+    def __init__(self, message: str = "", *, retry_after: int = 5, **kw: Any):
         super().__init__(message, **kw)
         self.headers.setdefault("Retry-After", str(retry_after))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -155,7 +155,7 @@ def end_own_begin(conn: Connection[Any]) -> None:
 
 def _job_of(row: dict[str, Any]) -> SimpleNamespace:
     for c in _DATETIME_COLUMNS:
-        row[c] = row[c].replace(tzinfo=timezone.utc)  # stored naive UTC, as models.UTCDateTime does
+        row[c] = row[c].replace(tzinfo=UTC)  # stored naive UTC, as models.UTCDateTime does
     return SimpleNamespace(**row, read_as={c: row[c] for c in WRITTEN_COLUMNS})
 
 
@@ -168,6 +168,6 @@ def _bind(columns: Sequence[str], values: dict[str, Any]) -> list[Any]:
         if c in _JSON_COLUMNS:
             v = Json(v)
         elif isinstance(v, datetime):
-            v = v.astimezone(timezone.utc).replace(tzinfo=None)
+            v = v.astimezone(UTC).replace(tzinfo=None)
         out.append(v)
     return out

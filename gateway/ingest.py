@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 from flask import Blueprint, Response, g, request
 from sqlalchemy.exc import DataError, SQLAlchemyError
@@ -35,7 +36,7 @@ def _read_body(limit: int) -> bytes:
     if length is None:
         # chunked: Werkzeug will not read an input the server did not mark terminated, but
         # gunicorn de-chunks wsgi.input itself; read it directly, bounded
-        body = request.environ["wsgi.input"].read(limit + 1)
+        body = bytes(request.environ["wsgi.input"].read(limit + 1))
     else:
         body = request.stream.read(limit + 1)
     if len(body) > limit:
@@ -84,7 +85,7 @@ def receive(source_name: str) -> Any:
     received_at = utcnow()
     wreq = WebhookRequest(
         body=body,
-        headers=request.headers,
+        headers=cast(Mapping[str, str], request.headers),  # werkzeug's Headers: a case-insensitive mapping
         url=_public_url(source),
         query=request.args.to_dict(),
         content_type=request.content_type or "",

@@ -139,13 +139,13 @@ class _DeadlineInput:
             return getattr(self._stream, name)(*args)
 
     def read(self, *args: Any) -> bytes:
-        return self._call("read", *args)
+        return bytes(self._call("read", *args))
 
     def readline(self, *args: Any) -> bytes:
-        return self._call("readline", *args)
+        return bytes(self._call("readline", *args))
 
     def readlines(self, *args: Any) -> list[bytes]:
-        return self._call("readlines", *args)
+        return list(self._call("readlines", *args))
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
@@ -240,7 +240,8 @@ def hand_over_connection_slot() -> Callable[[], None] | None:
     outlives it calls the returned function when it closes. None when no slot is held."""
     if g.pop("connection_slot", None) is None:
         return None
-    return g.pop("release_connection_slot")
+    release: Callable[[], None] = g.pop("release_connection_slot")
+    return release
 
 
 def _counted(gw: Services, source: str, check: Callable[[], None]) -> None:

@@ -39,7 +39,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -240,7 +240,7 @@ class Outbox:
         if not secret:
             return Result(give_up=True, error="no callback secret configured")
         body = json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False)
-        signed_at = datetime.now(timezone.utc).replace(microsecond=0)
+        signed_at = datetime.now(UTC).replace(microsecond=0)
         headers = {
             "webhook-id": row.key,
             "webhook-timestamp": str(int(signed_at.timestamp())),
@@ -385,7 +385,7 @@ def purge(store: Store, before: datetime) -> int:
         result = w.session.execute(
             delete(OutboxItem).where(OutboxItem.status.in_([DELIVERED, DEAD]), OutboxItem.created_at < before)
         )
-    return int(result.rowcount or 0)
+    return int(getattr(result, "rowcount", 0) or 0)  # a DELETE's CursorResult
 
 
 def init_app(app: Flask, gw: Services) -> Outbox:

@@ -39,7 +39,7 @@ import json
 import random
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -59,7 +59,7 @@ class ReportError(Exception):
 
 
 def _iso(dt: datetime) -> str:
-    dt = dt.astimezone(timezone.utc)
+    dt = dt.astimezone(UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
@@ -137,7 +137,7 @@ class Reporter:
         ``event_id`` and ``occurred_at`` default to a fresh id and now; a caller that sends later
         than the event happened (``gateway.integrations.sender``) fixes both when it happens."""
         event_id = event_id or "evt_" + uuid.uuid4().hex
-        when = occurred_at or datetime.now(timezone.utc)
+        when = occurred_at or datetime.now(UTC)
         body: dict[str, Any] = {"state": state, "occurred_at": _iso(when), **_clean(fields)}
         if self.api_key is not None:
             url = f"{self.base_url}/api/jobs/{quote(job, safe='')}/events"
@@ -156,7 +156,8 @@ class Reporter:
                 last = f"{type(exc).__name__}"
                 continue
             if 200 <= response.status_code < 300:
-                return response.json()
+                answer: dict[str, Any] = response.json()
+                return answer
             if response.status_code not in RETRY_STATUSES:
                 raise ReportError(f"the gateway refused the report: HTTP {response.status_code}", response.status_code, response.text[:2000])
             last = f"HTTP {response.status_code}"
@@ -168,14 +169,14 @@ class Reporter:
             headers["authorization"] = f"Bearer {self.api_key}"
             return headers
         assert self._webhook is not None
-        now = datetime.now(timezone.utc).replace(microsecond=0)  # each try is signed afresh: the timestamp must be recent
+        now = datetime.now(UTC).replace(microsecond=0)  # each try is signed afresh: the timestamp must be recent
         headers["webhook-id"] = event_id
         headers["webhook-timestamp"] = str(int(now.timestamp()))
         headers["webhook-signature"] = self._webhook.sign(msg_id=event_id, timestamp=now, data=data)
         return headers
 
     def _delay(self, attempt: int) -> float:
-        ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        ceiling: float = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         return ceiling / 2 + random.random() * ceiling / 2
 
 

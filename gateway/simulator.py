@@ -21,7 +21,7 @@ import urllib.request
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook
@@ -94,8 +94,9 @@ class Simulator:
         jobs = []
         for plan in plans:
             token, expires = self.gw.auth.issue(plan.job_id)
-            job = self.gw.store.get_job(plan.job_id)
-            jobs.append({"job": job_json(job), "token": token, "token_expires_at": expires})
+            registered = self.gw.store.get_job(plan.job_id)
+            assert registered is not None  # registered just above, in this request
+            jobs.append({"job": job_json(registered), "token": token, "token_expires_at": expires})
         log.info("demo batch started", extra={"batch": batch, "jobs": count})
         self._spawn(f"demo-batch-{batch}", self._run_batch, plans, tick, base)
         return jobs
@@ -162,7 +163,9 @@ class Simulator:
 
     def _process(self, plan: Plan, tick: float, base: str) -> None:
         """One job after its first `processing` webhook, to its end."""
-        send = lambda state, **fields: self.send(base, plan.external_id, state, **fields)  # noqa: E731
+        def send(state: str, **fields: Any) -> None:
+            self.send(base, plan.external_id, state, **fields)
+
         time.sleep(tick)
         if not plan.counted:
             time.sleep(tick)
@@ -181,11 +184,11 @@ class Simulator:
 
     def send(self, base: str, external_id: str, state: str, *, attempts: int = 5, **fields: Any) -> int:
         """POST one signed Standard Webhooks delivery to the gateway; retried like a provider would."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         body = json.dumps({"external_id": external_id, "state": state, "occurred_at": iso(now), **fields})
         msg_id = "msg_" + uuid.uuid4().hex
         secret = self.gw.sources[self.source].config.secrets[0]
-        signed_at = datetime.fromtimestamp(int(now.timestamp()), tz=timezone.utc)
+        signed_at = datetime.fromtimestamp(int(now.timestamp()), tz=UTC)
         headers = {
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(signed_at.timestamp())),
@@ -198,7 +201,7 @@ class Simulator:
             req = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=10) as res:
-                    return res.status
+                    return int(res.status)
             except urllib.error.HTTPError as exc:
                 status = exc.code
                 if exc.code < 500:

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar, cast
 
 import psycopg
-from sqlalchemy import Connection, Engine, bindparam, inspect, select, text, update
+from sqlalchemy import Connection, Engine, Table, bindparam, inspect, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,11 +52,11 @@ _QUEUE_OF_JOB = select(Job.queue_name, Job.state).where(Job.id == bindparam("job
 _LOCK_JOB = select(Job).where(Job.id == bindparam("job_id")).with_for_update(key_share=True).execution_options(populate_existing=True)
 _LINKS = select(JobKey.id, JobKey.source, JobKey.external_id, JobKey.linked_at).where(JobKey.job_id == bindparam("job_id"))
 _QUEUE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:k))")
-_DELIVERIES, _TRACE = Delivery.__table__, TraceEntry.__table__
+_DELIVERIES, _TRACE = cast(Table, Delivery.__table__), cast(Table, TraceEntry.__table__)
 # inline: no generated id asked back, so the INSERT needs no answer before the COMMIT
 _INSERTS = {table.name: table.insert().inline() for table in (_DELIVERIES, _TRACE)}
 # SET takes the columns given in the parameters: the ones that changed
-_UPDATE_JOB = update(Job.__table__).where(Job.__table__.c.id == bindparam("job_id_"))
+_UPDATE_JOB = update(cast(Table, Job.__table__)).where(Job.__table__.c.id == bindparam("job_id_"))
 _INSERT_EVENT = {
     name: dialect.insert(Event.__table__).on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(Event.__table__.c.id)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
@@ -65,7 +65,7 @@ _INSERT_EVENT = {
 
 def utcnow() -> datetime:
     """Now, in UTC, truncated to milliseconds like every stored event time."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -452,7 +452,10 @@ class Writer:
         pe = ProviderEvent(event_id=f"link:{job.id}:{source}:{external_id}", external_id=external_id, occurred_at=now, state=None, type="attempt.linked")
         self._insert_ignore(
             Event,
-            dict(source=GATEWAY_SOURCE, event_id=pe.event_id, external_id=external_id, job_id=job.id, kind=Kind.LINK.value, type=pe.type, state=None, occurred_at=now, received_at=now, data={"key": [source, external_id]}),
+            dict(
+                source=GATEWAY_SOURCE, event_id=pe.event_id, external_id=external_id, job_id=job.id, kind=Kind.LINK.value, type=pe.type,
+                state=None, occurred_at=now, received_at=now, data={"key": [source, external_id]},
+            ),
             conflict=("source", "event_id"),
         )
         self.trace(job.id, "attempt_linked", {"source": source, "external_id": external_id, "by": by}, at=now)
@@ -559,7 +562,7 @@ class Writer:
         for key, value in job_columns(job, view, links).items():
             setattr(job, key, value)
         now_queued = view.state is State.QUEUED
-        if was_queued != now_queued or (now_queued and (since != view.queued_since or job.queue.get("position") is None)):
+        if was_queued != now_queued or (now_queued and (since != view.queued_since or (job.queue or {}).get("position") is None)):
             self.session.flush()
             self._recompute_queue(job.queue_name)
 

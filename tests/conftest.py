@@ -18,9 +18,9 @@ import pytest
 import requests
 
 from gateway.config import Config
+from tests import signing as _sig
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, STRIPE_SECRET_2
-from tests import signing as _sig
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 API_KEY = "test-api-key-0123456789"
@@ -94,7 +94,7 @@ def _pg_available() -> str | None:
     try:
         with psycopg.connect(PG_ADMIN_URL.replace("+psycopg", ""), connect_timeout=3):
             return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
 
 
@@ -142,7 +142,7 @@ def redis_url() -> str:
 
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if _require("GATEWAY_REQUIRE_REDIS"):
             pytest.fail(f"Redis is required (GATEWAY_REQUIRE_REDIS=1) but unreachable at {REDIS_URL}: {exc}")
         pytest.skip(f"Redis unreachable: {exc}")

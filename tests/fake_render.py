@@ -43,11 +43,11 @@ class FakeRender:
         with self._lock:
             self._failures.extend([status] * count)
 
-    def start(self) -> "FakeRender":
+    def start(self) -> FakeRender:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 auth = self.headers.get("Authorization")
                 with fake._lock:
                     fake.requests.append((self.path, auth))
@@ -89,7 +89,7 @@ class FakeRender:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeRender":
+    def __enter__(self) -> FakeRender:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -51,7 +51,7 @@ class Delivery:
 def make_deliveries(jobs: int, seed: int = 0, prefix: str = "") -> list[Delivery]:
     """Unique standard-webhook events for ``jobs`` jobs, in a shuffled order (providers do not keep order)."""
     rng = random.Random(seed)
-    base = datetime.now(timezone.utc).replace(microsecond=0)
+    base = datetime.now(UTC).replace(microsecond=0)
     run = prefix or uuid.uuid4().hex[:8]
     out = []
     for j in range(jobs):

@@ -70,7 +70,7 @@ class PgCluster:
 
     @classmethod
     @contextmanager
-    def create(cls) -> Iterator["PgCluster"]:
+    def create(cls) -> Iterator[PgCluster]:
         """Initialise and start a cluster; stop it and delete its files on exit."""
         root = Path(tempfile.mkdtemp(prefix="gw-pgcluster-"))
         os.chmod(root, 0o755)

@@ -46,7 +46,7 @@ class Watcher:
                 if not data:
                     break
                 self.frames.put(json.loads(data))
-        except Exception:  # noqa: BLE001 - the connection closed
+        except Exception:
             pass
         finally:
             self.closed.set()
@@ -117,7 +117,7 @@ class Watcher:
     def close(self) -> None:
         try:
             self.ws.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
@@ -174,7 +174,7 @@ class SSEReader:
                         self.retry = int(value)
                     else:
                         event[name] = event.get(name, "") + value if name == "data" and "data" in event else value
-        except Exception:  # noqa: BLE001 - closed
+        except Exception:
             pass
         finally:
             self.ended.set()

@@ -41,7 +41,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> "Server":
+    def start(self, timeout: float = 30) -> Server:
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         argv = self.argv or (

@@ -8,7 +8,7 @@ import base64
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from adapters.signing import github_headers, mux_headers, standard_headers, stripe_headers  # noqa: F401  (re-exported)
@@ -34,7 +34,7 @@ def stripe_event(etype: str, obj: dict[str, Any], event_id: str | None = None, c
 
 def iso_now(offset_ms: int = 0) -> str:
     t = time.time() + offset_ms / 1000
-    dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    dt = datetime.fromtimestamp(t, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import register
-from tests.signing import STANDARD_SECRET, iso_now
 from tests.gwapp import post_standard
+from tests.signing import STANDARD_SECRET, iso_now
 
 
 def get(client, job_id, auth) -> dict[str, Any]:

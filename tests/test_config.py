@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from adapters.registry import load_registry
 from gateway.app import create_app
-from gateway.services import build_sources
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from adapters.registry import load_registry
+from gateway.services import build_sources
 
 ENV = {"GATEWAY_SECRET_KEY": "k" * 32, "S": "whsec_abc"}
 

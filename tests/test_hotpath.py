@@ -9,7 +9,7 @@ SQLAlchemy's, and no pooled connection is ever left in autocommit.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.exc import DataError
@@ -20,7 +20,7 @@ from gateway.jobjson import job_json
 from gateway.states import Decision, State
 from gateway.store import Store
 
-T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
 
 @pytest.fixture

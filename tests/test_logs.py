@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import uuid
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ from gateway.logs import JsonFormatter, RequestContext, TextFormatter, redact, w
 from tests.conftest import API_KEY, ARTIFACTS, SECRET_KEY, server_env, write_config
 from tests.servers import Server
 from tests.signing import (
-    STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, STRIPE_SECRET_2, standard_body, standard_headers, stripe_event, stripe_headers,
+    STANDARD_SECRET,
+    STANDARD_SECRET_2,
+    STRIPE_SECRET,
+    STRIPE_SECRET_2,
+    standard_body,
+    standard_headers,
+    stripe_event,
+    stripe_headers,
 )
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -155,9 +163,9 @@ def test_redact_masks_every_token_and_signature(job: str, secret: bytes, prefix:
 
     token, _ = Auth(SECRET_KEY, [], 3600).issue("job_" + job)
     whsec = "whsec_" + base64.b64encode(secret).decode()
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    signature = Webhook(whsec).sign("msg_1", datetime.now(timezone.utc), "{}")
+    signature = Webhook(whsec).sign("msg_1", datetime.now(UTC), "{}")
     for value in (token, whsec, signature.split(",", 1)[1]):
         masked = redact(f"{prefix} {value} {suffix}")
         assert value not in masked

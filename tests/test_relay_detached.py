@@ -19,9 +19,9 @@ from wsproto.connection import Connection as Protocol
 from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
+from gateway.relay.detached import MAX_BACKLOG_BYTES
 from gateway.relay.hub import Snapshot, http_chunk, ws_text_frame
 from gateway.relay.sse import LAST_CHUNK, RETRY, Stream
-from gateway.relay.detached import MAX_BACKLOG_BYTES
 from gateway.relay.ws import Connection
 from tests.conftest import API_KEY, register
 from tests.gwapp import gw_of, make_app

@@ -3,7 +3,7 @@ same events ends in the same job."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gateway import states
 from gateway.states import Decision, Event, Kind, Link, State
 
-T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 K1 = ("src", "ext-1")
 K2 = ("src", "ext-2")
 

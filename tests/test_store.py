@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from gateway.jobjson import job_json
 from gateway.states import State
 from gateway.store import Store
 
-FUTURE = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)
+FUTURE = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_changes_are_reported_with_versions(store):
 
 def test_link_supersedes_the_old_attempts_late_events(store):
     job = register(store)
-    past = datetime.now(timezone.utc) - timedelta(minutes=5)
+    past = datetime.now(UTC) - timedelta(minutes=5)
     send(store, job, f"{job}-f", State.FAILED, 0, base=past, error={"code": "x"})
     with store.transaction() as w:
         w.link_attempt(job, "worker", "new-" + job, by="test")

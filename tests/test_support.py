@@ -3,7 +3,7 @@ even when dropped events are delivered again later (their dedup rows are gone by
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import given, settings
@@ -13,7 +13,7 @@ from gateway import states
 from gateway.states import Kind, State
 from gateway.support import thin
 
-T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 KEY = ("worker", "ext-1")
 LINKS = [states.Link(key=KEY, at=None, uid="000000000001")]
 

@@ -21,8 +21,7 @@ from gateway.models import Event, Job
 from tests.conftest import ARTIFACTS, register, server_env, write_config
 from tests.loadgen import wait_for
 from tests.servers import Server
-from tests.signing import (STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, standard_body, standard_headers, stripe_event,
-                           stripe_headers)
+from tests.signing import STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, standard_body, standard_headers, stripe_event, stripe_headers
 
 FUZZ = settings(max_examples=int(os.environ.get("TRUST_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -88,9 +88,8 @@ def test_connection_counter_caps_and_releases() -> None:
     assert counter.acquire("1.2.3.4")
     from gateway.errors import RateLimited
 
-    with pytest.raises(RateLimited):
-        with counter.hold("1.2.3.4"):
-            pass
+    with pytest.raises(RateLimited), counter.hold("1.2.3.4"):
+        pass
     assert counter.count("1.2.3.4") == 2
 
 

@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +286,7 @@ def test_watchers_stay_connected_through_an_outage_and_converge(cluster: pgclust
         try:
             with Store(engine).transaction() as tx:
                 tx.record_event("worker", ProviderEvent(event_id="direct-" + uuid.uuid4().hex, external_id=ext,
-                                                        occurred_at=datetime.now(timezone.utc), state=State.COMPLETE, result={"url": "x"}))
+                                                        occurred_at=datetime.now(UTC), state=State.COMPLETE, result={"url": "x"}))
         finally:
             engine.dispose()
         assert w.wait_for(job_frame(job, state="complete"))["job"]["version"] == 3

@@ -25,8 +25,7 @@ from sqlalchemy import text
 from gateway.db import make_engine
 from tests.conftest import API_KEY, ARTIFACTS, SECRET_KEY, TEST_ENV, write_config
 from tests.servers import ROOT, free_port
-from tests.signing import (STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, STRIPE_SECRET_2, standard_body, standard_headers,
-                           stripe_event, stripe_headers)
+from tests.signing import STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, STRIPE_SECRET_2, standard_body, standard_headers, stripe_event, stripe_headers
 
 SECOND_API_KEY = "second-api-key-abcdefgh"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -16,7 +16,7 @@ from tests.gwapp import config_file, gw_of, make_app, post_standard
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET, iso_now
 
-T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 K1 = ("slow", "ext-1")
 STALL = {"code": "stalled", "message": "no news", "retryable": True}
 

@@ -10,12 +10,15 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from gateway.cli.common import _config, _database_errors, _echo_json, _Main, _resolution, _store, _table
 from gateway.cli.send import send
+
+if TYPE_CHECKING:
+    from gateway.support import Found
 
 
 @click.group(cls=_Main)
@@ -167,7 +170,7 @@ def sources(as_json: bool) -> None:
         click.echo(f"no sources configured ({found.describe()}){hint}")
         return
     click.echo(_table(
-        [[r["name"], r["adapter"], r["secrets_env"], f"{r['secrets_set']} set" if r["secrets_set"] else "NOT SET",
+        [[str(r["name"]), str(r["adapter"]), str(r["secrets_env"]), f"{r['secrets_set']} set" if r["secrets_set"] else "NOT SET",
           f"/webhooks/{r['name']}"] for r in rows],
         ["SOURCE", "ADAPTER", "SECRETS FROM", "SECRETS", "ENDPOINT"],
     ))
@@ -185,7 +188,7 @@ def trace(job_id: str, as_json: bool, show_all: bool) -> None:
 
     store = _store()
     data = build_trace(store, job_id.strip())
-    resolved = hints = None
+    resolved, hints = None, cast("list[Found]", [])
     if data is None:  # the ticket had the external id or a provider event id: that may name one job
         found_id, resolved, hints = resolve_job(store, job_id)
         data = build_trace(store, found_id) if found_id else None

@@ -8,11 +8,15 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import Config, Resolution
+    from gateway.store import Store
 
 
 def _flags(ctx: click.Context | None = None) -> dict[str, Any]:
@@ -21,7 +25,7 @@ def _flags(ctx: click.Context | None = None) -> dict[str, Any]:
     return (root.obj if root is not None and isinstance(root.obj, dict) else None) or {}
 
 
-def _resolution(ctx: click.Context | None = None):  # type: ignore[no-untyped-def]
+def _resolution(ctx: click.Context | None = None) -> Resolution:
     """Where this command finds its configuration and database: the server's order (gateway.config.resolve)."""
     from gateway.config import resolve
 
@@ -29,7 +33,7 @@ def _resolution(ctx: click.Context | None = None):  # type: ignore[no-untyped-de
     return resolve(config_flag=flags.get("config"), database_flag=flags.get("database_url"))
 
 
-def _config(strict: bool = True):  # type: ignore[no-untyped-def]
+def _config(strict: bool = True) -> Config:
     from gateway.config import load_config
 
     try:
@@ -38,7 +42,7 @@ def _config(strict: bool = True):  # type: ignore[no-untyped-def]
         raise click.ClickException(f"configuration: {exc}") from None
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> Store:
     """A store on the configured database (secrets not required). Only `migrate` creates a
     database: a SQLite file that is not there is an error naming where it was looked for."""
     from gateway.db import make_engine, sqlite_path
@@ -78,8 +82,7 @@ class _Main(click.Group):
         except click.UsageError:
             raise
         except click.ClickException as exc:
-            exc.message = f"{exc.message}\n({_resolution(ctx).describe()})"
-            raise
+            raise click.ClickException(f"{exc.message}\n({_resolution(ctx).describe()})") from None
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

@@ -56,8 +56,9 @@ def install(app: Any, sender: Sender) -> None:
             return
         out: Sender = getattr(app, _ATTR)
         queue = {"name": routing_key or "celery"}
-        if (headers or {}).get("retries"):
-            out.submit(job, "failed", error={"code": "retrying", "message": f"Retry {headers['retries']} of the task", "retryable": True})
+        retries = (headers or {}).get("retries")
+        if retries:
+            out.submit(job, "failed", error={"code": "retrying", "message": f"Retry {retries} of the task", "retryable": True})
         out.submit(job, "queued", queue=queue)
 
     def started(task: Any = None, **_: Any) -> None:

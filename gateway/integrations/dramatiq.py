@@ -39,7 +39,7 @@ from gateway.integrations.sender import JOB_KEY, Sender, failure_fields, result_
 _current = threading.local()  # the message a worker thread is processing, for report_progress
 
 
-class GatewayMiddleware(dramatiq.Middleware):  # type: ignore[misc]  # dramatiq ships no type hints
+class GatewayMiddleware(dramatiq.Middleware):
     """Reports messages that carry ``gateway_job`` in their options; others are untouched."""
 
     def __init__(self, sender: Sender):

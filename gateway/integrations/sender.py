@@ -17,7 +17,7 @@ import queue
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.reporter import Reporter, ReportError
@@ -36,7 +36,7 @@ class Report:
     state: str
     fields: dict[str, Any]
     event_id: str = field(default_factory=lambda: "evt_" + uuid.uuid4().hex)
-    occurred_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Sender:
@@ -46,7 +46,7 @@ class Sender:
         self.reporter = reporter
         self.maxsize = maxsize
         self._lock = threading.Lock()
-        self._last = datetime.min.replace(tzinfo=timezone.utc)
+        self._last = datetime.min.replace(tzinfo=UTC)
         self._pid: int | None = None
         self._queue: queue.Queue[Report | None] = queue.Queue(maxsize)
 
@@ -68,14 +68,19 @@ class Sender:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued report was sent or dropped; False if ``timeout`` ran out first."""
         done = threading.Event()
-        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
         return done.wait(timeout)
 
     def _tick(self) -> datetime:
         # the gateway orders a job's events by time at millisecond precision: two reports of one
         # process (a retry's failed, then queued) must never share a millisecond
         with self._lock:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             if now - self._last < timedelta(milliseconds=1):
                 now = self._last + timedelta(milliseconds=1)
             self._last = now
@@ -99,7 +104,7 @@ class Sender:
                     self.reporter.report(report.job, report.state, event_id=report.event_id, occurred_at=report.occurred_at, **report.fields)
             except ReportError as exc:
                 log.warning("gateway report dropped: %s", exc, extra={"external_id": report.job if report else None, "state": report.state if report else None})
-            except Exception:  # noqa: BLE001 - the sender thread never dies
+            except Exception:
                 log.exception("gateway report failed", extra={"external_id": report.job if report else None})
             finally:
                 self._queue.task_done()

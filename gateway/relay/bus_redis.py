@@ -53,8 +53,11 @@ class RedisBus(ListeningBus):
         self.channel = channel_for(engine)
         self.subscriptions = 0  # confirmed (re)subscriptions: each one resyncs
         self._client: redis.Redis | None = None
-        self.barrier = Barrier(lambda marker: self._publisher().publish(self.channel, marker))
+        self.barrier = Barrier(self._publish_marker)
         self.coalescer = Coalescer(self._announce, progress_interval)
+
+    def _publish_marker(self, marker: str) -> None:
+        self._publisher().publish(self.channel, marker)
 
     def _publisher(self) -> redis.Redis:
         # created lazily in the worker (after the fork): no connection crosses a fork

@@ -83,7 +83,7 @@ class SqliteBus(LocalBus):
             raw, self._raw = self._raw, None
             try:
                 raw.invalidate()
-            except Exception:  # noqa: BLE001 - already broken
+            except Exception:
                 pass
 
     def read_new(self) -> int:

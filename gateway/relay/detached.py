@@ -62,7 +62,7 @@ class Detached:
     a read watcher. Subclasses say what the client's bytes mean (``_received``) and what ending
     releases (``_finished``)."""
 
-    __slots__ = ("sock", "raw", "backlog", "backlog_bytes", "closed", "ending", "reader", "writer", "on_close")
+    __slots__ = ("backlog", "backlog_bytes", "closed", "ending", "on_close", "raw", "reader", "sock", "writer")
 
     def __init__(self, sock: Any = None):
         self.sock = sock

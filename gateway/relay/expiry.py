@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class Expiring(Protocol):

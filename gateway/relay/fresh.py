@@ -72,7 +72,7 @@ class VersionCache:
 class _Round:
     """One marker and the polls waiting for it; ``back`` is set when the marker returns."""
 
-    __slots__ = ("n", "back")
+    __slots__ = ("back", "n")
 
     def __init__(self, n: int):
         self.n = n

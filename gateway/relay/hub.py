@@ -56,15 +56,15 @@ class Snapshot:
 
     @property
     def job_id(self) -> str:
-        return self.job["id"]
+        return str(self.job["id"])
 
     @property
     def version(self) -> int:
-        return self.job["version"]
+        return int(self.job["version"])
 
     @property
     def terminal(self) -> bool:
-        return self.job["state"] == "complete"
+        return bool(self.job["state"] == "complete")
 
     @cached_property
     def text(self) -> str:
@@ -258,7 +258,7 @@ class Hub:
         ids = [job_id for job_id in batch if job_id in self.watchers]
         if not ids:
             return
-        for job_id, data in self.load(ids).items():
+        for data in self.load(ids).values():
             self.publish(Snapshot(data))
 
     def publish(self, snap: Snapshot) -> None:

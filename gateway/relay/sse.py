@@ -83,7 +83,7 @@ def stream(job_id: str) -> Response:
 class Stream(Detached):
     """One detached event stream: the hub's watcher of its job, writing chunks to the socket."""
 
-    __slots__ = ("relay", "job_id", "last", "pending", "expires")
+    __slots__ = ("expires", "job_id", "last", "pending", "relay")
 
     def __init__(self, relay: Relay, job_id: str, last: int, expires: int | None = None):
         super().__init__()
@@ -154,18 +154,18 @@ class StreamResponse(Response):
 
     def __init__(self, stream: Stream, snap: Snapshot | None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.stream = stream
+        self.detached = stream  # not ``self.stream``: that is the Response's body stream
         self.snap = snap
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         taken = take_socket(environ)
         if taken is None:  # cannot happen: the view checked; never leave the watcher behind
-            self.stream.finish()
+            self.detached.finish()
             raise RuntimeError("the stream's socket could not be taken from the request")
         head = [f"HTTP/1.1 {self.status}"]
         head += [f"{name}: {value}" for name, value in self.headers.items()]
         head += ["Transfer-Encoding: chunked", "Connection: close", f"Date: {http_date()}", "", ""]
-        self.stream.start(*taken, "\r\n".join(head).encode("latin-1"), self.snap)
+        self.detached.start(*taken, "\r\n".join(head).encode("latin-1"), self.snap)
         raise StopIteration
 
 

@@ -65,7 +65,7 @@ class Connection(Detached):
     """One WebSocket: its subscriptions (job id → newest version sent) and the wsproto state of
     its frames, on a ``Detached`` socket."""
 
-    __slots__ = ("relay", "proto", "subs", "pinged", "pong_received", "parts", "parts_bytes", "expiries", "due", "tokens", "refilled")
+    __slots__ = ("due", "expiries", "parts", "parts_bytes", "pinged", "pong_received", "proto", "refilled", "relay", "subs", "tokens")
 
     def __init__(self, relay: Relay, proto: Protocol, sock: Any):
         super().__init__(sock)
@@ -325,7 +325,7 @@ class Connection(Detached):
 def hard_limit(config: Any) -> int:
     """Messages over this many bytes close the connection with 1009; between the configured size
     and this ceiling the client gets an error frame and keeps its subscriptions."""
-    return max(64 * 1024, 8 * config.ws_max_message_bytes)
+    return max(64 * 1024, 8 * int(config.ws_max_message_bytes))
 
 
 def init_ws(app: Flask, relay: Relay) -> None:
@@ -351,7 +351,7 @@ def init_ws(app: Flask, relay: Relay) -> None:
     def _not_an_upgrade(exc: RemoteProtocolError) -> Any:  # e.g. no Sec-WebSocket-Key
         return error_response(400, "invalid_upgrade", f"not a valid WebSocket upgrade request: {exc}")
 
-    @sock.route("/ws", bp=bp)
+    @sock.route("/ws", bp=bp)  # type: ignore[untyped-decorator]  # flask-sock ships no type hints
     def ws_route(ws: Any) -> None:
         """One browser's WebSocket: detached from the request under gevent, else served here."""
         conn = Connection(relay, ws.ws.connection, ws.sock)

@@ -6,7 +6,7 @@ under one id. Checked on the fixtures, through the real fold."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import pytest
@@ -23,7 +23,7 @@ from adapters.twilio import TwilioAdapter
 from gateway import states
 from tests import signing
 
-CREATED = datetime(2026, 11, 28, 11, 0, tzinfo=timezone.utc)
+CREATED = datetime(2026, 11, 28, 11, 0, tzinfo=UTC)
 
 
 def _parse(provider: str, name: str, n: int) -> ProviderEvent:

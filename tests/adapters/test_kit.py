@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from adapters import PayloadError, ProviderEvent, SignatureError
 from adapters.base import WebhookRequest, check_header_token, utc_from_unix
 from adapters.testing import AdapterConformance
-from adapters import PayloadError, ProviderEvent, SignatureError
 from gateway.states import State
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
@@ -152,7 +152,7 @@ class TestBasicAuthConformance(TestTokenConformance):
     secrets = ("beacon:pass-1", "beacon:pass-2")
     wrong_secret = "beacon:pass-0"
 
-    class adapter_class(BeaconAdapter):  # noqa: N801  (the kit's attribute name)
+    class adapter_class(BeaconAdapter):
         def verify(self, request: WebhookRequest, secrets: Any) -> None:
             check_header_token(request, secrets, "Authorization", scheme="Basic")
 

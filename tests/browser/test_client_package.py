@@ -11,7 +11,6 @@ import json
 import os
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

@@ -12,8 +12,8 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.conftest import API_KEY, ARTIFACTS
 from tests.browser.conftest import SUPPORT_EMAIL, Gateway, new_job_id, open_harness, screenshot, wait_until, watch
+from tests.conftest import API_KEY, ARTIFACTS
 
 pytestmark = pytest.mark.browser
 

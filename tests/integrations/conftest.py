@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import uuid
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ def states_in_order(w: Watcher, job_id: str) -> list[str]:
     """The states of ``job_id`` in the frames seen, consecutive repeats folded."""
     out: list[str] = []
     for frame in w.seen:
-        if frame.get("type") == "job" and frame["job"]["id"] == job_id:
-            if not out or out[-1] != frame["job"]["state"]:
-                out.append(frame["job"]["state"])
+        same_job = frame.get("type") == "job" and frame["job"]["id"] == job_id
+        if same_job and (not out or out[-1] != frame["job"]["state"]):
+            out.append(frame["job"]["state"])
     return out
