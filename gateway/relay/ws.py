@@ -43,10 +43,32 @@ log = logging.getLogger("gateway.relay")
 PING_FRAME = b"\x89\x00"  # an empty server ping
 FRAME_COST = 6  # bytes a client frame costs at least (2 header + 4 mask), counted even when empty
 MAX_FRAGMENTS = 64  # frames one message may arrive in
-#: every frame a client sends (message parts, pings) spends one token; a bucket of this many
-#: refilled at MESSAGE_RATE a second: a page subscribing to its jobs never meets it
-MESSAGE_BURST = 200
-MESSAGE_RATE = 20.0
+#: a connection's budgets, as token buckets (burst, refill per second); spent, it closes with 1008.
+#: Every frame (message parts, pings) spends a FRAME token; every subscription that reads a
+#: snapshot spends a READ token too: a page subscribing to its jobs never meets either, a
+#: subscribe/unsubscribe loop meets READ as it would meet 429 over HTTP.
+FRAME_BURST, FRAME_RATE = 5000, 1000.0
+READ_BURST, READ_RATE = 200, 20.0
+
+
+class Budget:
+    """A token bucket: ``burst`` tokens, refilled at ``rate`` a second."""
+
+    __slots__ = ("burst", "rate", "refilled", "tokens")
+
+    def __init__(self, burst: int, rate: float):
+        self.burst, self.rate = float(burst), rate
+        self.tokens, self.refilled = float(burst), time.monotonic()
+
+    def spend(self) -> bool:
+        """Take one token; False when none is left."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class _NoReader:
@@ -65,7 +87,7 @@ class Connection(Detached):
     """One WebSocket: its subscriptions (job id → newest version sent) and the wsproto state of
     its frames, on a ``Detached`` socket."""
 
-    __slots__ = ("due", "expiries", "parts", "parts_bytes", "pinged", "pong_received", "proto", "refilled", "relay", "subs", "tokens")
+    __slots__ = ("due", "expiries", "frames", "parts", "parts_bytes", "pinged", "pong_received", "proto", "reads", "relay", "subs")
 
     def __init__(self, relay: Relay, proto: Protocol, sock: Any):
         super().__init__(sock)
@@ -76,8 +98,8 @@ class Connection(Detached):
         self.pong_received = True
         self.parts: list[Any] | None = None  # a message arriving in several frames
         self.parts_bytes = 0
-        self.tokens = float(MESSAGE_BURST)  # the frame budget (MESSAGE_BURST, MESSAGE_RATE)
-        self.refilled = time.monotonic()
+        self.frames = Budget(FRAME_BURST, FRAME_RATE)
+        self.reads = Budget(READ_BURST, READ_RATE)
         # job id → its token's expiry, for subscriptions made with a job token: a (job, expiry)
         # pair while there is one (the usual browser), a dict for several, None for none
         self.expiries: tuple[str, int] | dict[str, int] | None = None
@@ -113,9 +135,8 @@ class Connection(Detached):
         connection is to close."""
         try:
             for event in self.proto.events():
-                if not self._spend():
-                    log.info("websocket frame budget exceeded; closing")
-                    self.write(self.proto.send(CloseConnection(CloseReason.POLICY_VIOLATION, "Too many messages")))
+                if not self.frames.spend():
+                    self._over_budget("frame")
                     return False
                 if isinstance(event, (TextMessage, BytesMessage)):
                     if not self._message_part(event):
@@ -131,15 +152,9 @@ class Connection(Detached):
             return False
         return True
 
-    def _spend(self) -> bool:
-        """One frame's token from the connection's budget; False when it is spent."""
-        now = time.monotonic()
-        self.tokens = min(float(MESSAGE_BURST), self.tokens + (now - self.refilled) * MESSAGE_RATE)
-        self.refilled = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+    def _over_budget(self, what: str) -> None:
+        log.info("websocket %s budget spent; closing", what)
+        self.end(self.proto.send(CloseConnection(CloseReason.POLICY_VIOLATION, "Too many messages")))
 
     def _message_part(self, event: TextMessage | BytesMessage) -> bool:
         """Collect a message's frames; over the hard ceiling (frames counted with their headers,
@@ -261,6 +276,8 @@ class Connection(Detached):
         else:
             self.subs[job] = since
         self._ends_at(job, expires)
+        if not self.reads.spend():
+            return self._over_budget("snapshot read")
         try:
             snap = self.relay.hub.current(job)
         except Exception:  # database unavailable: the subscription stands, the resync sends the snapshot
