@@ -3,7 +3,8 @@
     GATEWAY_URL=http://127.0.0.1:8000 GATEWAY_API_KEY=… python -m examples.rq_import.enqueue customers.csv
 
 The browser gets the job id and token at once and watches with ``<job-status>``; the RQ worker
-(``rq worker imports``) runs ``tasks.import_customers`` and reports as it goes.
+(``rq worker -w gateway.integrations.rq.GatewayWorker imports``) runs ``tasks.import_customers``
+and reports as it goes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis import Redis
 from rq import Queue
 
 from examples.rq_import.tasks import import_customers
+from gateway.integrations.rq import enqueue
 
 
 def start_import(path: str) -> dict[str, Any]:
@@ -33,7 +35,8 @@ def start_import(path: str) -> dict[str, Any]:
         timeout=10,
     )
     r.raise_for_status()
-    Queue("imports", connection=Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))).enqueue(import_customers, external_id, rows)
+    queue = Queue("imports", connection=Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")))
+    enqueue(queue, import_customers, rows, gateway_job=external_id)  # reports queued: "Position 3 of 5"
     return r.json()
 
 

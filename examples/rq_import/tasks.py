@@ -1,25 +1,23 @@
-"""An RQ task that imports customer rows and tells the gateway how it goes.
+"""An RQ task that imports customer rows; the gateway shows the person who started it how it goes.
 
-The gateway shows the person who started the import "Processing row 1,240 of 4,000 —
-importing rows", then "Complete", or what failed with a Retry button. The task reports
-through ``gateway.reporter.Reporter`` (Standard Webhooks–signed POSTs to the gateway's
-``/webhooks/<source>``, a source with ``adapter = "standard"``); a report that cannot get
-through is retried by the reporter with the same event id, so the gateway counts it once.
+The gateway shows "Position 2 of 5" while the job waits in RQ, then "Processing row 1,240 of
+4,000 — importing rows", then "Complete", or what failed with a Retry button. The task itself
+only reports its progress (``report_progress``); the RQ integration reports the rest:
+``gateway.integrations.rq.enqueue`` reports ``queued`` when the job is enqueued, and the worker
+(``rq worker -w gateway.integrations.rq.GatewayWorker imports``) reports ``processing`` when it
+starts, ``complete`` with the return value, or ``failed`` with the exception's class and message
+(``BadRow``: "Row 1,241: missing email").
 
-RQ runs plain functions: ``Queue("imports").enqueue(import_customers, "import-42", rows)``
-(see ``enqueue.py``). The function can also be called directly, which is how the tests run it.
-
-Environment: ``GATEWAY_URL`` (e.g. ``http://127.0.0.1:8000``), ``GATEWAY_SOURCE`` (the
-source's name, e.g. ``worker``) and ``WORKER_WEBHOOK_SECRET`` (the ``whsec_…`` secret in that
+Environment of the worker: ``GATEWAY_URL`` (e.g. ``http://127.0.0.1:8000``), ``GATEWAY_SOURCE``
+(the source's name, e.g. ``worker``) and ``WORKER_WEBHOOK_SECRET`` (the ``whsec_…`` secret in that
 source's ``secrets_env``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from gateway.reporter import Reporter
+from gateway.integrations.rq import report_progress
 
 PROGRESS_EVERY = 100  # rows between progress reports: often enough to look live, rarely enough to be cheap
 
@@ -32,33 +30,18 @@ class BadRow(Exception):
         self.number = number
 
 
-def reporter_from_env() -> Reporter:
-    """The reporter configured by GATEWAY_URL, GATEWAY_SOURCE and WORKER_WEBHOOK_SECRET."""
-    return Reporter(os.environ["GATEWAY_URL"], os.environ["WORKER_WEBHOOK_SECRET"], os.environ.get("GATEWAY_SOURCE", "worker"))
-
-
 def save_customer(row: dict[str, Any]) -> None:
     """Stands in for the real write (an INSERT, an API call)."""
 
 
-def import_customers(external_id: str, rows: list[dict[str, Any]], reporter: Reporter | None = None) -> dict[str, Any]:
-    """Import ``rows``, reporting processing → progress → complete, or failed with the bad row."""
-    job = (reporter or reporter_from_env()).for_job(external_id)
+def import_customers(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Import ``rows``, reporting progress; a bad row raises ``BadRow`` (reported as the failure)."""
     total = len(rows)
-    job.progress(0, total, "reading file")
-    try:
-        for number, row in enumerate(rows, start=1):
-            if not row.get("email"):
-                raise BadRow(number, "missing email")
-            save_customer(row)
-            if number % PROGRESS_EVERY == 0 or number == total:
-                job.progress(number, total, "importing rows")
-    except BadRow as exc:
-        job.failed("bad_row", str(exc), retryable=True)
-        raise
-    except Exception as exc:  # anything else: say so before RQ marks the job failed, so no tab waits forever
-        job.failed("import_crashed", f"The import stopped: {type(exc).__name__}", retryable=True)
-        raise
-    result = {"imported": total}
-    job.complete(result)
-    return result
+    report_progress(0, total, "reading file")
+    for number, row in enumerate(rows, start=1):
+        if not row.get("email"):
+            raise BadRow(number, "missing email")
+        save_customer(row)
+        if number % PROGRESS_EVERY == 0 or number == total:
+            report_progress(number, total, "importing rows")
+    return {"imported": total}
