@@ -128,7 +128,7 @@ def run_example(server: Any, rows: list[dict[str, Any]]) -> tuple[dict[str, Any]
     redis = Redis.from_url("redis://127.0.0.1:6379/0")
     try:
         redis.ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if os.environ.get("GATEWAY_REQUIRE_REDIS") == "1":
             pytest.fail(f"Redis is required (GATEWAY_REQUIRE_REDIS=1) but unreachable: {exc}")
         pytest.skip(f"Redis unreachable: {exc}")
