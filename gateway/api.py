@@ -19,6 +19,7 @@ from gateway.jobjson import job_json
 from gateway.models import Job
 from gateway.signals import job_retried
 from gateway.states import Kind
+from gateway.storable import require_storable
 from gateway.store import API_SOURCE, JOB_ID_RE
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -34,6 +35,7 @@ def _json_body() -> dict[str, Any]:
         raise BadRequest("the body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
+    require_storable(body)
     return body
 
 

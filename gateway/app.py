@@ -22,7 +22,7 @@ from gateway.config import Config, load_config
 from gateway.context import Gateway, gateway
 from gateway.db import make_engine
 from gateway.errors import GatewayError, Unavailable
-from gateway.http import error_response, finish_headers, request_id_of
+from gateway.http import error_response, finish_headers, guard_input, request_id_of
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
 from gateway.relay import install as relay
@@ -70,6 +70,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     _install_request_hooks(app)
     _install_error_handlers(app)
     fastpoll.init_app(app, gw)
+    app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]
     if background:
         gw.background.start()
     return app

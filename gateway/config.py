@@ -26,7 +26,7 @@ from gateway.db import default_database_url, normalise_database_url, safe_url
 from gateway.errors import ConfigError
 
 PROJECT_FILE = "gateway.toml"
-SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 RESERVED_SOURCES = {"gateway", "api"}  # used for events the gateway records itself
 
 #: keys every source takes; anything else is the adapter's own (checked by the adapter)

@@ -14,7 +14,13 @@ from typing import Any
 from flask import Response, jsonify
 from werkzeug.wrappers import Request
 
+from gateway.errors import BadRequest
 from gateway.models import Job
+
+try:  # gunicorn's chunked reader raises its own parse errors for a malformed or cut-off body
+    from gunicorn.http.errors import ParseException as _ServerParseError
+except ImportError:  # pragma: no cover - another WSGI server
+    _ServerParseError = OSError  # type: ignore[assignment,misc]
 
 NO_CACHE = "no-cache, private"
 
@@ -26,6 +32,46 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
+
+
+# -- request bodies ------------------------------------------------------------------------------
+
+
+class ClientInput:
+    """``wsgi.input`` whose read errors are the client's: a chunked body cut short or badly framed
+    (gunicorn raises NoMoreData, InvalidChunkSize, ...) is a 400 ``incomplete_body``, not a 500."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._stream, name)(*args)
+        except (OSError, _ServerParseError):
+            raise BadRequest("the request body was cut short or badly framed", code="incomplete_body") from None
+
+    def read(self, *args: Any) -> bytes:
+        return self._call("read", *args)
+
+    def readline(self, *args: Any) -> bytes:
+        return self._call("readline", *args)
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        return self._call("readlines", *args)
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
+def guard_input(wsgi_app: Any) -> Any:
+    """Wrap a WSGI app so every request body is read through ClientInput."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH", "DELETE") and "wsgi.input" in environ:
+            environ["wsgi.input"] = ClientInput(environ["wsgi.input"])
+        return wsgi_app(environ, start_response)
+
+    return app
 
 
 # -- request ids and CORS -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ duplicate 200 only after commit, database down 503 with Retry-After.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, Signatur
 from gateway.http import error_response
 from gateway.services import Source
 from gateway.states import Decision
+from gateway.storable import MESSAGE as STORABLE_MESSAGE, is_storable
 from gateway.store import Outcome, Writer, utcnow
 
 bp = Blueprint("ingest", __name__)
@@ -104,6 +106,8 @@ def receive(source_name: str) -> Any:
     except Exception as exc:
         log.exception("adapter parse raised an undeclared error", extra={"source": source.name})
         return _invalid(source, PayloadError(f"unreadable body ({type(exc).__name__})"), len(body), received_at)
+    if not all(is_storable(dataclasses.astuple(pe)) for pe in events):
+        return _invalid(source, PayloadError(STORABLE_MESSAGE, code="unstorable_value"), len(body), received_at)
 
     def record(w: Writer) -> list[tuple[ProviderEvent, Outcome]]:
         outcomes = []

@@ -38,7 +38,7 @@ TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization fai
 
 GATEWAY_SOURCE = "gateway"  # events the gateway itself records: retries, links, watchdog
 API_SOURCE = "api"  # events reported through POST /api/jobs/<id>/events
-JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{1,60}$")
+JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{1,60}\Z")  # \Z: "$" would also match before a final newline
 
 # The hot path's statements, built once: SQLAlchemy compiles each once per engine and reuses it.
 _JOB_OF_KEY = (

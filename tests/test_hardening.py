@@ -1,0 +1,89 @@
+"""Issue 13, the findings on ingest and the API: each test here failed on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.models import Delivery, Event, Job
+from tests.conftest import API_KEY, register
+from tests.signing import STANDARD_SECRET, STRIPE_SECRET, standard_body, standard_headers, stripe_event, stripe_headers
+
+KEY = {"Authorization": f"Bearer {API_KEY}"}
+SURROGATE = "\\ud800"  # a JSON escape of a lone UTF-16 surrogate: valid JSON, no UTF-8 encoding
+
+
+def counts(app: Any) -> tuple[int, int]:
+    with app.extensions["gateway"].store.reading() as s:
+        return s.scalar(select(func.count()).select_from(Event)), s.scalar(select(func.count()).select_from(Job))
+
+
+# -- a. lone surrogates (finding 3) ------------------------------------------------------------------
+
+
+def test_a_lone_surrogate_in_a_signed_standard_label_is_a_400(app, client) -> None:
+    job = register(client)["job"]
+    body = standard_body(job["external_id"], "processing").replace('"state"', f'"label": "x{SURROGATE}", "state"', 1)
+    assert SURROGATE in body
+    before = counts(app)
+    r = client.post("/webhooks/worker", data=body, headers=standard_headers(STANDARD_SECRET, body))
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert r.get_json()["error"]["code"] == "unstorable_value"
+    assert counts(app) == before
+    again = client.post("/webhooks/worker", data=body, headers=standard_headers(STANDARD_SECRET, body))
+    assert again.status_code == 400  # every provider retry too
+
+
+def test_a_lone_surrogate_in_a_stripe_object_id_is_a_400(app, client) -> None:
+    body = stripe_event("payment_intent.processing", {"id": "pi_PLACEHOLDER", "object": "payment_intent"}).replace("pi_PLACEHOLDER", "pi_" + SURROGATE)
+    before = counts(app)
+    r = client.post("/webhooks/stripe", data=body, headers=stripe_headers(STRIPE_SECRET, body))
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert r.get_json()["error"]["code"] == "unstorable_value"
+    assert counts(app) == before
+
+
+@pytest.mark.parametrize("field", ["label", "external_id", "queue"])
+def test_a_lone_surrogate_in_post_api_jobs_is_a_400(app, client, field: str) -> None:
+    body = {"source": "worker", "external_id": "ext-" + uuid.uuid4().hex[:8], field: "x" + SURROGATE}
+    text = json.dumps(body).replace("\\\\ud800", SURROGATE)
+    before = counts(app)
+    r = client.post("/api/jobs", data=text, headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert r.get_json()["error"]["code"] == "unstorable_value"
+    assert counts(app) == before
+
+
+# -- b. a cut-off chunked body, a job id with a newline (finding 5) ----------------------------------
+
+
+def test_b_a_job_id_with_a_trailing_newline_is_refused_at_registration(client) -> None:
+    r = client.post("/api/jobs", json={"source": "worker", "external_id": "nl-" + uuid.uuid4().hex[:6], "id": "job_trailing\n"}, headers=KEY)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert r.get_json()["error"]["code"] == "invalid_id"
+    assert client.get("/api/jobs/job_trailing%0A", headers=KEY).status_code == 404
+
+
+def _raw(server: Any, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)  # the body ends here, before its last chunk
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("path", ["/webhooks/worker", "/api/jobs"])
+def test_b_a_truncated_chunked_body_is_a_400_not_a_500(server, path: str) -> None:
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    answer = _raw(server, head + b"40\r\n{\"external_id\": \"cut")
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer[:400]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == "incomplete_body"
