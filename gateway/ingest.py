@@ -21,6 +21,7 @@ from adapters.base import ProviderEvent, WebhookRequest
 from gateway.context import gateway
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
 from gateway.http import error_response
+from gateway.limits import charge_source
 from gateway.services import Source
 from gateway.states import Decision
 from gateway.storable import MESSAGE as STORABLE_MESSAGE, is_storable
@@ -99,6 +100,7 @@ def receive(source_name: str) -> Any:
     except Exception as exc:  # an adapter bug must not turn bad input into a 500
         log.exception("adapter verify raised an undeclared error", extra={"source": source.name})
         return _reject(source.name, 401, f"signature check failed ({type(exc).__name__})", len(body), "invalid_signature")
+    charge_source(gw, gw.limits, source.name)
     try:
         events = source.adapter.parse(wreq)
     except GatewayError as exc:

@@ -7,8 +7,9 @@ rate before every worker refuses it. That is the honest semantics; the limits ex
 flood from one source or address from starving everyone else, not to meter usage. A refused
 request gets 429 with ``Retry-After`` and the usual JSON error.
 
-- ``POST /webhooks/<source>``: ``rate_limit_webhooks_per_source`` and
-  ``rate_limit_webhooks_per_address`` (requests per second; bursts up to twice that).
+- ``POST /webhooks/<source>``: ``rate_limit_webhooks_per_address`` before anything is read,
+  ``rate_limit_webhooks_per_source`` only for deliveries whose signature verified (requests per
+  second; bursts up to twice that), so unsigned posts cannot spend a provider's budget.
 - Browser endpoints (reading, streaming or retrying one job with its token, ``/ws``, the
   demo page): ``rate_limit_public_per_address``. A request carrying an integrator API key is
   not a browser and is not counted.
@@ -193,9 +194,8 @@ def init_app(app: Flask, gw: Services) -> Limits:
         path = request.path
         address = client_address()
         if path.startswith("/webhooks/") and request.method == "POST":
+            # the per-source budget is charged only once a delivery verified (charge_source)
             source = path[len("/webhooks/"):]
-            if source in gw.sources:
-                _counted(gw, source, lambda: limits.webhooks_per_source.check("source:" + source, "for this source"))
             _counted(gw, source, lambda: limits.webhooks_per_address.check("addr:" + address, "from this address"))
         elif PUBLIC_PATHS.match(path) and not _is_api_key(gw, request):
             limits.public_per_address.check("addr:" + address, "from this address")
@@ -241,6 +241,12 @@ def hand_over_connection_slot() -> Callable[[], None] | None:
     if g.pop("connection_slot", None) is None:
         return None
     return g.pop("release_connection_slot")
+
+
+def charge_source(gw: Services, limits: Limits, source: str) -> None:
+    """Spend one of ``source``'s tokens for a delivery whose signature verified; RateLimited (429,
+    counted) when over. Unsigned junk never reaches here, so it cannot spend a provider's budget."""
+    _counted(gw, source, lambda: limits.webhooks_per_source.check("source:" + source, "for this source"))
 
 
 def _counted(gw: Services, source: str, check: Callable[[], None]) -> None:

@@ -87,3 +87,21 @@ def test_b_a_truncated_chunked_body_is_a_400_not_a_500(server, path: str) -> Non
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"400", answer[:400]
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == "incomplete_body"
+
+
+# -- c. unsigned junk does not spend a provider's budget (finding 2) --------------------------------
+
+
+def test_c_unsigned_posts_do_not_spend_the_per_source_budget(db_url: str, tmp_path) -> None:
+    from tests.test_trust_limits import limited_app
+
+    app = limited_app(db_url, tmp_path, rate_limit_webhooks_per_source=2, rate_limit_webhooks_per_address=0)
+    app.extensions["gateway"].limits.webhooks_per_source.clock = lambda: 1000.0  # no refill: budget 4 (the burst)
+    client = app.test_client()
+    junk = [client.post("/webhooks/worker", data=standard_body("junk", "complete"), headers={"webhook-id": f"m{i}"}) for i in range(40)]
+    assert {r.status_code for r in junk} == {401}
+    signed = []
+    for _ in range(6):
+        body = standard_body("ext-" + uuid.uuid4().hex[:8], "processing")
+        signed.append(client.post("/webhooks/worker", data=body, headers=standard_headers(STANDARD_SECRET, body)).status_code)
+    assert signed == [200] * 4 + [429] * 2  # the whole burst went to the signed deliveries, then the limit holds
