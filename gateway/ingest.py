@@ -9,6 +9,7 @@ duplicate 200 only after commit, database down 503 with Retry-After.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -111,10 +112,13 @@ def receive(source_name: str) -> Any:
     if not all(is_storable(dataclasses.astuple(pe)) for pe in events):
         return _invalid(source, PayloadError(STORABLE_MESSAGE, code="unstorable_value"), len(body), received_at)
 
+    digest = None if source.adapter.event_id_signed else hashlib.sha256(body).hexdigest()
+
     def record(w: Writer) -> list[tuple[ProviderEvent, Outcome]]:
         outcomes = []
-        for pe in events:
-            outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at)
+        for i, pe in enumerate(events):
+            outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at,
+                                     digest=digest and _event_digest(digest, i))
             w.finish_changes()
             if pe.needs_details and outcome.decision is not Decision.DUPLICATE:
                 gw.outbox.enqueue_details(w, source.name, pe, outcome.job_id)
@@ -147,6 +151,11 @@ def receive(source_name: str) -> Any:
 
 # the acknowledgement bodies, encoded once
 _ACKS = {status: json.dumps({"status": status}).encode() for status in ("accepted", "duplicate", "ignored")}
+
+
+def _event_digest(body_digest: str, index: int) -> str:
+    """The dedup digest of the ``index``-th event of a signed body (64 characters, as stored)."""
+    return body_digest if index == 0 else hashlib.sha256(f"{body_digest}:{index}".encode()).hexdigest()
 
 
 def _outcome_name(decision: Decision, no_state: bool) -> str:

@@ -90,10 +90,14 @@ class Event(Base):
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime]
     data: Mapped[dict[str, Any] | None]  # progress / queue / error / result / label as given
+    #: for providers whose event id is not signed (``Adapter.event_id_signed``): a digest of the
+    #: signed content, unique per source, so a signed body replayed under a new id is a duplicate
+    digest: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         UniqueConstraint("source", "event_id", name="uq_events_source_event"),
         Index("ix_events_key", "source", "external_id"),
+        Index("uq_events_source_digest", "source", "digest", unique=True),
     )
 
 

@@ -105,3 +105,35 @@ def test_c_unsigned_posts_do_not_spend_the_per_source_budget(db_url: str, tmp_pa
         body = standard_body("ext-" + uuid.uuid4().hex[:8], "processing")
         signed.append(client.post("/webhooks/worker", data=body, headers=standard_headers(STANDARD_SECRET, body)).status_code)
     assert signed == [200] * 4 + [429] * 2  # the whole burst went to the signed deliveries, then the limit holds
+
+
+# -- d. GitHub's unsigned delivery id (finding 4) ----------------------------------------------------
+
+
+def test_d_a_github_body_replayed_under_a_new_delivery_id_is_a_duplicate(app, client) -> None:
+    """The hot path (PostgreSQL) and the ORM path (SQLite) share the rule: dedup on the body's digest."""
+    from tests.adapters import deliveries as d
+
+    run_id = int(uuid.uuid4().int % 10**9)
+    register(client, source="github", external_id=str(run_id))
+    path, raw, headers = d.github("workflow_run_completed_failure", run_id, delivery=str(uuid.uuid4()))
+    assert client.post(path, data=raw, headers=headers).get_json() == {"status": "accepted"}
+    before = counts(app)
+    replay = {**headers, "X-GitHub-Delivery": str(uuid.uuid4())}  # the signature covers only the body
+    r = client.post(path, data=raw, headers=replay)
+    assert r.status_code == 200 and r.get_json() == {"status": "duplicate"}
+    assert counts(app) == before
+    # the same body under the same delivery id (GitHub's own redelivery) stays a duplicate
+    assert client.post(path, data=raw, headers=headers).get_json() == {"status": "duplicate"}
+    # a different signed body is a new event as before
+    _, raw2, headers2 = d.github("workflow_run_in_progress", run_id)
+    assert client.post(path, data=raw2, headers=headers2).status_code == 200
+    assert counts(app)[0] == before[0] + 1
+
+
+def test_d_only_adapters_with_an_unsigned_event_id_dedup_on_the_digest() -> None:
+    from adapters.registry import load_registry
+
+    builtins = ("standard", "stripe", "replicate", "github", "twilio", "mux", "render")
+    adapters = load_registry().adapters
+    assert {name for name in builtins if not adapters[name].event_id_signed} == {"github"}
