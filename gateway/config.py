@@ -72,6 +72,7 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "rate_limit_public_per_address": (int, 200),
     "max_connections_per_address": (int, 500),
     "body_timeout": (int, 30),
+    "rejected_records_per_minute": (int, 60),  # refused deliveries stored per source a minute; past it, counted
 }
 
 
@@ -183,6 +184,7 @@ class Config:
     rate_limit_public_per_address: int = 200
     max_connections_per_address: int = 500
     body_timeout: int = 30
+    rejected_records_per_minute: int = 60
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     resolution: Resolution | None = field(default=None, repr=False)
 

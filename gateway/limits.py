@@ -168,6 +168,9 @@ class Limits:
         self.webhooks_per_address = RateLimiter(config.rate_limit_webhooks_per_address)
         self.public_per_address = RateLimiter(config.rate_limit_public_per_address)
         self.connections = ConnectionCounter(config.max_connections_per_address)
+        # not a request limit: how many refused deliveries per source a minute are stored (ingest.py)
+        per_minute = config.rejected_records_per_minute
+        self.rejected_records = RateLimiter(per_minute / 60, burst=per_minute)
         self.body_timeout = config.body_timeout
 
 

@@ -631,6 +631,10 @@ class Writer:
         self.session.execute(_QUEUE_LOCK, {"k": "gateway.queue:" + queue_name})
         return queue_name
 
+    def job_for_key(self, source: str, external_id: str) -> str | None:
+        """The job registered for (source, external id), if any (e.g. the one a rejected delivery claims)."""
+        return self._job_for_key(source, external_id)
+
     def _job_for_key(self, source: str, external_id: str) -> str | None:
         return self.session.scalar(select(JobKey.job_id).where(JobKey.source == source, JobKey.external_id == external_id))
 

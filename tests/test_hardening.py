@@ -137,3 +137,79 @@ def test_d_only_adapters_with_an_unsigned_event_id_dedup_on_the_digest() -> None
     builtins = ("standard", "stripe", "replicate", "github", "twilio", "mux", "render")
     adapters = load_registry().adapters
     assert {name for name in builtins if not adapters[name].event_id_signed} == {"github"}
+
+
+# -- e. unsigned requests write (few) rows (finding 6, issue 18) --------------------------------------
+
+
+def _deliveries(app: Any, **where: Any) -> list[Any]:
+    with app.extensions["gateway"].store.reading() as s:
+        q = select(Delivery).order_by(Delivery.id)
+        for k, v in where.items():
+            q = q.where(getattr(Delivery, k) == v)
+        return list(s.scalars(q))
+
+
+def _metric(client: Any, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics", headers=KEY).get_data(as_text=True)):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_e_posts_to_unknown_sources_are_counted_never_stored(app, client) -> None:
+    names = [f"attacker-{uuid.uuid4().hex[:8]}" for _ in range(30)]
+    before = _metric(client, "gateway_webhooks_total", source="_unknown", outcome="rejected")
+    for name in names:
+        r = client.post(f"/webhooks/{name}", data=b"{}")
+        assert r.status_code == 404 and r.get_json()["error"]["code"] == "unknown_source"
+        assert name not in r.get_data(as_text=True)
+    with app.extensions["gateway"].store.reading() as s:
+        assert s.scalar(select(func.count()).select_from(Delivery).where(Delivery.source.in_(names))) == 0
+    assert _metric(client, "gateway_webhooks_total", source="_unknown", outcome="rejected") == before + 30
+
+
+def test_e_rejected_deliveries_are_stored_within_a_budget_and_answered_generically(db_url: str, tmp_path) -> None:
+    from tests.test_trust_limits import limited_app
+
+    app = limited_app(db_url, tmp_path, rejected_records_per_minute=5)
+    app.extensions["gateway"].limits.rejected_records.clock = lambda: 1000.0  # no refill during the test
+    client = app.test_client()
+    source = "worker"
+    before = len(_deliveries(app, source=source, outcome="rejected"))
+    answers = [client.post(f"/webhooks/{source}", data=standard_body("x", "complete")) for _ in range(20)]  # no signature headers
+    for r in answers:
+        assert r.status_code == 401
+        assert r.get_json()["error"] == {"code": "invalid_signature", "message": "the delivery could not be verified"}
+    stored = _deliveries(app, source=source, outcome="rejected")
+    assert len(stored) - before == 5
+    assert all("webhook-" in (d.reason or "") for d in stored[before:])  # the record keeps the precise reason
+    assert _metric(client, "gateway_rejected_unrecorded_total", source=source) == 15
+    assert _metric(client, "gateway_webhooks_total", source=source, outcome="rejected") == 20
+
+
+def test_e_a_rejected_delivery_shows_what_it_claimed_in_the_trace_and_the_api(app, client) -> None:
+    from gateway.trace import render_trace
+
+    reg = register(client)
+    job, ext = reg["job"], reg["job"]["external_id"]
+    body = standard_body(ext, "complete")
+    forged = standard_headers("whsec_" + "QUJD" * 8, body, msg_id="msg_claimed_" + uuid.uuid4().hex[:6])
+    assert client.post("/webhooks/worker", data=body, headers=forged).status_code == 401
+    assert client.get(f"/api/jobs/{job['id']}", headers=KEY).get_json()["state"] == "queued"  # never applied
+    [row] = _deliveries(app, source="worker", job_id=job["id"])
+    assert (row.outcome, row.external_id, row.event_id) == ("rejected", ext, forged["webhook-id"])
+    trace = client.get(f"/api/jobs/{job['id']}/trace", headers=KEY).get_json()
+    [entry] = [e for e in trace["timeline"] if e["what"] == "delivery"]
+    assert entry["verified"] is False and entry["signature"] == "invalid"
+    assert "rejected, unverified: " in render_trace(trace)
+    for name in (job["id"], ext):
+        r = client.get("/api/deliveries", query_string={"outcome": "rejected", "job": name}, headers=KEY)
+        assert r.status_code == 200, r.get_data(as_text=True)
+        [listed] = r.get_json()["deliveries"]
+        assert listed["event_id"] == forged["webhook-id"] and listed["verified"] is False and listed["job_id"] == job["id"]
+    assert client.get("/api/deliveries", query_string={"outcome": "rejected"}, headers={"Authorization": f"Bearer {reg['token']}"}).status_code == 403
+    assert client.get("/api/deliveries", query_string={"outcome": "nope"}, headers=KEY).status_code == 400
