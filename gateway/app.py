@@ -69,8 +69,8 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     gw.watchdog = watchdog.init_app(app, gw)
     _install_request_hooks(app)
     _install_error_handlers(app)
-    fastpoll.init_app(app, gw)
     app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]
+    fastpoll.init_app(app, gw)
     if background:
         gw.background.start()
     return app

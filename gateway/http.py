@@ -83,10 +83,31 @@ def request_id_of(environ: dict[str, Any]) -> str:
     return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else os.urandom(16).hex()
 
 
+#: Every response's security headers (pages, API, static files, the fast 304s). Scripts only from
+#: the gateway's own files, never inline (the demo and its pages load modules from /static/).
+#: Styles allow 'unsafe-inline' for one reason: <job-status> puts its stylesheet in a <style> in
+#: its shadow root, which CSP treats as inline; no inline *script* is allowed anywhere. A page
+#: that needs more (a console with nonces) sets its own Content-Security-Policy, which is kept.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # a job token may travel in a URL (?token=): never pass it on
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers without CSP 2
+}
+
+
 def finish_headers(headers: MutableMapping[str, str], req: Request, request_id: str, allowed_origins: Collection[str]) -> None:
-    """What every response gets: its request id, and CORS headers for an allowed origin on ``/api/``
-    (the ``after_request`` hook, and the conditional polls answered before Flask, fastpoll.py)."""
+    """What every response gets: its request id, the security headers (unless the response set its
+    own), and CORS headers for an allowed origin on ``/api/`` (the ``after_request`` hook, and the
+    conditional polls answered before Flask, fastpoll.py)."""
     headers["X-Request-ID"] = request_id
+    for name, value in SECURITY_HEADERS.items():
+        if name not in headers:
+            headers[name] = value
     origin = req.environ.get("HTTP_ORIGIN")
     if origin and req.path.startswith("/api/") and origin_allowed_for(origin, allowed_origins, req.host_url):
         headers["Access-Control-Allow-Origin"] = origin

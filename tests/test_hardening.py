@@ -213,3 +213,74 @@ def test_e_a_rejected_delivery_shows_what_it_claimed_in_the_trace_and_the_api(ap
         assert listed["event_id"] == forged["webhook-id"] and listed["verified"] is False and listed["job_id"] == job["id"]
     assert client.get("/api/deliveries", query_string={"outcome": "rejected"}, headers={"Authorization": f"Bearer {reg['token']}"}).status_code == 403
     assert client.get("/api/deliveries", query_string={"outcome": "nope"}, headers=KEY).status_code == 400
+
+
+# -- f. security headers (finding 7) ----------------------------------------------------------------
+
+
+def _assert_security_headers(headers: Any) -> None:
+    csp = headers["Content-Security-Policy"]
+    directives = {d.split()[0]: d.split()[1:] for d in (p.strip() for p in csp.split(";")) if d}
+    assert directives["frame-ancestors"] == ["'none'"]
+    assert directives["script-src"] == ["'self'"]  # no inline script, no eval
+    assert directives["default-src"] == ["'self'"] and directives["object-src"] == ["'none'"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_f_security_headers_on_pages_api_static_and_the_fast_poll(server) -> None:
+    import requests
+
+    reg = register(server.url)
+    job, token = reg["job"]["id"], reg["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    first = requests.get(f"{server.url}/api/jobs/{job}", headers=bearer, timeout=10)
+    answers = [
+        requests.get(server.url + "/", timeout=10),
+        requests.get(server.url + "/static/jobstatus.js", timeout=10),
+        requests.get(server.url + "/api/jobs/job_nosuch", headers=KEY, timeout=10),
+        requests.post(server.url + "/webhooks/worker", data=b"{}", timeout=10),
+        first,
+        # answered before Flask (fastpoll.py): a conditional poll of an unchanged job
+        requests.get(f"{server.url}/api/jobs/{job}", headers={**bearer, "If-None-Match": first.headers["ETag"]}, timeout=10),
+    ]
+    assert answers[-1].status_code == 304
+    for r in answers:
+        _assert_security_headers(r.headers)
+
+
+@pytest.mark.browser
+def test_f_the_demo_page_runs_under_its_policy_in_chromium(tmp_path) -> None:
+    """The demo page loads and <job-status> renders with no CSP violation reported by Chromium."""
+    import os
+
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    if not os.access(CHROMIUM, os.X_OK):
+        if os.environ.get("GATEWAY_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium missing and GATEWAY_REQUIRE_BROWSER=1")
+        pytest.skip("Chromium not found")
+    from playwright.sync_api import expect, sync_playwright
+
+    from gateway.migrate import upgrade
+    from tests.conftest import server_env
+    from tests.gwapp import config_file
+    from tests.servers import Server, free_port
+
+    db, port = f"sqlite:///{tmp_path / 'csp.db'}", free_port()
+    upgrade(db)
+    cfg = config_file(tmp_path, extra_gateway="demo = true", extra_sources='[sources.demo]\nadapter = "standard"\nsecrets_env = "WORKER_SECRETS"\n')
+    srv = Server(server_env(db, cfg, GATEWAY_DEMO_URL=f"http://127.0.0.1:{port}"), workers=1, port=port).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            violations: list[str] = []
+            page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(srv.url + "/?tick=0.2&start=0")
+            page.get_by_role("button", name="Start 6 jobs").click()
+            expect(page.locator("#jobs job-status[state=complete]").first).to_be_visible(timeout=60_000)  # no eval: the policy forbids it
+            browser.close()
+    finally:
+        srv.stop()
+    assert violations == []
