@@ -284,3 +284,17 @@ def test_f_the_demo_page_runs_under_its_policy_in_chromium(tmp_path) -> None:
     finally:
         srv.stop()
     assert violations == []
+
+
+# -- g. API keys never travel in a URL (finding 8) -------------------------------------------------
+
+
+def test_g_an_api_key_as_query_token_is_refused_a_job_token_still_works(client) -> None:
+    reg = register(client)
+    job, token = reg["job"]["id"], reg["token"]
+    for path in (f"/api/jobs/{job}/trace", f"/api/jobs/{job}", f"/api/jobs/{job}/stream", "/api/deliveries"):
+        r = client.get(f"{path}?token={API_KEY}")
+        assert r.status_code == 401, (path, r.status_code)
+        assert r.get_json()["error"]["code"] == "api_key_in_url"
+    assert client.get(f"/api/jobs/{job}/trace", headers=KEY).status_code == 200  # in the header, as before
+    assert client.get(f"/api/jobs/{job}?token={token}").status_code == 200  # a job token may travel in the URL
