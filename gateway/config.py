@@ -73,6 +73,7 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "max_connections_per_address": (int, 500),
     "body_timeout": (int, 30),
     "rejected_records_per_minute": (int, 60),  # refused deliveries stored per source a minute; past it, counted
+    "metrics_cache_seconds": (int, 5),  # /metrics counts jobs by state at most once per this, per worker
 }
 
 
@@ -185,6 +186,8 @@ class Config:
     max_connections_per_address: int = 500
     body_timeout: int = 30
     rejected_records_per_minute: int = 60
+    metrics_cache_seconds: int = 5
+    metrics_token: str = field(default="", repr=False)  # GATEWAY_METRICS_TOKEN: /metrics then needs it as a bearer
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     resolution: Resolution | None = field(default=None, repr=False)
 
@@ -255,6 +258,7 @@ def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True, re
         secret_key=secret_key,
         database_url=found.database_url,
         api_keys=_split(env.get("GATEWAY_API_KEYS")),
+        metrics_token=env.get("GATEWAY_METRICS_TOKEN", ""),
         sources=sources,
         allowed_origins=tuple(origins),
         env=env,

@@ -32,6 +32,7 @@ class Metrics:
         self.outbox_tries = Counter("gateway_outbox_tries", "Outbound calls tried (callbacks, details) by outcome", ["kind", "outcome"], registry=r)
         self.stalls = Counter("gateway_jobs_stalled", "Jobs the watchdog failed as stalled", ["source"], registry=r)
         self._poll_counts: dict[tuple[str, str], Counter] = {}
+        self.jobs_sampled_at = float("-inf")  # time.monotonic() of the last jobs-by-state count (health.py)
 
     def count_poll(self, kind: str, status: str) -> None:
         """One job read answered: ``gateway_polls_total{kind,status}`` (the labelled child is

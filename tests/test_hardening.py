@@ -298,3 +298,42 @@ def test_g_an_api_key_as_query_token_is_refused_a_job_token_still_works(client) 
         assert r.get_json()["error"]["code"] == "api_key_in_url"
     assert client.get(f"/api/jobs/{job}/trace", headers=KEY).status_code == 200  # in the header, as before
     assert client.get(f"/api/jobs/{job}?token={token}").status_code == 200  # a job token may travel in the URL
+
+
+# -- h. /metrics: a cached gauge and an optional token (finding 9) ---------------------------------
+
+
+def test_h_scrapes_share_one_count_of_jobs_by_state(app, client) -> None:
+    from sqlalchemy import event
+
+    engine = app.extensions["gateway"].store.engine
+    grouped: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "GROUP BY" in statement.upper():
+            grouped.append(statement)
+
+    register(client)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for _ in range(20):
+            assert client.get("/metrics").status_code == 200
+        assert len(grouped) == 1  # one count for 20 scrapes within metrics_cache_seconds
+        app.extensions["gateway"].metrics.jobs_sampled_at -= 3600  # as if the cache had aged
+        text = client.get("/metrics").get_data(as_text=True)
+        assert len(grouped) == 2
+        assert 'gateway_jobs{state="queued"}' in text
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_h_metrics_can_require_a_bearer_token(db_url: str, tmp_path) -> None:
+    from tests.gwapp import make_app
+
+    app = make_app(db_url, tmp_path, GATEWAY_METRICS_TOKEN="scrape-token-0123456789")
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/metrics", headers=KEY).status_code == 401  # an API key is not the metrics token
+    r = client.get("/metrics", headers={"Authorization": "Bearer scrape-token-0123456789"})
+    assert r.status_code == 200 and 'gateway_jobs{state="queued"}' in r.get_data(as_text=True)
