@@ -337,3 +337,37 @@ def test_h_metrics_can_require_a_bearer_token(db_url: str, tmp_path) -> None:
     assert client.get("/metrics", headers=KEY).status_code == 401  # an API key is not the metrics token
     r = client.get("/metrics", headers={"Authorization": "Bearer scrape-token-0123456789"})
     assert r.status_code == 200 and 'gateway_jobs{state="queued"}' in r.get_data(as_text=True)
+
+
+# -- i. the smaller findings (10, all but the WebSocket one) ---------------------------------------
+
+
+def test_i_the_demo_never_posts_to_the_requests_host(db_url: str, tmp_path) -> None:
+    import dataclasses
+
+    from gateway.app import create_app
+    from gateway.config import SourceConfig
+    from tests.conftest import make_config
+
+    config = make_config(db_url, tmp_path)
+    demo = SourceConfig(name="demo", adapter="standard", secrets_env="DEMO_SECRETS", secrets=(STANDARD_SECRET,))
+    app = create_app(dataclasses.replace(config, demo=True, sources={**config.sources, "demo": demo}), background=False)
+    client = app.test_client()
+    assert app.extensions["gateway"].simulator.base_url is None
+    before = counts(app)
+    r = client.post("/demo/jobs", json={"count": 1}, headers={"Host": "attacker.example"})
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "demo_url_missing"
+    assert counts(app) == before  # nothing registered, nothing sent anywhere
+    # the demo source's public URL, when configured, is where it posts
+    public = dataclasses.replace(demo, public_url="https://gw.example.test/webhooks/demo")
+    app2 = create_app(dataclasses.replace(config, demo=True, sources={**config.sources, "demo": public}), background=False)
+    assert app2.extensions["gateway"].simulator.base_url == "https://gw.example.test"
+
+
+def test_i_a_callback_secret_equal_to_a_webhook_secret_is_refused(db_url: str, tmp_path) -> None:
+    from gateway.errors import ConfigError
+    from tests.gwapp import make_app
+
+    extra = '[sources.cb]\nadapter = "standard"\nsecrets_env = "WORKER_SECRETS"\ncallback_url = "http://127.0.0.1:9/cb"\ncallback_secret_env = "CB_SECRET"\n'
+    with pytest.raises(ConfigError, match="differ from the source's webhook secrets"):
+        make_app(db_url, tmp_path, extra, CB_SECRET=STANDARD_SECRET)
