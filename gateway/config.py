@@ -125,6 +125,17 @@ def _project_file(start: Path) -> Path | None:
     return None
 
 
+def secret_values(config: "Config") -> list[str]:
+    """Every configured credential value, for log redaction by value (gateway.logs.register_secrets)."""
+    values = [config.secret_key, config.metrics_token, *config.api_keys]
+    for source in config.sources.values():
+        values.extend(source.secrets)
+        for name in (source.callback_secret_env, source.api_key_env):
+            if name:
+                values.append(config.env.get(name, ""))
+    return [v.strip() for v in values if v and v.strip()]
+
+
 def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
     close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=cutoff)

@@ -371,3 +371,22 @@ def test_i_a_callback_secret_equal_to_a_webhook_secret_is_refused(db_url: str, t
     extra = '[sources.cb]\nadapter = "standard"\nsecrets_env = "WORKER_SECRETS"\ncallback_url = "http://127.0.0.1:9/cb"\ncallback_secret_env = "CB_SECRET"\n'
     with pytest.raises(ConfigError, match="differ from the source's webhook secrets"):
         make_app(db_url, tmp_path, extra, CB_SECRET=STANDARD_SECRET)
+
+
+def test_i_short_configured_secrets_are_redacted_by_value(db_url: str, tmp_path, caplog) -> None:
+    """A short secret has no secret's shape; sent as a source name (the path) and as X-Request-ID it
+    is still masked in every formatted line, JSON and text."""
+    import logging
+
+    from gateway.logs import JsonFormatter, TextFormatter
+    from tests.gwapp import make_app
+
+    short = "hunter2x"
+    extra = '[sources.plain]\nadapter = "standard"\nsecrets_env = "PLAIN_SECRETS"\n'
+    api = make_app(db_url, tmp_path, extra, PLAIN_SECRETS=f"whsec_{'QUJD' * 8},{short}").test_client()
+    caplog.set_level(logging.INFO)
+    api.post(f"/webhooks/{short}", data=b"{}", headers={"X-Request-ID": short})  # an unknown source named like the secret
+    api.post("/webhooks/plain", data=b"{}", headers={"X-Request-ID": short})
+    lines = [f.format(r) for r in caplog.records for f in (JsonFormatter(), TextFormatter())]
+    assert any("[redacted]" in line for line in lines)
+    assert not [line for line in lines if short in line]
