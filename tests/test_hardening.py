@@ -390,3 +390,17 @@ def test_i_short_configured_secrets_are_redacted_by_value(db_url: str, tmp_path,
     lines = [f.format(r) for r in caplog.records for f in (JsonFormatter(), TextFormatter())]
     assert any("[redacted]" in line for line in lines)
     assert not [line for line in lines if short in line]
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GARBAGE\r\n\r\n", 400),  # not a request line
+    (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: <script>\r\n\r\n", 400),  # a header name with a space
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),  # over limit_request_line
+])
+def test_i_gunicorns_own_errors_are_the_json_error_shape(server, request_bytes: bytes, status: int) -> None:
+    answer = _raw(server, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == str(status).encode(), answer[:300]
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert set(error) == {"code", "message"} and "<" not in error["message"]
