@@ -42,7 +42,9 @@ class Job(Base):
     source: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str] = mapped_column(String(255))
     label: Mapped[str | None] = mapped_column(Text)
-    queue_name: Mapped[str] = mapped_column(String(128), default="default")
+    queue_name: Mapped[str] = mapped_column(String(128), default="default")  # the queue it counts in now
+    #: the queue given at registration: the job's queue whenever no applied `queued` event names one
+    registered_queue: Mapped[str | None] = mapped_column(String(128))
     registered_label: Mapped[str | None] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)

@@ -396,6 +396,7 @@ class Writer:
             label=label,
             registered_label=label,
             queue_name=queue_name or "default",
+            registered_queue=queue_name or "default",
             state=view.state.value,
             version=0,
             attempt=1,
@@ -559,13 +560,23 @@ class Writer:
 
     def _store_view(self, job: Job, view: states.JobView, links: list[states.Link]) -> None:
         self._touch(job)
-        was_queued, since = job.state == State.QUEUED.value, job.queued_since
+        was_queued, since, left = job.state == State.QUEUED.value, job.queued_since, job.queue_name
+        now_queued = view.state is State.QUEUED
+        if now_queued:
+            # CONTRACT §1: the queue its latest applied `queued` event names, else its registration's
+            job.queue_name = _queue_name(view.queue) or job.registered_queue or job.queue_name
+            if job.queue_name != left and self.postgres:
+                self._queue_lock(job.queue_name)
         for key, value in job_columns(job, view, links).items():
             setattr(job, key, value)
-        now_queued = view.state is State.QUEUED
-        if was_queued != now_queued or (now_queued and (since != view.queued_since or job.queue.get("position") is None)):
+        moved = job.queue_name != left
+        if moved and job.queue:
+            job.queue = {**job.queue, "position": (view.queue or {}).get("position"), "total": (view.queue or {}).get("total")}
+        if moved or was_queued != now_queued or (now_queued and (since != view.queued_since or job.queue.get("position") is None)):
             self.session.flush()
             self._recompute_queue(job.queue_name)
+            if moved:
+                self._recompute_queue(left)  # the queue it left: the jobs behind it move up
 
     def _recompute_queue(self, queue_name: str) -> None:
         """Positions among the queued jobs of one queue, in the order they entered it."""

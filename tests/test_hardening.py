@@ -404,3 +404,39 @@ def test_i_gunicorns_own_errors_are_the_json_error_shape(server, request_bytes: 
     assert b"content-type: application/json" in head.lower()
     error = json.loads(body)["error"]
     assert set(error) == {"code", "message"} and "<" not in error["message"]
+
+
+# -- j. queue membership (CONTRACT §1) ---------------------------------------------------------------
+
+
+def test_j_a_job_reported_queued_in_another_queue_counts_there_only(app, client) -> None:
+    from tests.gwapp import post_standard
+
+    tag = uuid.uuid4().hex[:6]
+    imports = f"imports-{tag}"
+    default = f"default-{tag}"  # the test's own "registered without a name" queue, as default would be
+    moving = register(client, queue=default)["job"]
+    behind = [register(client, queue=default)["job"] for _ in range(3)]
+    ahead = [register(client, queue=imports)["job"] for _ in range(2)]
+    assert [client.get(f"/api/jobs/{j['id']}", headers=KEY).get_json()["queue"]["position"] for j in [moving, *behind]] == [1, 2, 3, 4]
+    r = post_standard(client, "worker", STANDARD_SECRET, moving["external_id"], "queued", queue={"name": imports})
+    assert r.status_code == 200, r.get_data(as_text=True)
+
+    def queue_of(job: dict[str, Any]) -> dict[str, Any]:
+        return client.get(f"/api/jobs/{job['id']}", headers=KEY).get_json()["queue"]
+
+    assert queue_of(moving) == {"name": imports, "position": 3, "total": 3}  # among the queued jobs of imports only
+    assert [queue_of(j)["position"] for j in ahead] == [1, 2]
+    assert [(queue_of(j)["position"], queue_of(j)["total"]) for j in behind] == [(1, 3), (2, 3), (3, 3)]  # the queue it left moved up
+
+
+def test_j_a_job_registered_without_a_queue_moves_from_default(app, client) -> None:
+    from tests.gwapp import post_standard
+
+    imports = f"imports-{uuid.uuid4().hex[:6]}"
+    others = [register(client)["job"] for _ in range(2)]
+    job = register(client)["job"]
+    assert job["queue"]["name"] == "default" and job["queue"]["position"] >= 3
+    post_standard(client, "worker", STANDARD_SECRET, job["external_id"], "queued", queue={"name": imports})
+    assert client.get(f"/api/jobs/{job['id']}", headers=KEY).get_json()["queue"] == {"name": imports, "position": 1, "total": 1}
+    assert all(client.get(f"/api/jobs/{o['id']}", headers=KEY).get_json()["queue"]["name"] == "default" for o in others)
