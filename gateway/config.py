@@ -73,7 +73,8 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "max_connections_per_address": (int, 500),
     "body_timeout": (int, 30),
     "rejected_records_per_minute": (int, 60),  # refused deliveries stored per source a minute; past it, counted
-    "metrics_cache_seconds": (int, 5),  # /metrics counts jobs by state at most once per this, per worker
+    "metrics_cache_seconds": (int, 5),
+    "rate_limit_store": (str, "auto"),  # auto | local | redis (gateway/limits.py)  # /metrics counts jobs by state at most once per this, per worker
 }
 
 
@@ -198,6 +199,7 @@ class Config:
     body_timeout: int = 30
     rejected_records_per_minute: int = 60
     metrics_cache_seconds: int = 5
+    rate_limit_store: str = "local"  # resolved: local or redis
     metrics_token: str = field(default="", repr=False)  # GATEWAY_METRICS_TOKEN: /metrics then needs it as a bearer
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     resolution: Resolution | None = field(default=None, repr=False)
@@ -257,6 +259,11 @@ def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True, re
         raise ConfigError("gateway.allowed_origins: expected a list of origins like 'https://app.example.com'")
     if settings.get("bus", "auto") not in ("auto", "local", "postgres", "sqlite", "redis"):
         raise ConfigError("gateway.bus: expected one of auto, local, postgres, sqlite, redis")
+    store = settings.get("rate_limit_store", "auto")
+    if store not in ("auto", "local", "redis"):
+        raise ConfigError("gateway.rate_limit_store: expected one of auto, local, redis")
+    if store == "auto":  # Redis configured: the limits are shared through it
+        settings["rate_limit_store"] = "redis" if "redis_url" in settings or settings.get("bus") == "redis" else "local"
 
     sources = {}
     for name, raw in (data.get("sources") or {}).items():

@@ -51,7 +51,9 @@ gunicorn_util.write_error = write_json_error
 
 
 def on_starting(server: Any) -> None:
-    """Give the workers a clean multiprocess metrics directory."""
+    """Give the workers a clean multiprocess metrics directory, and tell them how many they are
+    (``GATEWAY_WORKERS``: per-worker rate limits take their share, gateway/limits.py)."""
+    os.environ["GATEWAY_WORKERS"] = str(server.cfg.workers)
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
         os.makedirs(path, exist_ok=True)

@@ -1,11 +1,14 @@
 """Abuse limits: request rates per source and per client address, open connections per client
 address, and a deadline for reading a request body.
 
-Rates are token buckets held **in each worker process** (no shared store is needed, so the
-embedded default works alone): with N workers a client can get up to N times the configured
-rate before every worker refuses it. That is the honest semantics; the limits exist to stop a
-flood from one source or address from starving everyone else, not to meter usage. A refused
-request gets 429 with ``Retry-After`` and the usual JSON error.
+Rates are token buckets. With ``rate_limit_store = "redis"`` (the default when ``redis_url`` is
+set in the file or the bus is Redis) every worker and instance spends from one bucket in Redis
+(``limits_redis.py``: one atomic Lua script per take). Otherwise they are held **in each worker
+process** and each of the N workers gunicorn runs gets 1/N of every configured rate and burst
+(``GATEWAY_WORKERS``, set by gunicorn_conf.py), so the whole server allows about the configured
+rate; one address's requests are not always spread evenly over the workers, so it may be
+refused a little earlier. Several instances behind a load balancer each allow the configured
+rate. A refused request gets 429 with ``Retry-After`` and the usual JSON error.
 
 - ``POST /webhooks/<source>``: ``rate_limit_webhooks_per_address`` before anything is read,
   ``rate_limit_webhooks_per_source`` only for deliveries whose signature verified (requests per
@@ -164,13 +167,24 @@ class Limits:
     """The app's limiters, built from the configuration; see the module docstring."""
 
     def __init__(self, config: Any):
-        self.webhooks_per_source = RateLimiter(config.rate_limit_webhooks_per_source)
-        self.webhooks_per_address = RateLimiter(config.rate_limit_webhooks_per_address)
-        self.public_per_address = RateLimiter(config.rate_limit_public_per_address)
+        self.shared = config.rate_limit_store == "redis"
+        # without a shared store each worker gets its share of the configured rates (gunicorn_conf
+        # tells the workers how many they are); with Redis every worker spends from one bucket
+        self.workers = 1 if self.shared else max(1, int(config.env.get("GATEWAY_WORKERS") or 1))
+        if self.shared:
+            from gateway.limits_redis import RedisRateLimiter, client_for
+
+            client = client_for(config.redis_url)
+            make: Callable[..., Any] = lambda name, rate, burst=None: RedisRateLimiter(client, f"gateway:rate:{name}:", rate, burst)
+        else:
+            make = lambda name, rate, burst=None: RateLimiter(rate / self.workers, None if burst is None else burst / self.workers)
+        self.webhooks_per_source = make("source", config.rate_limit_webhooks_per_source)
+        self.webhooks_per_address = make("webhook-addr", config.rate_limit_webhooks_per_address)
+        self.public_per_address = make("public-addr", config.rate_limit_public_per_address)
         self.connections = ConnectionCounter(config.max_connections_per_address)
         # not a request limit: how many refused deliveries per source a minute are stored (ingest.py)
         per_minute = config.rejected_records_per_minute
-        self.rejected_records = RateLimiter(per_minute / 60, burst=per_minute)
+        self.rejected_records = make("rejected", per_minute / 60, per_minute)
         self.body_timeout = config.body_timeout
 
 

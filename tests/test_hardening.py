@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import uuid
 from typing import Any
@@ -440,3 +441,64 @@ def test_j_a_job_registered_without_a_queue_moves_from_default(app, client) -> N
     post_standard(client, "worker", STANDARD_SECRET, job["external_id"], "queued", queue={"name": imports})
     assert client.get(f"/api/jobs/{job['id']}", headers=KEY).get_json()["queue"] == {"name": imports, "position": 1, "total": 1}
     assert all(client.get(f"/api/jobs/{o['id']}", headers=KEY).get_json()["queue"]["name"] == "default" for o in others)
+
+
+# -- k. limits across workers --------------------------------------------------------------------------
+
+
+def _limited(db_url: str, tmp_path, env: dict[str, str] | None = None, **settings_: Any) -> Any:
+    from gateway.app import create_app
+    from gateway.config import load_config
+    from tests.conftest import TEST_ENV, write_config
+
+    extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings_.items())
+    cfg = write_config(tmp_path / f"limits-{uuid.uuid4().hex[:6]}.toml", extra_gateway=extra)
+    return create_app(load_config({**TEST_ENV, "GATEWAY_CONFIG": str(cfg), "DATABASE_URL": db_url, **(env or {})}), background=False)
+
+
+def test_k_with_redis_two_workers_share_one_bucket(db_url: str, tmp_path, redis_url: str) -> None:
+    import time
+
+    workers = [_limited(db_url, tmp_path, redis_url=redis_url, rate_limit_webhooks_per_address=1).test_client() for _ in range(2)]
+    assert all(c.application.extensions["gateway"].limits.shared for c in workers)
+    address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7"
+    started = time.monotonic()
+    answers = [workers[i % 2].post("/webhooks/worker", data=b"{}", environ_base={"REMOTE_ADDR": address}).status_code for i in range(20)]
+    elapsed = time.monotonic() - started
+    allowed = sum(1 for s in answers if s != 429)
+    # one bucket (burst 2, 1/s) for both; two per-worker buckets would have allowed 4 and more
+    assert 2 <= allowed <= 2 + math.ceil(elapsed * 1), (allowed, elapsed, answers)
+    assert set(answers) <= {401, 429}
+
+
+def test_k_without_redis_each_worker_takes_its_share(db_url: str, tmp_path) -> None:
+    app = _limited(db_url, tmp_path, {"GATEWAY_WORKERS": "4"}, rate_limit_store="local", rate_limit_webhooks_per_address=8)
+    limits = app.extensions["gateway"].limits
+    assert (limits.shared, limits.workers) == (False, 4)
+    assert (limits.webhooks_per_address.rate, limits.webhooks_per_address.burst) == (2.0, 4.0)
+    limits.webhooks_per_address.clock = lambda: 1000.0
+    client = app.test_client()
+    answers = [client.post("/webhooks/worker", data=b"{}", environ_base={"REMOTE_ADDR": "10.4.4.4"}).status_code for _ in range(10)]
+    assert answers == [401] * 4 + [429] * 6
+
+
+def test_k_an_unreachable_redis_does_not_stop_webhooks(db_url: str, tmp_path) -> None:
+    from tests.servers import free_port
+
+    client = _limited(db_url, tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_webhooks_per_address=1).test_client()
+    assert [client.post("/webhooks/worker", data=b"{}").status_code for _ in range(5)] == [401] * 5
+
+
+# -- l. a private PostgreSQL cluster: skip outside CI, fail in CI ----------------------------------------
+
+
+@pytest.mark.parametrize("required, outcome", [("", "skipped"), ("1", "failed")])
+def test_l_a_missing_private_cluster_skips_outside_ci_and_fails_in_it(monkeypatch, tmp_path, required: str, outcome: str) -> None:
+    from _pytest.outcomes import Failed, Skipped
+
+    from tests import pgcluster
+
+    monkeypatch.setattr(pgcluster, "PG_BIN", tmp_path / "no-postgres-here")  # as on a machine without the binaries
+    monkeypatch.setenv("GATEWAY_REQUIRE_POSTGRES", required)
+    with pytest.raises(Skipped if outcome == "skipped" else Failed):
+        pgcluster.require()
