@@ -1,9 +1,12 @@
 """``POST /webhooks/<source>``: verify, dedup, fold, commit, then acknowledge.
 
 Checks run in the contract's order, and the body is never parsed before it is verified:
-unknown source 404, too large 413, bad signature or stale timestamp 401 (a rejected-delivery
-record without the body), verified but unreadable 400, no job state 200 ignored, accepted or
-duplicate 200 only after commit, database down 503 with Retry-After.
+unknown source 404 (counted, never stored), too large 413, bad signature or stale timestamp 401
+(one generic message; a rejected-delivery record without the body, within the source's
+``rejected_records_per_minute``, carrying the ids the body claims, unverified), the source's
+rate 429 (charged only now, once verified), verified but unreadable or unstorable 400, no job
+state 200 ignored, accepted or duplicate 200 only after commit, database down 503 with
+Retry-After.
 """
 
 from __future__ import annotations
