@@ -126,7 +126,7 @@ def _project_file(start: Path) -> Path | None:
     return None
 
 
-def secret_values(config: "Config") -> list[str]:
+def secret_values(config: Config) -> list[str]:
     """Every configured credential value, for log redaction by value (gateway.logs.register_secrets)."""
     values = [config.secret_key, config.metrics_token, *config.api_keys]
     for source in config.sources.values():

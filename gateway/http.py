@@ -20,7 +20,7 @@ from gateway.models import Job
 try:  # gunicorn's chunked reader raises its own parse errors for a malformed or cut-off body
     from gunicorn.http.errors import ParseException as _ServerParseError
 except ImportError:  # pragma: no cover - another WSGI server
-    _ServerParseError = OSError  # type: ignore[assignment,misc]
+    _ServerParseError = OSError
 
 NO_CACHE = "no-cache, private"
 
@@ -51,13 +51,16 @@ class ClientInput:
             raise BadRequest("the request body was cut short or badly framed", code="incomplete_body") from None
 
     def read(self, *args: Any) -> bytes:
-        return self._call("read", *args)
+        data: bytes = self._call("read", *args)
+        return data
 
     def readline(self, *args: Any) -> bytes:
-        return self._call("readline", *args)
+        line: bytes = self._call("readline", *args)
+        return line
 
     def readlines(self, *args: Any) -> list[bytes]:
-        return self._call("readlines", *args)
+        lines: list[bytes] = self._call("readlines", *args)
+        return lines
 
     def __iter__(self) -> Any:
         return iter(self.readline, b"")

@@ -28,7 +28,8 @@ from gateway.http import error_response
 from gateway.limits import charge_source
 from gateway.services import Source
 from gateway.states import Decision
-from gateway.storable import MESSAGE as STORABLE_MESSAGE, is_storable
+from gateway.storable import MESSAGE as STORABLE_MESSAGE
+from gateway.storable import is_storable
 from gateway.store import Outcome, Writer, utcnow
 
 bp = Blueprint("ingest", __name__)

@@ -171,13 +171,19 @@ class Limits:
         # without a shared store each worker gets its share of the configured rates (gunicorn_conf
         # tells the workers how many they are); with Redis every worker spends from one bucket
         self.workers = 1 if self.shared else max(1, int(config.env.get("GATEWAY_WORKERS") or 1))
+        client = None
         if self.shared:
-            from gateway.limits_redis import RedisRateLimiter, client_for
+            from gateway.limits_redis import client_for
 
             client = client_for(config.redis_url)
-            make: Callable[..., Any] = lambda name, rate, burst=None: RedisRateLimiter(client, f"gateway:rate:{name}:", rate, burst)
-        else:
-            make = lambda name, rate, burst=None: RateLimiter(rate / self.workers, None if burst is None else burst / self.workers)
+
+        def make(name: str, rate: float, burst: float | None = None) -> Any:
+            if client is not None:
+                from gateway.limits_redis import RedisRateLimiter
+
+                return RedisRateLimiter(client, f"gateway:rate:{name}:", rate, burst)
+            return RateLimiter(rate / self.workers, None if burst is None else burst / self.workers)
+
         self.webhooks_per_source = make("source", config.rate_limit_webhooks_per_source)
         self.webhooks_per_address = make("webhook-addr", config.rate_limit_webhooks_per_address)
         self.public_per_address = make("public-addr", config.rate_limit_public_per_address)

@@ -572,7 +572,7 @@ class Writer:
         moved = job.queue_name != left
         if moved and job.queue:
             job.queue = {**job.queue, "position": (view.queue or {}).get("position"), "total": (view.queue or {}).get("total")}
-        if moved or was_queued != now_queued or (now_queued and (since != view.queued_since or job.queue.get("position") is None)):
+        if moved or was_queued != now_queued or (now_queued and (since != view.queued_since or (job.queue or {}).get("position") is None)):
             self.session.flush()
             self._recompute_queue(job.queue_name)
             if moved:
