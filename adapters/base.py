@@ -97,6 +97,10 @@ class Adapter(ABC):
     #: constant-time compare, near-miss tokens, rotation, a missing header); docs/adapters.md
     #: "Providers that sign no body" has the whole weaker guarantee.
     signs_body: ClassVar[bool] = True
+    #: False when the event id is not covered by the signature (GitHub's ``X-GitHub-Delivery``
+    #: header): a captured body and signature replayed under a new id would pass as a new event,
+    #: so the gateway also deduplicates such a source's events on a digest of the signed body
+    event_id_signed: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any] | None = None, *, tolerance: int = 300):
         self.options = dict(options or {})

@@ -4,7 +4,9 @@ Signature (https://docs.github.com/en/webhooks/using-webhooks/validating-webhook
 ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``, keyed with the webhook's
 secret as-is. GitHub signs no timestamp, so there is no replay window to check: a replayed
 delivery carries the same ``X-GitHub-Delivery`` GUID (the event id, unchanged on
-redelivery) and is answered ``duplicate``. ``X-GitHub-Event`` names the event.
+redelivery) and is answered ``duplicate``. That header is not signed (``event_id_signed =
+False``), so the gateway also deduplicates on a digest of the signed body: the same body under
+a new delivery id is a ``duplicate`` too. ``X-GitHub-Event`` names the event.
 
 Events:
 
@@ -109,6 +111,7 @@ class GitHubAdapter(Adapter):
     """GitHub Actions workflow runs and jobs, re-runs included."""
 
     name = "github"
+    event_id_signed = False  # the delivery id is a header outside the signature
 
     @classmethod
     def state_table(cls) -> list[tuple[str, str]]:

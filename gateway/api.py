@@ -19,6 +19,7 @@ from gateway.jobjson import job_json
 from gateway.models import Job
 from gateway.signals import job_retried
 from gateway.states import Kind
+from gateway.storable import require_storable
 from gateway.store import API_SOURCE, JOB_ID_RE
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -34,6 +35,7 @@ def _json_body() -> dict[str, Any]:
         raise BadRequest("the body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
+    require_storable(body)
     return body
 
 
@@ -228,3 +230,36 @@ def trace(job_id: str) -> Any:
             body = {"error": {"code": "job_not_found", "message": "no such job" + ("; closest matches in suggestions" if hints else "")}, "suggestions": hints}
             return jsonify(body), 404
     return jsonify(data)
+
+
+DELIVERY_OUTCOMES = ("accepted", "duplicate", "ignored", "rejected", "invalid")
+
+
+@bp.get("/deliveries")
+def deliveries() -> Any:
+    """Recent deliveries for support (API key): ``outcome``, ``source``, ``job`` (a job id or an
+    external id or event id naming one job), ``limit`` (1-500). Rejected ones carry the ids they
+    claimed, marked ``verified: false``."""
+    gw = gateway()
+    gw.auth.require_api_key(request)
+    from gateway.support import list_deliveries, resolve_job
+
+    unknown = set(request.args) - {"outcome", "source", "job", "limit"}
+    if unknown:
+        raise BadRequest("unknown query parameter; these filter: outcome, source, job, limit", code="invalid_filter")
+    outcome = request.args.get("outcome")
+    if outcome is not None and outcome not in DELIVERY_OUTCOMES:
+        raise BadRequest(f"outcome must be one of {', '.join(DELIVERY_OUTCOMES)}", code="invalid_outcome")
+    limit = request.args.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+        raise BadRequest("limit must be 1-500", code="invalid_limit")
+    source, job = request.args.get("source"), request.args.get("job")
+    if (source is not None and not 1 <= len(source) <= 64) or (job is not None and not 1 <= len(job) <= 255):
+        raise BadRequest("source is 1-64 characters, job 1-255", code="invalid_filter")
+    job_id = None
+    if job:
+        job_id, _, _ = resolve_job(gw.store, job)
+        if job_id is None:
+            raise NotFound("no such job", code="job_not_found")
+    rows = list_deliveries(gw.store, outcome=outcome, source=source, job_id=job_id, limit=int(limit))
+    return jsonify({"deliveries": rows})

@@ -18,12 +18,12 @@ from werkzeug.exceptions import HTTPException
 from adapters.registry import load_registry
 from gateway import api, demo, fastpoll, health, ingest, limits, outbox, watchdog
 from gateway.auth import Auth
-from gateway.config import Config, load_config
+from gateway.config import Config, load_config, secret_values
 from gateway.context import Gateway, gateway
 from gateway.db import make_engine
 from gateway.errors import GatewayError, Unavailable
-from gateway.http import error_response, finish_headers, request_id_of
-from gateway.logs import setup_logging
+from gateway.http import error_response, finish_headers, guard_input, request_id_of
+from gateway.logs import register_secrets, setup_logging
 from gateway.metrics import Metrics
 from gateway.relay import install as relay
 from gateway.services import build_sources
@@ -39,6 +39,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     drive it by hand through ``app.extensions['gateway'].background.tasks``."""
     setup_logging()
     config = config or load_config()
+    register_secrets(secret_values(config))
     registry = load_registry()
     sources = build_sources(config, registry)
     engine = make_engine(config.database_url)
@@ -69,6 +70,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     gw.watchdog = watchdog.init_app(app, gw)
     _install_request_hooks(app)
     _install_error_handlers(app)
+    app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]
     fastpoll.init_app(app, gw)
     if background:
         gw.background.start()

@@ -1,8 +1,8 @@
 """Credentials: integrator API keys, and job-scoped browser tokens signed with itsdangerous.
 
 A job token names its job and scopes (``read``, ``retry``), expires, and is useless for any
-other job. Both travel as ``Authorization: Bearer …``; on GET routes the job token is also
-accepted as ``?token=`` because EventSource cannot set headers.
+other job. Both travel as ``Authorization: Bearer …``; on GET routes the job token (never an
+API key) is also accepted as ``?token=`` because EventSource cannot set headers.
 """
 
 from __future__ import annotations
@@ -114,11 +114,14 @@ class Auth:
         return self._job_token(credential)
 
     def from_request(self, request: Request) -> Principal:
-        """Bearer header first; ``?token=`` only on GET (EventSource, long-poll)."""
+        """Bearer header first; ``?token=`` only on GET (EventSource, long-poll) and only for a job
+        token: a URL ends up in logs, histories and proxies, so an API key there is refused."""
         header = request.headers.get("Authorization", "")
         credential = header[7:].strip() if header[:7].lower() == "bearer " else None
         if not credential and request.method in ("GET", "HEAD"):
             credential = request.args.get("token") or None
+            if credential and self.is_api_key(credential):
+                raise Unauthorized("an API key is accepted only in the Authorization header, never in a URL", code="api_key_in_url")
         return self.principal(credential)
 
     def require_api_key(self, request: Request) -> Principal:

@@ -26,7 +26,7 @@ from gateway.db import default_database_url, normalise_database_url, safe_url
 from gateway.errors import ConfigError
 
 PROJECT_FILE = "gateway.toml"
-SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 RESERVED_SOURCES = {"gateway", "api"}  # used for events the gateway records itself
 
 #: keys every source takes; anything else is the adapter's own (checked by the adapter)
@@ -72,6 +72,9 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "rate_limit_public_per_address": (int, 200),
     "max_connections_per_address": (int, 500),
     "body_timeout": (int, 30),
+    "rejected_records_per_minute": (int, 60),  # refused deliveries stored per source a minute; past it, counted
+    "metrics_cache_seconds": (int, 5),
+    "rate_limit_store": (str, "auto"),  # auto | local | redis (gateway/limits.py)  # /metrics counts jobs by state at most once per this, per worker
 }
 
 
@@ -121,6 +124,17 @@ def _project_file(start: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every configured credential value, for log redaction by value (gateway.logs.register_secrets)."""
+    values = [config.secret_key, config.metrics_token, *config.api_keys]
+    for source in config.sources.values():
+        values.extend(source.secrets)
+        for name in (source.callback_secret_env, source.api_key_env):
+            if name:
+                values.append(config.env.get(name, ""))
+    return [v.strip() for v in values if v and v.strip()]
 
 
 def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
@@ -183,6 +197,10 @@ class Config:
     rate_limit_public_per_address: int = 200
     max_connections_per_address: int = 500
     body_timeout: int = 30
+    rejected_records_per_minute: int = 60
+    metrics_cache_seconds: int = 5
+    rate_limit_store: str = "local"  # resolved: local or redis
+    metrics_token: str = field(default="", repr=False)  # GATEWAY_METRICS_TOKEN: /metrics then needs it as a bearer
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     resolution: Resolution | None = field(default=None, repr=False)
 
@@ -241,6 +259,11 @@ def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True, re
         raise ConfigError("gateway.allowed_origins: expected a list of origins like 'https://app.example.com'")
     if settings.get("bus", "auto") not in ("auto", "local", "postgres", "sqlite", "redis"):
         raise ConfigError("gateway.bus: expected one of auto, local, postgres, sqlite, redis")
+    store = settings.get("rate_limit_store", "auto")
+    if store not in ("auto", "local", "redis"):
+        raise ConfigError("gateway.rate_limit_store: expected one of auto, local, redis")
+    if store == "auto":  # Redis configured: the limits are shared through it
+        settings["rate_limit_store"] = "redis" if "redis_url" in settings or settings.get("bus") == "redis" else "local"
 
     sources = {}
     for name, raw in (data.get("sources") or {}).items():
@@ -253,6 +276,7 @@ def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True, re
         secret_key=secret_key,
         database_url=found.database_url,
         api_keys=_split(env.get("GATEWAY_API_KEYS")),
+        metrics_token=env.get("GATEWAY_METRICS_TOKEN", ""),
         sources=sources,
         allowed_origins=tuple(origins),
         env=env,

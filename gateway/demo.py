@@ -4,7 +4,9 @@ The demo page starts batches of simulated import jobs (``POST /demo/jobs``) and 
 with the ``<job-status>`` element from ``/static/jobstatus.js``. The simulator
 (``gateway.simulator``) registers them like an integrator's backend and drives them with
 signed webhooks to this gateway's own ``/webhooks/demo``; its base URL is
-``GATEWAY_DEMO_URL`` (``make serve`` sets it), else the URL the page was loaded from.
+``GATEWAY_DEMO_URL`` (``make serve`` sets it), else the ``public_url`` of ``[sources.demo]``
+without its ``/webhooks/demo``. Never the request's ``Host``: a client could name any host, and
+the simulator would post signed webhooks there. With neither, starting a batch is a 409.
 """
 
 from __future__ import annotations
@@ -29,18 +31,32 @@ def init_app(app: Flask, gw: Gateway) -> None:
     app.register_blueprint(bp)
     if not gw.config.demo:
         return
-    simulator = Simulator(gw, DEMO_SOURCE, gw.config.env.get("GATEWAY_DEMO_URL") or None)
+    simulator = Simulator(gw, DEMO_SOURCE, demo_base_url(gw))
     gw.simulator = simulator
 
     def on_retry(_app: Flask, job: Job) -> None:
-        if job.source == DEMO_SOURCE and DEMO_SOURCE in gw.sources:
-            simulator.on_retry(job, _base_url())
+        if job.source == DEMO_SOURCE and DEMO_SOURCE in gw.sources and simulator.base_url:
+            simulator.on_retry(job, simulator.base_url)
 
     job_retried.connect(on_retry, sender=app, weak=False)
 
 
+def demo_base_url(gw: Gateway) -> str | None:
+    """Where the simulator posts: ``GATEWAY_DEMO_URL``, else the demo source's ``public_url``
+    without ``/webhooks/demo``; None when neither is configured."""
+    configured = gw.config.env.get("GATEWAY_DEMO_URL")
+    if configured:
+        return configured.rstrip("/")
+    source = gw.sources.get(DEMO_SOURCE)
+    public, suffix = (source.config.public_url if source else None) or "", f"/webhooks/{DEMO_SOURCE}"
+    return public[: -len(suffix)] if public.endswith(suffix) else None
+
+
 def _base_url() -> str:
-    return request.host_url.rstrip("/")
+    base = gateway().simulator.base_url  # type: ignore[union-attr]
+    if not base:
+        raise Conflict("the demo needs GATEWAY_DEMO_URL (or a public_url for [sources.demo]) to know where to send its webhooks", code="demo_url_missing")
+    return base
 
 
 def _simulator() -> Simulator:

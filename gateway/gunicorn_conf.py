@@ -9,6 +9,8 @@
 * Logs: gunicorn's own lines in the gateway's format on stderr; the access log, when enabled
   (GATEWAY_ACCESS_LOG=1), records the path without the query string, so ``?token=`` never
   reaches it. ``GatewayLogger`` (accesslog.py) builds the access line only when it is written.
+* Errors gunicorn answers itself (a malformed request line, headers too large, a bad chunk):
+  the JSON error shape of every other answer, not gunicorn's HTML page (``write_json_error``).
 
 The master imports nothing of the app and not psycopg (it decides at import time whether
 gevent patched ``select``; the workers patch first, then load ``wsgi:app``).
@@ -17,10 +19,13 @@ gevent patched ``select``; the workers patch first, then load ``wsgi:app``).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
 from typing import Any
+
+from gunicorn import util as gunicorn_util
 
 from gateway.accesslog import GatewayLogger
 from gateway.logs import ACCESS_LOG_FORMAT, gunicorn_logconfig
@@ -32,8 +37,25 @@ logger_class = GatewayLogger
 logconfig_dict = gunicorn_logconfig(bool(os.environ.get("GATEWAY_ACCESS_LOG")))
 
 
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error`` as ``{"error": {"code", "message"}}``. The message does not
+    echo what gunicorn could not parse (it may hold a credential or markup)."""
+    code = reason.lower().replace(" ", "_") or "bad_request"
+    body = json.dumps({"error": {"code": code, "message": f"{reason}: the server could not read this request"}}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn's workers call util.write_error for what they answer before the app runs; the workers
+# are forked from the master that read this file, so the replacement reaches every one
+gunicorn_util.write_error = write_json_error
+
+
 def on_starting(server: Any) -> None:
-    """Give the workers a clean multiprocess metrics directory."""
+    """Give the workers a clean multiprocess metrics directory, and tell them how many they are
+    (``GATEWAY_WORKERS``: per-worker rate limits take their share, gateway/limits.py)."""
+    os.environ["GATEWAY_WORKERS"] = str(server.cfg.workers)
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
         os.makedirs(path, exist_ok=True)

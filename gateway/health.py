@@ -2,20 +2,23 @@
 
 ``/healthz`` touches nothing but the process. ``/readyz`` runs one indexed read of
 ``alembic_version`` and compares it with the head revision read once, when the blueprint is
-registered, so a probe costs a few milliseconds. ``/metrics`` samples jobs by state at scrape.
+registered, so a probe costs a few milliseconds. ``/metrics`` samples jobs by state at scrape,
+at most once per ``metrics_cache_seconds``, and may require a bearer token.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.context import gateway
+from gateway.errors import Unauthorized
 from gateway.models import Job
 
 bp = Blueprint("health", __name__)
@@ -68,13 +71,24 @@ def readyz() -> Any:
 
 @bp.get("/metrics")
 def metrics() -> Any:
-    """Prometheus text: this process's metrics, merged over every worker under gunicorn."""
+    """Prometheus text: this process's metrics, merged over every worker under gunicorn. With
+    ``GATEWAY_METRICS_TOKEN`` set, only for ``Authorization: Bearer <that token>``. Jobs by state
+    are counted (a GROUP BY over all jobs) at most once per ``metrics_cache_seconds`` per worker,
+    so a fast scraper cannot turn into database load."""
     gw = gateway()
-    try:
-        with gw.store.reading() as session:
-            counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-        for state in _STATES:
-            gw.metrics.jobs_by_state.labels(state=state).set(counts.get(state, 0))
-    except SQLAlchemyError:
-        pass  # metrics still answer while the database is down
+    if gw.config.metrics_token:
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(given.encode(), gw.config.metrics_token.encode()):
+            raise Unauthorized("/metrics needs Authorization: Bearer <metrics token>")
+    now = time.monotonic()
+    if now - gw.metrics.jobs_sampled_at >= gw.config.metrics_cache_seconds:
+        try:
+            with gw.store.reading() as session:
+                counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            for state in _STATES:
+                gw.metrics.jobs_by_state.labels(state=state).set(counts.get(state, 0))
+            gw.metrics.jobs_sampled_at = now
+        except SQLAlchemyError:
+            pass  # metrics still answer while the database is down
     return Response(gw.metrics.render(), mimetype="text/plain; version=0.0.4; charset=utf-8")

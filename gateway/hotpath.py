@@ -4,7 +4,7 @@ Most webhooks move a job that is registered and not queued: a progress report, o
 turning complete or failed. For those ``Writer.record_event`` (store.py) leaves the ORM aside:
 
 1. one script: BEGIN; take the job's queue lock when the job is queued or failed or the event may
-   queue it; insert the event unless (source, event id) is taken; lock the job's row, read it;
+   queue it; insert the event unless (source, event id) or (source, digest) is taken; lock the job's row, read it;
 2. the fold of the one new event (gateway.states, pure) in Python;
 3. one more script: the row's UPDATE, the delivery, NOTIFY and COMMIT (``Writer.close``).
 
@@ -39,7 +39,7 @@ QUEUE_STATES = (State.QUEUED.value, State.FAILED.value)
 JOB_COLUMNS = tuple(c.name for c in Job.__table__.columns)
 WRITTEN_COLUMNS = ("state", "attempt", "label", "progress", "queue", "error", "result", "state_changed_at", "updated_at", "queued_since", "fold", "version")
 DELIVERY_COLUMNS = tuple(c.name for c in Delivery.__table__.columns if c.name != "id")
-EVENT_COLUMNS = ("source", "event_id", "external_id", "kind", "type", "state", "occurred_at", "received_at", "data")
+EVENT_COLUMNS = ("source", "event_id", "external_id", "kind", "type", "state", "occurred_at", "received_at", "data", "digest")
 _JSON_COLUMNS = {c.name for t in (Job.__table__, Event.__table__) for c in t.columns if isinstance(c.type, JSON)}
 _DATETIME_COLUMNS = ("created_at", "updated_at", "state_changed_at", "queued_since")
 
@@ -58,7 +58,7 @@ FROM jobs WHERE id = {_JOB_OF_KEY}"""
 }
 INSERT_EVENT = f"""INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)})
 VALUES ({_JOB_OF_KEY}, {', '.join(['%s'] * len(EVENT_COLUMNS))})
-ON CONFLICT (source, event_id) DO NOTHING RETURNING job_id"""
+ON CONFLICT DO NOTHING RETURNING job_id"""  # (source, event_id) or (source, digest): as store.py
 # NO KEY UPDATE, as on the ORM path: the event's foreign key takes KEY SHARE on this row
 LOCK_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = {_JOB_OF_KEY} FOR NO KEY UPDATE"
 QUEUE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('gateway.queue:' || %s))"

@@ -14,7 +14,13 @@ from typing import Any
 from flask import Response, jsonify
 from werkzeug.wrappers import Request
 
+from gateway.errors import BadRequest
 from gateway.models import Job
+
+try:  # gunicorn's chunked reader raises its own parse errors for a malformed or cut-off body
+    from gunicorn.http.errors import ParseException as _ServerParseError
+except ImportError:  # pragma: no cover - another WSGI server
+    _ServerParseError = OSError
 
 NO_CACHE = "no-cache, private"
 
@@ -28,6 +34,49 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return response
 
 
+# -- request bodies ------------------------------------------------------------------------------
+
+
+class ClientInput:
+    """``wsgi.input`` whose read errors are the client's: a chunked body cut short or badly framed
+    (gunicorn raises NoMoreData, InvalidChunkSize, ...) is a 400 ``incomplete_body``, not a 500."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._stream, name)(*args)
+        except (OSError, _ServerParseError):
+            raise BadRequest("the request body was cut short or badly framed", code="incomplete_body") from None
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._call("read", *args)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        line: bytes = self._call("readline", *args)
+        return line
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        lines: list[bytes] = self._call("readlines", *args)
+        return lines
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
+def guard_input(wsgi_app: Any) -> Any:
+    """Wrap a WSGI app so every request body is read through ClientInput."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH", "DELETE") and "wsgi.input" in environ:
+            environ["wsgi.input"] = ClientInput(environ["wsgi.input"])
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
 # -- request ids and CORS -----------------------------------------------------------------------
 
 
@@ -37,10 +86,31 @@ def request_id_of(environ: dict[str, Any]) -> str:
     return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else os.urandom(16).hex()
 
 
+#: Every response's security headers (pages, API, static files, the fast 304s). Scripts only from
+#: the gateway's own files, never inline (the demo and its pages load modules from /static/).
+#: Styles allow 'unsafe-inline' for one reason: <job-status> puts its stylesheet in a <style> in
+#: its shadow root, which CSP treats as inline; no inline *script* is allowed anywhere. A page
+#: that needs more (a console with nonces) sets its own Content-Security-Policy, which is kept.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # a job token may travel in a URL (?token=): never pass it on
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers without CSP 2
+}
+
+
 def finish_headers(headers: MutableMapping[str, str], req: Request, request_id: str, allowed_origins: Collection[str]) -> None:
-    """What every response gets: its request id, and CORS headers for an allowed origin on ``/api/``
-    (the ``after_request`` hook, and the conditional polls answered before Flask, fastpoll.py)."""
+    """What every response gets: its request id, the security headers (unless the response set its
+    own), and CORS headers for an allowed origin on ``/api/`` (the ``after_request`` hook, and the
+    conditional polls answered before Flask, fastpoll.py)."""
     headers["X-Request-ID"] = request_id
+    for name, value in SECURITY_HEADERS.items():
+        if name not in headers:
+            headers[name] = value
     origin = req.environ.get("HTTP_ORIGIN")
     if origin and req.path.startswith("/api/") and origin_allowed_for(origin, allowed_origins, req.host_url):
         headers["Access-Control-Allow-Origin"] = origin

@@ -1,13 +1,18 @@
 """``POST /webhooks/<source>``: verify, dedup, fold, commit, then acknowledge.
 
 Checks run in the contract's order, and the body is never parsed before it is verified:
-unknown source 404, too large 413, bad signature or stale timestamp 401 (a rejected-delivery
-record without the body), verified but unreadable 400, no job state 200 ignored, accepted or
-duplicate 200 only after commit, database down 503 with Retry-After.
+unknown source 404 (counted, never stored), too large 413, bad signature or stale timestamp 401
+(one generic message; a rejected-delivery record without the body, within the source's
+``rejected_records_per_minute``, carrying the ids the body claims, unverified), the source's
+rate 429 (charged only now, once verified), verified but unreadable or unstorable 400, no job
+state 200 ignored, accepted or duplicate 200 only after commit, database down 503 with
+Retry-After.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -21,8 +26,11 @@ from adapters.base import ProviderEvent, WebhookRequest
 from gateway.context import gateway
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
 from gateway.http import error_response
+from gateway.limits import charge_source
 from gateway.services import Source
 from gateway.states import Decision
+from gateway.storable import MESSAGE as STORABLE_MESSAGE
+from gateway.storable import is_storable
 from gateway.store import Outcome, Writer, utcnow
 
 bp = Blueprint("ingest", __name__)
@@ -53,21 +61,77 @@ def _public_url(source: Source) -> str:
     return f"{base}?{query}" if query else base
 
 
-def _reject(source_name: str, status: int, reason: str, size: int, code: str) -> Any:
-    """Keep a rejected delivery (never its body) and answer with the contract's error."""
+#: what the caller of a refused delivery is told: it must not name the header the adapter looked
+#: for (that fingerprints the adapter); the stored record keeps the precise reason
+UNVERIFIED_MESSAGE = "the delivery could not be verified"
+
+
+def _unknown_source(source_name: str) -> Any:
+    """A post to a source that is not configured: counted and sampled in the log, never stored."""
     gw = gateway()
-    label = source_name if source_name in gw.sources else "_unknown"  # a URL is not a metric label
-    gw.metrics.webhooks.labels(source=label, outcome="rejected").inc()
-    log.info("webhook rejected", extra={"source": source_name[:64], "status": status, "reason": reason, "request_id": g.request_id})
+    gw.metrics.webhooks.labels(source="_unknown", outcome="rejected").inc()  # a URL is not a metric label
+    if _UNKNOWN_LOG.due():
+        log.info("webhook to an unknown source (sampled)", extra={"source": source_name[:64], "request_id": g.request_id})
+    return error_response(404, "unknown_source", "no such webhook source")
+
+
+def _reject(source: Source, status: int, reason: str, size: int, code: str, wreq: WebhookRequest | None = None) -> Any:
+    """Answer a refused delivery of a configured source with the contract's error; keep a record
+    of it (never its body) while the source's budget of rejected records allows, else count it.
+
+    The record carries the event id and external id the body *claims* (parsed only for this,
+    never applied): support sees which job an attacker or a misconfigured sender aimed at."""
+    gw = gateway()
+    gw.metrics.webhooks.labels(source=source.name, outcome="rejected").inc()
+    message = UNVERIFIED_MESSAGE if status == 401 else reason
+    if gw.limits.rejected_records.take("source:" + source.name) > 0:
+        gw.metrics.rejected_unrecorded.labels(source=source.name).inc()
+        return error_response(status, code, message)
+    log.info("webhook rejected", extra={"source": source.name, "status": status, "reason": reason, "request_id": g.request_id})
+    claimed = _claimed(source, wreq) if wreq is not None else None
     try:
         with gw.store.transaction() as w:
             w.add_delivery(
-                source=source_name[:64], status=status, outcome="rejected", reason=reason[:500], size=size,
+                source=source.name, status=status, outcome="rejected", reason=reason[:500], size=size,
                 remote_addr=request.remote_addr, request_id=g.request_id,
+                **({} if claimed is None else dict(
+                    event_id=claimed.event_id[:255] or None, event_type=(claimed.type or "")[:255] or None,
+                    external_id=claimed.external_id[:255] or None, job_id=w.job_for_key(source.name, claimed.external_id[:255]),
+                )),
             )
     except SQLAlchemyError:
         log.warning("could not record a rejected delivery: database unavailable", extra={"request_id": g.request_id})
-    return error_response(status, code, reason)
+    return error_response(status, code, message)
+
+
+def _claimed(source: Source, wreq: WebhookRequest) -> ProviderEvent | None:
+    """The first event an unverified body claims to be, when it reads as one and can be stored."""
+    try:
+        events = source.adapter.parse(wreq)
+    except Exception:  # unverified input: whatever it is, it claims nothing readable
+        return None
+    first = events[0] if events else None
+    if first is None or not is_storable((first.event_id, first.external_id, first.type)):
+        return None
+    return first
+
+
+class _Sampler:
+    """True at most once per ``seconds`` (per process): a flood leaves one log line, not thousands."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
+
+
+_UNKNOWN_LOG = _Sampler(10.0)
 
 
 @bp.post("/webhooks/<source_name>")
@@ -77,11 +141,11 @@ def receive(source_name: str) -> Any:
     source = gw.sources.get(source_name)
     size = request.content_length or 0
     if source is None:
-        return _reject(source_name, 404, f"unknown source {source_name[:64]!r}", size, "unknown_source")
+        return _unknown_source(source_name)
     try:
         body = _read_body(gw.config.max_body_bytes)
     except PayloadTooLarge as exc:
-        return _reject(source.name, 413, exc.message, size, exc.code)
+        return _reject(source, 413, exc.message, size, exc.code)
     received_at = utcnow()
     wreq = WebhookRequest(
         body=body,
@@ -94,10 +158,11 @@ def receive(source_name: str) -> Any:
     try:
         source.adapter.verify(wreq, source.config.secrets)
     except SignatureError as exc:
-        return _reject(source.name, 401, exc.message, len(body), exc.code)
+        return _reject(source, 401, exc.message, len(body), exc.code, wreq)
     except Exception as exc:  # an adapter bug must not turn bad input into a 500
         log.exception("adapter verify raised an undeclared error", extra={"source": source.name})
-        return _reject(source.name, 401, f"signature check failed ({type(exc).__name__})", len(body), "invalid_signature")
+        return _reject(source, 401, f"signature check failed ({type(exc).__name__})", len(body), "invalid_signature", wreq)
+    charge_source(gw, gw.limits, source.name)
     try:
         events = source.adapter.parse(wreq)
     except GatewayError as exc:
@@ -105,11 +170,16 @@ def receive(source_name: str) -> Any:
     except Exception as exc:
         log.exception("adapter parse raised an undeclared error", extra={"source": source.name})
         return _invalid(source, PayloadError(f"unreadable body ({type(exc).__name__})"), len(body), received_at)
+    if not all(is_storable(dataclasses.astuple(pe)) for pe in events):
+        return _invalid(source, PayloadError(STORABLE_MESSAGE, code="unstorable_value"), len(body), received_at)
+
+    digest = None if source.adapter.event_id_signed else hashlib.sha256(body).hexdigest()
 
     def record(w: Writer) -> list[tuple[ProviderEvent, Outcome]]:
         outcomes = []
-        for pe in events:
-            outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at)
+        for i, pe in enumerate(events):
+            outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at,
+                                     digest=digest and _event_digest(digest, i))
             w.finish_changes()
             if pe.needs_details and outcome.decision is not Decision.DUPLICATE:
                 gw.outbox.enqueue_details(w, source.name, pe, outcome.job_id)
@@ -142,6 +212,11 @@ def receive(source_name: str) -> Any:
 
 # the acknowledgement bodies, encoded once
 _ACKS = {status: json.dumps({"status": status}).encode() for status in ("accepted", "duplicate", "ignored")}
+
+
+def _event_digest(body_digest: str, index: int) -> str:
+    """The dedup digest of the ``index``-th event of a signed body (64 characters, as stored)."""
+    return body_digest if index == 0 else hashlib.sha256(f"{body_digest}:{index}".encode()).hexdigest()
 
 
 def _outcome_name(decision: Decision, no_state: bool) -> str:

@@ -1,14 +1,18 @@
 """Abuse limits: request rates per source and per client address, open connections per client
 address, and a deadline for reading a request body.
 
-Rates are token buckets held **in each worker process** (no shared store is needed, so the
-embedded default works alone): with N workers a client can get up to N times the configured
-rate before every worker refuses it. That is the honest semantics; the limits exist to stop a
-flood from one source or address from starving everyone else, not to meter usage. A refused
-request gets 429 with ``Retry-After`` and the usual JSON error.
+Rates are token buckets. With ``rate_limit_store = "redis"`` (the default when ``redis_url`` is
+set in the file or the bus is Redis) every worker and instance spends from one bucket in Redis
+(``limits_redis.py``: one atomic Lua script per take). Otherwise they are held **in each worker
+process** and each of the N workers gunicorn runs gets 1/N of every configured rate and burst
+(``GATEWAY_WORKERS``, set by gunicorn_conf.py), so the whole server allows about the configured
+rate; one address's requests are not always spread evenly over the workers, so it may be
+refused a little earlier. Several instances behind a load balancer each allow the configured
+rate. A refused request gets 429 with ``Retry-After`` and the usual JSON error.
 
-- ``POST /webhooks/<source>``: ``rate_limit_webhooks_per_source`` and
-  ``rate_limit_webhooks_per_address`` (requests per second; bursts up to twice that).
+- ``POST /webhooks/<source>``: ``rate_limit_webhooks_per_address`` before anything is read,
+  ``rate_limit_webhooks_per_source`` only for deliveries whose signature verified (requests per
+  second; bursts up to twice that), so unsigned posts cannot spend a provider's budget.
 - Browser endpoints (reading, streaming or retrying one job with its token, ``/ws``, the
   demo page): ``rate_limit_public_per_address``. A request carrying an integrator API key is
   not a browser and is not counted.
@@ -163,10 +167,30 @@ class Limits:
     """The app's limiters, built from the configuration; see the module docstring."""
 
     def __init__(self, config: Any):
-        self.webhooks_per_source = RateLimiter(config.rate_limit_webhooks_per_source)
-        self.webhooks_per_address = RateLimiter(config.rate_limit_webhooks_per_address)
-        self.public_per_address = RateLimiter(config.rate_limit_public_per_address)
+        self.shared = config.rate_limit_store == "redis"
+        # without a shared store each worker gets its share of the configured rates (gunicorn_conf
+        # tells the workers how many they are); with Redis every worker spends from one bucket
+        self.workers = 1 if self.shared else max(1, int(config.env.get("GATEWAY_WORKERS") or 1))
+        client = None
+        if self.shared:
+            from gateway.limits_redis import client_for
+
+            client = client_for(config.redis_url)
+
+        def make(name: str, rate: float, burst: float | None = None) -> Any:
+            if client is not None:
+                from gateway.limits_redis import RedisRateLimiter
+
+                return RedisRateLimiter(client, f"gateway:rate:{name}:", rate, burst)
+            return RateLimiter(rate / self.workers, None if burst is None else burst / self.workers)
+
+        self.webhooks_per_source = make("source", config.rate_limit_webhooks_per_source)
+        self.webhooks_per_address = make("webhook-addr", config.rate_limit_webhooks_per_address)
+        self.public_per_address = make("public-addr", config.rate_limit_public_per_address)
         self.connections = ConnectionCounter(config.max_connections_per_address)
+        # not a request limit: how many refused deliveries per source a minute are stored (ingest.py)
+        per_minute = config.rejected_records_per_minute
+        self.rejected_records = make("rejected", per_minute / 60, per_minute)
         self.body_timeout = config.body_timeout
 
 
@@ -181,7 +205,7 @@ def public_request_allowed(gw: Services, limits: Limits, req: Request) -> bool:
     the request goes on to Flask, whose hook answers 429."""
     if _is_api_key(gw, req):
         return True
-    return limits.public_per_address.take("addr:" + client_address(req)) == 0
+    return bool(limits.public_per_address.take("addr:" + client_address(req)) == 0)
 
 
 def init_app(app: Flask, gw: Services) -> Limits:
@@ -193,9 +217,8 @@ def init_app(app: Flask, gw: Services) -> Limits:
         path = request.path
         address = client_address()
         if path.startswith("/webhooks/") and request.method == "POST":
+            # the per-source budget is charged only once a delivery verified (charge_source)
             source = path[len("/webhooks/"):]
-            if source in gw.sources:
-                _counted(gw, source, lambda: limits.webhooks_per_source.check("source:" + source, "for this source"))
             _counted(gw, source, lambda: limits.webhooks_per_address.check("addr:" + address, "from this address"))
         elif PUBLIC_PATHS.match(path) and not _is_api_key(gw, request):
             limits.public_per_address.check("addr:" + address, "from this address")
@@ -242,6 +265,12 @@ def hand_over_connection_slot() -> Callable[[], None] | None:
         return None
     release: Callable[[], None] = g.pop("release_connection_slot")
     return release
+
+
+def charge_source(gw: Services, limits: Limits, source: str) -> None:
+    """Spend one of ``source``'s tokens for a delivery whose signature verified; RateLimited (429,
+    counted) when over. Unsigned junk never reaches here, so it cannot spend a provider's budget."""
+    _counted(gw, source, lambda: limits.webhooks_per_source.check("source:" + source, "for this source"))
 
 
 def _counted(gw: Services, source: str, check: Callable[[], None]) -> None:

@@ -4,8 +4,9 @@ Every line logged while serving a request carries its ``request_id`` (also sent 
 ``X-Request-ID`` header), and every line about a job its ``job_id``: handlers pass it in
 ``extra``, and ``RequestContext`` fills it from the route (``/api/jobs/<job_id>/…``) when they
 do not. Credentials never reach a log line: nothing here logs headers, bodies or query strings
-(gunicorn's access line is configured to log the path only), and ``redact`` masks anything
-shaped like a secret, signature or token in whatever a message has to quote.
+(gunicorn's access line is configured to log the path only), and ``redact`` masks the
+configured secret values (``register_secrets``) and anything shaped like a secret, signature or
+token in whatever a message has to quote.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -31,8 +32,37 @@ _SECRETISH = re.compile(
 )
 
 
+MIN_KNOWN_SECRET = 4  # shorter configured values are not searched for (they would mask ordinary words)
+
+
+class _KnownSecrets:
+    """The configured secret values of this process, masked wherever they appear, whatever their
+    shape: a short or plain secret (``hunter2``) sent as a path or ``X-Request-ID`` has no
+    secret's shape, so ``_SECRETISH`` alone would log it verbatim."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self.pattern: re.Pattern[str] | None = None
+
+    def add(self, values: Iterable[str]) -> None:
+        self.values |= {v for v in values if v and len(v) >= MIN_KNOWN_SECRET}
+        ordered = sorted(self.values, key=len, reverse=True)  # the longest first: no half-masked secret
+        self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
+_KNOWN = _KnownSecrets()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Mask these exact values in every log line from now on (``create_app`` passes the configured
+    secrets, API keys and tokens)."""
+    _KNOWN.add(values)
+
+
 def redact(text: str) -> str:
-    """Mask anything shaped like a secret, signature or token."""
+    """Mask the configured secret values, and anything shaped like a secret, signature or token."""
+    if _KNOWN.pattern is not None:
+        text = _KNOWN.pattern.sub("[redacted]", text)
     return _SECRETISH.sub("[redacted]", text)
 
 

@@ -13,6 +13,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.webhooks = Counter("gateway_webhooks", "Webhook deliveries by source and outcome", ["source", "outcome"], registry=r)
+        self.rejected_unrecorded = Counter(
+            "gateway_rejected_unrecorded", "Refused deliveries past the source's budget of stored records (counted only)", ["source"], registry=r)
         self.ingest_seconds = Histogram(
             "gateway_ingest_seconds", "Time from request to acknowledgement", ["source"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
@@ -29,6 +31,7 @@ class Metrics:
         self.outbox_tries = Counter("gateway_outbox_tries", "Outbound calls tried (callbacks, details) by outcome", ["kind", "outcome"], registry=r)
         self.stalls = Counter("gateway_jobs_stalled", "Jobs the watchdog failed as stalled", ["source"], registry=r)
         self._poll_counts: dict[tuple[str, str], Counter] = {}
+        self.jobs_sampled_at = float("-inf")  # time.monotonic() of the last jobs-by-state count (health.py)
 
     def count_poll(self, kind: str, status: str) -> None:
         """One job read answered: ``gateway_polls_total{kind,status}`` (the labelled child is

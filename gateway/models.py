@@ -42,7 +42,9 @@ class Job(Base):
     source: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str] = mapped_column(String(255))
     label: Mapped[str | None] = mapped_column(Text)
-    queue_name: Mapped[str] = mapped_column(String(128), default="default")
+    queue_name: Mapped[str] = mapped_column(String(128), default="default")  # the queue it counts in now
+    #: the queue given at registration: the job's queue whenever no applied `queued` event names one
+    registered_queue: Mapped[str | None] = mapped_column(String(128))
     registered_label: Mapped[str | None] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -90,10 +92,14 @@ class Event(Base):
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime]
     data: Mapped[dict[str, Any] | None]  # progress / queue / error / result / label as given
+    #: for providers whose event id is not signed (``Adapter.event_id_signed``): a digest of the
+    #: signed content, unique per source, so a signed body replayed under a new id is a duplicate
+    digest: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         UniqueConstraint("source", "event_id", name="uq_events_source_event"),
         Index("ix_events_key", "source", "external_id"),
+        Index("uq_events_source_digest", "source", "digest", unique=True),
     )
 
 

@@ -18,8 +18,9 @@ Kinds:
 
 - ``callback``: a Standard Webhooks–signed POST of ``{"type": "job.retry_requested",
   "timestamp": …, "data": <job JSON>}`` to the source's ``callback_url``. The secret is the
-  environment variable named by the source's ``callback_secret_env``, else the source's first
-  webhook secret (``secrets_env``); either way a ``whsec_…`` Standard Webhooks secret. The
+  environment variable named by the source's ``callback_secret_env`` (never one of its webhook
+  secrets), else one derived from its first webhook secret (``derive_callback_secret``); either
+  way a ``whsec_…`` Standard Webhooks secret. The
   ``webhook-id`` is the row's key (``msg_retry_<job>_<attempt>``), the same on every try.
 - ``details``: for adapters whose webhooks are too thin to know the state
   (``ProviderEvent.needs_details``): the GET that ``Adapter.details_request`` describes, with
@@ -33,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import random
@@ -77,11 +79,24 @@ def backoff(attempts: int, base: float, cap: float, rnd: Callable[[], float] = r
     return ceiling / 2 + rnd() * ceiling / 2
 
 
+#: the label a derived callback secret is an HMAC of (keyed with the source's first webhook secret)
+CALLBACK_SECRET_LABEL = b"gateway callback secret v1"
+
+
 def callback_secret(source: SourceConfig, env: Mapping[str, str]) -> str | None:
-    """The secret that signs the source's callbacks: ``callback_secret_env``, else its first webhook secret."""
+    """The secret that signs the source's callbacks: ``callback_secret_env``, else one derived from
+    its first webhook secret (``derive_callback_secret``). Never the webhook secret itself: a
+    callback replayed to the gateway's own inbound endpoint would then verify."""
     if source.callback_secret_env:
         return (env.get(source.callback_secret_env) or "").strip() or None
-    return source.secrets[0] if source.secrets else None
+    return derive_callback_secret(source.secrets[0]) if source.secrets else None
+
+
+def derive_callback_secret(webhook_secret: str) -> str:
+    """``whsec_`` + base64(HMAC-SHA256(key = the webhook secret's UTF-8 bytes, msg = CALLBACK_SECRET_LABEL)):
+    a Standard Webhooks secret the integrator can compute from the secret it already holds."""
+    digest = hmac.new(webhook_secret.encode("utf-8"), CALLBACK_SECRET_LABEL, hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(digest).decode()
 
 
 def redact_url(url: str | None) -> str | None:
@@ -402,6 +417,8 @@ def init_app(app: Flask, gw: Services) -> Outbox:
             continue  # non-strict loading (CLI listings): no secrets to check
         if not _is_standard_secret(secret):
             raise ConfigError(f"{key}: the callback secret must be a Standard Webhooks secret (whsec_ + base64)")
+        if secret in sc.secrets:
+            raise ConfigError(f"{key}: the callback secret must differ from the source's webhook secrets (a callback would verify as a webhook)")
         if urlsplit(sc.callback_url).scheme not in ("http", "https"):
             raise ConfigError(f"sources.{name}.callback_url: expected an http(s) URL")
     outbox = Outbox(gw)

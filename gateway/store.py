@@ -1,7 +1,7 @@
 """The one writer path: every change to a job goes through ``Store.transaction()`` and ``Writer``.
 
-A writer records an event (deduplicated on (source, event id) by the database itself), then
-folds it into its job under the job's row lock: incrementally when it is the newest event,
+A writer records an event (deduplicated on (source, event id), and on (source, digest) when
+given, by the database itself), then folds it into its job under the job's row lock: incrementally when it is the newest event,
 by a full re-fold of the job's events when it arrived late. Queue positions of the jobs
 behind are recomputed in the same transaction. The changed (job id, version) pairs are handed
 to the bus inside the transaction (PostgreSQL NOTIFY is transactional) and after commit.
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
 
 import psycopg
-from sqlalchemy import Connection, Engine, Table, bindparam, inspect, select, text, update
+from sqlalchemy import Connection, Engine, Table, bindparam, inspect, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,7 +38,7 @@ TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization fai
 
 GATEWAY_SOURCE = "gateway"  # events the gateway itself records: retries, links, watchdog
 API_SOURCE = "api"  # events reported through POST /api/jobs/<id>/events
-JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{1,60}$")
+JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{1,60}\Z")  # \Z: "$" would also match before a final newline
 
 # The hot path's statements, built once: SQLAlchemy compiles each once per engine and reuses it.
 _JOB_OF_KEY = (
@@ -58,7 +58,8 @@ _INSERTS = {table.name: table.insert().inline() for table in (_DELIVERIES, _TRAC
 # SET takes the columns given in the parameters: the ones that changed
 _UPDATE_JOB = update(cast(Table, Job.__table__)).where(Job.__table__.c.id == bindparam("job_id_"))
 _INSERT_EVENT = {
-    name: dialect.insert(Event.__table__).on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(Event.__table__.c.id)
+    # no conflict target: a taken (source, event_id) or (source, digest) both make a duplicate
+    name: dialect.insert(Event.__table__).on_conflict_do_nothing().returning(Event.__table__.c.id)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 
@@ -248,8 +249,10 @@ class Writer:
         job_id: str | None = None,
         auto_register: bool = False,
         received_at: datetime | None = None,
+        digest: str | None = None,
     ) -> Outcome:
-        """Record one event exactly once and apply it to its job, if the job is known yet."""
+        """Record one event exactly once and apply it to its job, if the job is known yet.
+        ``digest`` (of the signed content) dedups too, for providers whose event id is unsigned."""
         received_at = received_at or utcnow()
         self._catch_up()
         values = dict(
@@ -263,6 +266,7 @@ class Writer:
             occurred_at=pe.occurred_at,
             received_at=received_at,
             data={k: v for k, v in (("progress", pe.progress), ("queue", pe.queue), ("error", pe.error), ("result", pe.result), ("label", pe.label)) if v is not None} or None,
+            digest=digest,
         )
         if job_id is None and self.postgres and kind is Kind.PROVIDER:
             return self._record_by_key(pe, values, auto_register=auto_register)
@@ -274,7 +278,7 @@ class Writer:
                 job_id = self.register(source, pe.external_id, None, pe.label, _queue_name(pe.queue), who="auto")[0].id
         values["job_id"] = job_id
         if not self._insert_event(values):
-            return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id))
+            return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id, digest))
         if job_id is None:
             return Outcome(Decision.HELD)
         return self._apply(job_id, _fold_event(source, pe, kind), may_queue=pe.state is State.QUEUED, seen=seen)
@@ -289,7 +293,7 @@ class Writer:
         with driver_errors(self.conn):
             found = hotpath.insert_and_lock(self._driver_connection(), values, may_queue=may_queue)
         if not found.inserted:
-            return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id))
+            return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id, values["digest"]))
         job, event = found.job, _fold_event(source, pe, Kind.PROVIDER)
         if job is None or found.event_job_id != job.id:
             if job is not None or found.event_job_id is not None:
@@ -392,6 +396,7 @@ class Writer:
             label=label,
             registered_label=label,
             queue_name=queue_name or "default",
+            registered_queue=queue_name or "default",
             state=view.state.value,
             version=0,
             attempt=1,
@@ -558,13 +563,23 @@ class Writer:
 
     def _store_view(self, job: Job, view: states.JobView, links: list[states.Link]) -> None:
         self._touch(job)
-        was_queued, since = job.state == State.QUEUED.value, job.queued_since
+        was_queued, since, left = job.state == State.QUEUED.value, job.queued_since, job.queue_name
+        now_queued = view.state is State.QUEUED
+        if now_queued:
+            # CONTRACT §1: the queue its latest applied `queued` event names, else its registration's
+            job.queue_name = _queue_name(view.queue) or job.registered_queue or job.queue_name
+            if job.queue_name != left and self.postgres:
+                self._queue_lock(job.queue_name)
         for key, value in job_columns(job, view, links).items():
             setattr(job, key, value)
-        now_queued = view.state is State.QUEUED
-        if was_queued != now_queued or (now_queued and (since != view.queued_since or (job.queue or {}).get("position") is None)):
+        moved = job.queue_name != left
+        if moved and job.queue:
+            job.queue = {**job.queue, "position": (view.queue or {}).get("position"), "total": (view.queue or {}).get("total")}
+        if moved or was_queued != now_queued or (now_queued and (since != view.queued_since or (job.queue or {}).get("position") is None)):
             self.session.flush()
             self._recompute_queue(job.queue_name)
+            if moved:
+                self._recompute_queue(left)  # the queue it left: the jobs behind it move up
 
     def _recompute_queue(self, queue_name: str) -> None:
         """Positions among the queued jobs of one queue, in the order they entered it."""
@@ -630,11 +645,16 @@ class Writer:
         self.session.execute(_QUEUE_LOCK, {"k": "gateway.queue:" + queue_name})
         return queue_name
 
+    def job_for_key(self, source: str, external_id: str) -> str | None:
+        """The job registered for (source, external id), if any (e.g. the one a rejected delivery claims)."""
+        return self._job_for_key(source, external_id)
+
     def _job_for_key(self, source: str, external_id: str) -> str | None:
         return self.session.scalar(select(JobKey.job_id).where(JobKey.source == source, JobKey.external_id == external_id))
 
-    def _job_of_event(self, source: str, event_id: str) -> str | None:
-        return self.session.scalar(select(Event.job_id).where(Event.source == source, Event.event_id == event_id))
+    def _job_of_event(self, source: str, event_id: str, digest: str | None = None) -> str | None:
+        same = Event.event_id == event_id if digest is None else or_(Event.event_id == event_id, Event.digest == digest)
+        return self.session.scalar(select(Event.job_id).where(Event.source == source, same).limit(1))
 
     def _links(self, job_id: str, locked: Job | None = None) -> list[states.Link]:
         """The job's keys as the fold sees them. From the ``locked`` row's fold when it carries

@@ -131,16 +131,20 @@ def list_deliveries(
     store: Store,
     *,
     rejected: bool = False,
+    outcome: str | None = None,
     source: str | None = None,
     job_id: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Recent deliveries, newest first; ``rejected`` keeps those answered 4xx (bad signature,
-    unknown source, too large, unreadable). Bodies are never stored, so never shown."""
+    too large, unreadable); ``outcome`` keeps one outcome (``rejected``: refused before it was
+    verified, its event and external ids only claimed). Bodies are never stored, so never shown."""
     stmt = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit)
     if rejected:
         stmt = stmt.where(Delivery.status >= 400)
+    if outcome:
+        stmt = stmt.where(Delivery.outcome == outcome)
     if source:
         stmt = stmt.where(Delivery.source == source)
     if job_id:
@@ -152,7 +156,7 @@ def list_deliveries(
             {"received_at": iso(d.received_at), "source": d.source, "status": d.status, "outcome": d.outcome,
              "reason": d.reason, "size": d.size, "remote_addr": d.remote_addr, "request_id": d.request_id,
              "event_id": d.event_id, "event_type": d.event_type, "external_id": d.external_id, "job_id": d.job_id,
-             "decision": d.decision}
+             "decision": d.decision, "verified": d.outcome != "rejected"}
             for d in session.scalars(stmt)
         ]
 

@@ -42,7 +42,7 @@ def build_trace(store: Store, job_id: str) -> dict[str, Any] | None:
         told: set[tuple[str, str]] = set()  # (source, event id) already on the timeline
         for d in session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id)):
             timeline.append(_delivery(d))
-            if d.event_id:
+            if d.event_id and d.outcome != "rejected":  # a rejected delivery's ids are only claimed
                 told.add((d.source, d.event_id))
         for t in session.scalars(select(TraceEntry).where(TraceEntry.job_id == job_id).order_by(TraceEntry.id)):
             detail = dict(t.detail or {})
@@ -96,6 +96,7 @@ def _delivery(d: Delivery) -> dict[str, Any]:
         "status": d.status, "outcome": d.outcome, "decision": d.decision or d.outcome,
         "state_before": d.state_before, "state_after": d.state_after, "version": d.version,
         "reason": d.reason, "size": d.size, "remote_addr": d.remote_addr, "request_id": d.request_id,
+        "verified": d.outcome != "rejected",  # a rejected delivery's event and external ids are what it claimed
     }
 
 
@@ -201,6 +202,9 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
         elif e.get("decision") in ("stale", "superseded") and e.get("occurred_at"):
             why = "older than what the job already had" if e["decision"] == "stale" else "for an id an attempt link replaced"
             row["extra"] = f"occurred {e['occurred_at'][11:23]}: {why}; kept, not applied"
+        elif e.get("verified") is False:
+            row["extra"] = f"rejected, unverified: {e.get('reason') or 'refused'}" + (
+                f" (claimed {e.get('source')}/{e.get('external_id')}; never applied)" if e.get("external_id") else "")
         elif e.get("reason"):
             row["extra"] = str(e["reason"])
     elif what == "event":

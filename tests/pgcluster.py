@@ -40,6 +40,18 @@ def available() -> str | None:
     return None
 
 
+def require() -> None:
+    """For a test that needs a private cluster: skip when one cannot be made here (``make test``
+    on a laptop), fail when GATEWAY_REQUIRE_POSTGRES=1 (CI). The one rule every such test uses."""
+    import pytest
+
+    why = available()
+    if why:
+        if os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"a private PostgreSQL cluster is required (GATEWAY_REQUIRE_POSTGRES=1): {why}")
+        pytest.skip(f"no private PostgreSQL cluster: {why}")
+
+
 def _as_postgres(args: list[str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     return subprocess.run(prefix + args, capture_output=True, text=True, **kw)

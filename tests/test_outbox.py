@@ -125,14 +125,25 @@ def test_retry_callback_is_signed_retried_until_2xx_and_traced(db_url, tmp_path,
     assert sample("gateway_outbox_tries_total", {"kind": "callback", "outcome": "delivered"}) == 1
 
 
-def test_callback_signed_with_the_source_secret_when_no_callback_secret(db_url, tmp_path, receiver):
+def test_callback_signed_with_a_secret_derived_from_the_source_secret_when_no_callback_secret(db_url, tmp_path, receiver):
+    """Derived (HMAC of the webhook secret and a fixed label), never the webhook secret itself:
+    the callback replayed to the gateway's own inbound endpoint does not verify (issue 13)."""
+    import base64
+    import hashlib
+    import hmac
+
     app = callback_app(db_url, tmp_path, receiver.url, secret_env=False)
     client = app.test_client()
     job_id = failed_job(client)["job"]["id"]
     retry(client, job_id)
     gw_of(app).outbox.run_once()
     (req,) = receiver.wait_for(1)
-    assert Webhook(STANDARD_SECRET).verify(req.body, req.headers)["data"]["id"] == job_id
+    derived = "whsec_" + base64.b64encode(hmac.new(STANDARD_SECRET.encode(), b"gateway callback secret v1", hashlib.sha256).digest()).decode()
+    assert Webhook(derived).verify(req.body, req.headers)["data"]["id"] == job_id
+    with pytest.raises(Exception):
+        Webhook(STANDARD_SECRET).verify(req.body, req.headers)
+    replayed = client.post("/webhooks/cb", data=req.body, headers={k: v for k, v in req.headers.items() if k.lower().startswith("webhook-")})
+    assert replayed.status_code == 401
 
 
 def test_gives_up_after_the_limit_and_says_so(db_url, tmp_path, receiver):
@@ -385,9 +396,11 @@ def test_settled_rows_are_purged_after_retention_pending_ones_never(db_url, tmp_
 def test_callback_secret_must_be_a_standard_webhooks_secret(db_url, tmp_path):
     from gateway.errors import ConfigError
 
-    extra = '[sources.cb]\nadapter = "stripe"\nsecrets_env = "STRIPE_SECRETS"\ncallback_url = "http://127.0.0.1:9/x"\n'
-    with pytest.raises(ConfigError, match="sources.cb.secrets_env: the callback secret must be a Standard Webhooks secret"):
-        make_app(db_url, tmp_path, extra)
+    extra = '[sources.cb]\nadapter = "stripe"\nsecrets_env = "STRIPE_SECRETS"\ncallback_url = "http://127.0.0.1:9/x"\ncallback_secret_env = "CB_BAD"\n'
+    with pytest.raises(ConfigError, match="sources.cb.callback_secret_env: the callback secret must be a Standard Webhooks secret"):
+        make_app(db_url, tmp_path, extra, CB_BAD="not-a-standard-secret")
+    # without callback_secret_env the secret is derived from the Stripe secret: always a whsec_ one
+    make_app(db_url, tmp_path, extra.replace('callback_secret_env = "CB_BAD"\n', ""))
 
 
 def test_a_try_whose_lease_ran_out_does_not_overwrite_the_next_claim(db_url, tmp_path, receiver):

@@ -24,11 +24,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def cluster() -> Iterator[pgcluster.PgCluster]:
     """A private PostgreSQL cluster this test may stop and start (see tests/pgcluster.py)."""
-    why = pgcluster.available()
-    if why:
-        if os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"a private PostgreSQL cluster is required: {why}")
-        pytest.skip(why)
+    pgcluster.require()
     with pgcluster.PgCluster.create() as pg:
         yield pg
 

@@ -220,9 +220,7 @@ def test_an_sse_stream_that_goes_away_frees_its_slot(capped: Server) -> None:
 
 @pytest.fixture
 def cluster() -> Iterator[pgcluster.PgCluster]:
-    why = pgcluster.available()
-    if why:
-        pytest.fail(f"a private PostgreSQL cluster is required: {why}")
+    pgcluster.require()
     with pgcluster.PgCluster.create() as pg:
         yield pg
 
