@@ -86,7 +86,10 @@ class Watchers(Swarm):
 @pytest.fixture
 def pg_server(pg_url: str, tmp_path: Any) -> Any:
     ARTIFACTS.mkdir(exist_ok=True)
-    srv = Server(server_env(pg_url, write_config(tmp_path / "gw.toml")), workers=2, log_path=ARTIFACTS / "deploys.log").start()
+    # 500 watchers from one address: the per-address limits are not what this test is about
+    unlimited = "max_connections_per_address = 0\nrate_limit_public_per_address = 0"
+    srv = Server(server_env(pg_url, write_config(tmp_path / "gw.toml", extra_gateway=unlimited)), workers=2,
+                 log_path=ARTIFACTS / "deploys.log").start()
     yield srv
     srv.stop()
 
