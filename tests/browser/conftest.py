@@ -144,7 +144,7 @@ def context(chromium: Any) -> Iterator[Any]:
 
     expect.set_options(timeout=20_000)  # a polled change can take one 10 s backoff step
     # the tests instrument pages with Playwright's string predicates (an eval), which the gateway's
-    # Content-Security-Policy forbids; tests/test_hardening_serving.py checks the pages under the policy
+    # Content-Security-Policy forbids; tests/browser/test_csp.py checks the pages under the policy
     ctx = chromium.new_context(viewport={"width": 560, "height": 360}, bypass_csp=True)
     ctx.set_default_timeout(20_000)
     yield ctx
