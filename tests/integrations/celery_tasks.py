@@ -8,6 +8,7 @@ from celery import Celery
 
 from gateway.integrations.celery import install, report_progress
 from gateway.integrations.sender import Sender
+from tests.integrations import hold as rows
 from tests.integrations.hold import broker_url, wait_for_go
 
 app = Celery("gateway_tests", broker=broker_url())
@@ -18,13 +19,7 @@ install(app, Sender.from_env(backoff=0.05, retries=3, timeout=5))
 @app.task
 def import_rows(total: int, go: str | None = None, fail_at: int | None = None) -> dict[str, Any]:
     """Reports progress row by row; waits for ``go`` after the first row; fails at ``fail_at``."""
-    for row in range(1, total + 1):
-        if fail_at == row:
-            raise ValueError(f"Row {row}: missing email")
-        report_progress(row, total, "importing rows")
-        if row == 1 and go:
-            wait_for_go(go)
-    return {"imported": total}
+    return rows.import_rows(report_progress, total, go, fail_at)
 
 
 @app.task(bind=True, max_retries=2)

@@ -10,7 +10,8 @@ from dramatiq.brokers.redis import RedisBroker
 
 from gateway.integrations.dramatiq import GatewayMiddleware, report_progress
 from gateway.integrations.sender import Sender
-from tests.integrations.hold import broker_url, first_time, wait_for_go
+from tests.integrations import hold as rows
+from tests.integrations.hold import broker_url, first_time
 
 broker = RedisBroker(url=broker_url())
 broker.add_middleware(GatewayMiddleware(Sender.from_env(backoff=0.05, retries=3, timeout=5)))
@@ -23,13 +24,7 @@ QUEUE = os.environ.get("TEST_DRAMATIQ_QUEUE", "imports")
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 def import_rows(total: int, go: str | None = None, fail_at: int | None = None) -> dict[str, Any]:
     """Reports progress row by row; waits for ``go`` after the first row; fails at ``fail_at``."""
-    for row in range(1, total + 1):
-        if fail_at == row:
-            raise ValueError(f"Row {row}: missing email")
-        report_progress(row, total, "importing rows")
-        if row == 1 and go:
-            wait_for_go(go)
-    return {"imported": total}
+    return rows.import_rows(report_progress, total, go, fail_at)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=1, min_backoff=10, max_backoff=20)
