@@ -11,15 +11,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from flask import abort, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, g, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.auth import fingerprint
-from gateway.console import bp
 from gateway.context import gateway
 from gateway.limits import RateLimiter, client_address
 from gateway.models import ConsoleSession
 from gateway.store import utcnow
+
+bp = Blueprint("console", __name__, url_prefix="/console", template_folder="../templates")
 
 COOKIE = "gw_console"
 PRE_CSRF_COOKIE = "gw_console_pre"  # the sign-in form's double-submit token

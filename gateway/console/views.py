@@ -8,8 +8,7 @@ from typing import Any
 
 from flask import abort, current_app, redirect, render_template, request, url_for
 
-from gateway.console import bp
-from gateway.console.auth import by, current, gateway_response, signed_in
+from gateway.console.auth import bp, by, current, gateway_response, signed_in
 from gateway.context import gateway
 from gateway.signals import job_retried
 from gateway.store import utcnow
