@@ -65,7 +65,7 @@ def test_sign_in_needs_the_double_submit_token(client: Any) -> None:
 def test_sign_in_cookie_flags(client: Any) -> None:
     r = sign_in(client)
     assert r.status_code == 302
-    cookie = [h for h in r.headers.getlist("Set-Cookie") if h.startswith("gw_console=")][0]
+    cookie = next(h for h in r.headers.getlist("Set-Cookie") if h.startswith("gw_console="))
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Max-Age=28800" in cookie
     assert API_KEY not in cookie
 

@@ -6,6 +6,7 @@ Create Date: 2026-12-05
 """
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision = "0006_console"
