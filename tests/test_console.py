@@ -102,7 +102,13 @@ def test_search_by_delivery_id_label_and_request_id(client: Any) -> None:
 
     store = client.application.extensions["gateway"].store
     first = list_deliveries(store, job_id=job["id"])[0]
-    for q in (first["request_id"],):
+    from sqlalchemy import select
+
+    from gateway.models import Delivery
+
+    with store.reading() as session:
+        delivery_id = session.scalars(select(Delivery.id).where(Delivery.job_id == job["id"])).first()
+    for q in (first["request_id"], str(delivery_id), f"dlv_{delivery_id}"):
         r = client.get("/console/", query_string={"q": q})
         assert r.status_code == 302 and r.headers["Location"].endswith(job["id"]), q
     r = client.get("/console/", query_string={"q": "invoice run"})
@@ -115,7 +121,7 @@ def test_rejected_delivery_says_why_and_sources_count(client: Any) -> None:
     assert bad.status_code == 401
     sign_in(client)
     page = client.get("/console/deliveries", query_string={"outcome": "rejected", "source": "worker"}).get_data(as_text=True)
-    assert "rejected (401)" in page and "signature" in page.lower()
+    assert "rejected (401)" in page and "the signature matched none of the source&#39;s 2 active secrets" in page
     sources = client.get("/console/sources").get_data(as_text=True)
     assert "worker" in sources and "active secrets: 2" in sources and "s ago" in sources
 
@@ -143,3 +149,19 @@ def test_no_page_holds_a_secret(client: Any) -> None:
         html = r.get_data(as_text=True)
         assert_no_secrets(html)
         assert "<script>" not in html and " onclick" not in html
+
+
+def test_an_expired_session_opens_nothing(client: Any) -> None:
+    from datetime import timedelta
+
+    from gateway.models import ConsoleSession
+    from gateway.store import utcnow
+
+    sign_in(client)
+    assert client.get("/console/sources").status_code == 200
+    store = client.application.extensions["gateway"].store
+    with store.transaction() as w:
+        for row in w.session.query(ConsoleSession).all():
+            row.expires_at = utcnow() - timedelta(seconds=1)
+        w.session.flush()
+    assert client.get("/console/sources").status_code == 302

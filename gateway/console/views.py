@@ -53,6 +53,18 @@ def _summary(e: dict[str, Any]) -> str:
     return str(what)
 
 
+def explain(reason: str | None, secrets: int) -> str:
+    """A rejected delivery's stored reason, in the words a person on support reads on a ticket."""
+    text = reason or ""
+    if "matches no active" in text or "matches any active" in text:
+        return f"the signature matched none of the source's {secrets} active secret{'' if secrets == 1 else 's'} ({text})"
+    if "outside the tolerance" in text:
+        return f"the signature's timestamp was too old or in the future ({text})"
+    if text.startswith("missing"):
+        return f"the request carried no signature: {text}"
+    return text
+
+
 @bp.get("/")
 @signed_in
 def home() -> Any:
@@ -104,6 +116,9 @@ def deliveries() -> Any:
         offset = 0
     rows = list_deliveries(gw.store, source=source if source in gw.sources else None,
                            outcome=outcome if outcome in OUTCOMES else None, limit=PAGE + 1, offset=offset)
+    for row in rows:
+        known = gw.sources.get(row["source"])
+        row["why"] = explain(row["reason"], len(known.config.secrets) if known else 0) if row["outcome"] == "rejected" else row["reason"] or ""
     return _page("console/deliveries.html", rows=rows[:PAGE], more=len(rows) > PAGE, offset=offset, page=PAGE,
                  source=source, outcome=outcome, sources=sorted(gw.sources), outcomes=OUTCOMES)
 
