@@ -11,12 +11,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, abort, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.auth import fingerprint
 from gateway.context import gateway
-from gateway.limits import RateLimiter, client_address
+from gateway.limits import client_address
 from gateway.models import ConsoleSession
 from gateway.store import utcnow
 
@@ -25,7 +25,6 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="../t
 COOKIE = "gw_console"
 PRE_CSRF_COOKIE = "gw_console_pre"  # the sign-in form's double-submit token
 MAX_TTL = 8 * 3600
-WRONG_KEYS_PER_MINUTE = 5
 
 
 def _ttl() -> int:
@@ -34,15 +33,6 @@ def _ttl() -> int:
 
 def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(gateway().config.secret_key, salt="gateway.console-session.v1")
-
-
-def _wrong_keys() -> RateLimiter:
-    gw = gateway()
-    limiter = getattr(gw, "_console_wrong_keys", None)
-    if limiter is None:
-        limiter = RateLimiter(WRONG_KEYS_PER_MINUTE / 60.0, WRONG_KEYS_PER_MINUTE)
-        gw._console_wrong_keys = limiter  # type: ignore[attr-defined]
-    return limiter
 
 
 def _csrf_of(session_id: str) -> str:
@@ -99,8 +89,7 @@ def _form(status: int = 200, message: str | None = None) -> Any:
 
 
 def gateway_response(body: str, status: int = 200) -> Any:
-    from flask import make_response
-
+    """A console page: never cached (it shows who is signed in and their CSRF token)."""
     response = make_response(body, status)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -123,7 +112,7 @@ def sign_in_post() -> Any:
     key = request.form.get("key", "")
     gw = gateway()
     if not key or len(key) > 1024 or not gw.auth.is_api_key(key):
-        _wrong_keys().check(client_address(), "signing in to the console")
+        gw.limits.console_wrong_keys.check(client_address(), "signing in to the console")
         return _form(401, "That key did not sign you in.")
     now = utcnow()
     sid = secrets.token_urlsafe(24)
