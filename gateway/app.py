@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from adapters.registry import load_registry
 from gateway import api, demo, fastpoll, health, ingest, limits, outbox, watchdog
+from gateway import console as console_pages
 from gateway.auth import Auth
 from gateway.config import Config, load_config, secret_values
 from gateway.context import Gateway, gateway
@@ -63,6 +64,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     app.register_blueprint(ingest.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(console_pages.bp)
     gw.limits = limits.init_app(app, gw)
     gw.relay = relay.init_app(app, gw)
     demo.init_app(app, gw)

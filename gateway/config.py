@@ -48,6 +48,7 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "max_body_bytes": (int, 1024 * 1024),
     "signature_tolerance": (int, 300),
     "token_ttl": (int, 3600),
+    "console_session_ttl": (int, 28800),
     "ws_ping_interval": (int, 25),
     "ws_max_subscriptions": (int, 100),
     "ws_max_message_bytes": (int, 8192),
@@ -174,6 +175,7 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     signature_tolerance: int = 300
     token_ttl: int = 3600
+    console_session_ttl: int = 28800  # a support-console sign-in lasts this long, at most 8 h
     ws_ping_interval: int = 25
     ws_max_subscriptions: int = 100
     ws_max_message_bytes: int = 8192

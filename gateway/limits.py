@@ -163,6 +163,9 @@ def _gevent_patched() -> bool:
     return bool(monkey.is_module_patched("socket"))
 
 
+CONSOLE_WRONG_KEYS_PER_MINUTE = 5
+
+
 class Limits:
     """The app's limiters, built from the configuration; see the module docstring."""
 
@@ -188,6 +191,8 @@ class Limits:
         self.webhooks_per_address = make("webhook-addr", config.rate_limit_webhooks_per_address)
         self.public_per_address = make("public-addr", config.rate_limit_public_per_address)
         self.connections = ConnectionCounter(config.max_connections_per_address)
+        # wrong API keys at the console's sign-in, per address (gateway/console/auth.py)
+        self.console_wrong_keys = make("console-key", CONSOLE_WRONG_KEYS_PER_MINUTE / 60, CONSOLE_WRONG_KEYS_PER_MINUTE)
         # not a request limit: how many refused deliveries per source a minute are stored (ingest.py)
         per_minute = config.rejected_records_per_minute
         self.rejected_records = make("rejected", per_minute / 60, per_minute)

@@ -176,3 +176,16 @@ class ChangeFeed(Base):
     at: Mapped[datetime]
 
     __table_args__ = {"sqlite_autoincrement": True}  # a pruned seq is never reused
+
+
+class ConsoleSession(Base):
+    """A support-console sign-in (section 11): the cookie names the id; a row revoked or past its
+    expiry opens no page, in every worker."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

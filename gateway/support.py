@@ -46,7 +46,7 @@ class Found:
     label: str | None
     state: str
     updated_at: str | None
-    matched: str  # id / id prefix / external id / linked external id / event id / part of external id / label
+    matched: str  # id / id prefix / external id / linked external id / event id / delivery id / request id / part of external id / label
 
     @property
     def exact(self) -> bool:
@@ -59,8 +59,8 @@ class Found:
 
 
 def find_jobs(store: Store, text: str, limit: int = FIND_LIMIT) -> list[Found]:
-    """Jobs whose id starts with ``text``, whose (linked) external id or a provider event id is
-    ``text``, or whose external id or label contains it; exact matches first, newest first."""
+    """Jobs whose id starts with ``text``, whose (linked) external id, a provider event id, a
+    delivery id (with or without ``dlv_``) or a delivery's request id is ``text``, or whose external id or label contains it; exact matches first, newest first."""
     text = text.strip()[:255]  # nothing stored is longer
     if not text:
         return []
@@ -79,6 +79,10 @@ def find_jobs(store: Store, text: str, limit: int = FIND_LIMIT) -> list[Found]:
         add(session.scalars(select(Job).where(Job.external_id == text).order_by(newest).limit(limit)), "external id")
         add(session.scalars(select(Job).join(JobKey, JobKey.job_id == Job.id).where(JobKey.external_id == text).order_by(newest).limit(limit)), "linked external id")
         add(session.scalars(select(Job).join(Event, Event.job_id == Job.id).where(Event.event_id == text).limit(limit)), "event id")
+        number = text.removeprefix("dlv_")
+        if number.isdigit() and len(number) < 19:
+            add(session.scalars(select(Job).join(Delivery, Delivery.job_id == Job.id).where(Delivery.id == int(number))), "delivery id")
+        add(session.scalars(select(Job).join(Delivery, Delivery.job_id == Job.id).where(Delivery.request_id == text).limit(limit)), "request id")
         add(session.scalars(select(Job).where(func.lower(Job.external_id).like(pattern, escape="\\")).order_by(newest).limit(limit)), "part of external id")
         add(session.scalars(select(Job).where(func.lower(Job.label).like(pattern, escape="\\")).order_by(newest).limit(limit)), "label")
     return list(found.values())
@@ -136,11 +140,12 @@ def list_deliveries(
     job_id: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Recent deliveries, newest first; ``rejected`` keeps those answered 4xx (bad signature,
     too large, unreadable); ``outcome`` keeps one outcome (``rejected``: refused before it was
     verified, its event and external ids only claimed). Bodies are never stored, so never shown."""
-    stmt = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit)
+    stmt = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit).offset(offset)
     if rejected:
         stmt = stmt.where(Delivery.status >= 400)
     if outcome:
@@ -278,3 +283,15 @@ def _droppable(session: Any, job: Job) -> list[int] | None:
         return None
     kept = {e.uid for e in keep}
     return [r.id for r in rows if f"{r.source}:{r.event_id}" not in kept]
+
+
+def source_activity(store: Store, since: datetime) -> dict[str, dict[str, Any]]:
+    """Per source: deliveries by outcome since ``since``, and when the last one (ever) arrived."""
+    out: dict[str, dict[str, Any]] = {}
+    with store.reading() as session:
+        recent = select(Delivery.source, Delivery.outcome, func.count()).where(Delivery.received_at >= since)
+        for source, outcome, n in session.execute(recent.group_by(Delivery.source, Delivery.outcome)):
+            out.setdefault(source, {"counts": {}, "last": None})["counts"][outcome] = n
+        for source, last in session.execute(select(Delivery.source, func.max(Delivery.received_at)).group_by(Delivery.source)):
+            out.setdefault(source, {"counts": {}, "last": None})["last"] = last
+    return out
