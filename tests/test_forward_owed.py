@@ -1,0 +1,60 @@
+"""Forwarding (CONTRACT §9): a job change owes each matching endpoint a message, written to the
+outbox in the same transaction as the change (SQLite and PostgreSQL through the db_url fixture)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from gateway.forward import FORWARD
+from gateway.models import OutboxItem
+from tests.conftest import register
+from tests.gwapp import gw_of, make_app, post_standard
+from tests.signing import STANDARD_SECRET, iso_now
+
+ENDPOINT_SECRET = "whsec_" + "Zm9yd2FyZC1zZWNyZXQtZm9yLXRoZS10ZXN0cy0wMDE="
+ENDPOINTS = """
+[endpoints.backend]
+url = "http://user:pw@127.0.0.1:9/hooks"
+secret_env = "BACKEND_SECRET"
+
+[endpoints.done_only]
+url = "http://127.0.0.1:9/done"
+secret_env = "BACKEND_SECRET"
+events = ["job.complete"]
+"""
+
+
+def forwarded(app, job_id):
+    with gw_of(app).store.reading() as session:
+        rows = session.scalars(select(OutboxItem).where(OutboxItem.kind == FORWARD, OutboxItem.job_id == job_id)
+                               .order_by(OutboxItem.id)).all()
+    return [(row.target, row.payload["type"], row.payload["version"], row.payload["webhook_id"]) for row in rows]
+
+
+def test_every_version_owes_a_message_to_each_matching_endpoint(db_url, tmp_path):
+    app = make_app(db_url, tmp_path, ENDPOINTS, BACKEND_SECRET=ENDPOINT_SECRET)
+    client = app.test_client()
+    ext = "fwd-" + uuid.uuid4().hex[:10]
+    job = register(client, "worker", ext)["job"]
+    assert post_standard(client, "worker", STANDARD_SECRET, ext, "processing", occurred_at=iso_now(1), progress={"current": 1, "total": 4}).status_code == 200
+    assert post_standard(client, "worker", STANDARD_SECRET, ext, "processing", occurred_at=iso_now(2), progress={"current": 2, "total": 4}).status_code == 200
+    assert post_standard(client, "worker", STANDARD_SECRET, ext, "complete", occurred_at=iso_now(3)).status_code == 200
+    rows = forwarded(app, job["id"])
+    backend = [r for r in rows if r[0] == "backend"]
+    versions = [r[2] for r in backend]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    assert [r[1] for r in backend][-3:] == ["job.processing", "job.progress", "job.complete"]
+    assert all(r[3] == f"msg_{job['id']}_v{r[2]}" for r in backend)
+    assert [r[1] for r in rows if r[0] == "done_only"] == ["job.complete"]
+    assert all("pw" not in (r[0] or "") for r in rows)
+
+
+def test_no_endpoints_owe_nothing(db_url, tmp_path):
+    app = make_app(db_url, tmp_path)
+    client = app.test_client()
+    ext = "fwd-" + uuid.uuid4().hex[:10]
+    job = register(client, "worker", ext)["job"]
+    assert post_standard(client, "worker", STANDARD_SECRET, ext, "complete").status_code == 200
+    assert forwarded(app, job["id"]) == []
