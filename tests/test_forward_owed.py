@@ -58,3 +58,35 @@ def test_no_endpoints_owe_nothing(db_url, tmp_path):
     job = register(client, "worker", ext)["job"]
     assert post_standard(client, "worker", STANDARD_SECRET, ext, "complete").status_code == 200
     assert forwarded(app, job["id"]) == []
+
+
+def test_messages_reach_the_endpoint_signed_and_in_order(db_url, tmp_path):
+    from standardwebhooks.webhooks import Webhook
+
+    from tests.receiver import Receiver
+
+    receiver = Receiver().start()
+    try:
+        endpoints = f"""
+[endpoints.backend]
+url = "{receiver.url}/hooks"
+secret_env = "BACKEND_SECRET"
+"""
+        app = make_app(db_url, tmp_path, endpoints, BACKEND_SECRET=ENDPOINT_SECRET)
+        client = app.test_client()
+        ext = "fwd-" + uuid.uuid4().hex[:10]
+        job = register(client, "worker", ext)["job"]
+        # shuffled and duplicated: the versions still go out in order, once each
+        for state, at in [("complete", 3), ("processing", 1), ("complete", 3), ("processing", 1)]:
+            assert post_standard(client, "worker", STANDARD_SECRET, ext, state, occurred_at=iso_now(at)).status_code == 200
+        app.extensions["forward_senders"]["backend"].drain()
+        got = [r for r in receiver.requests if job["id"] in r.body.decode()]
+        versions = []
+        for r in got:
+            message = Webhook(ENDPOINT_SECRET).verify(r.body, {k.lower(): v for k, v in r.headers.items()})
+            assert message["data"]["id"] == job["id"]
+            versions.append(message["data"]["version"])
+        assert versions == sorted(set(versions)) and len(versions) == len(forwarded(app, job["id"]))
+        assert forwarded(app, job["id"])[-1][1] == "job.complete"
+    finally:
+        receiver.stop()
