@@ -229,3 +229,26 @@ def trace(job_id: str) -> Any:
             body = {"error": {"code": "job_not_found", "message": "no such job" + ("; closest matches in suggestions" if hints else "")}, "suggestions": hints}
             return jsonify(body), 404
     return jsonify(data)
+
+
+@bp.get("/endpoints")
+def endpoints() -> Any:
+    """Every forwarding endpoint's health (CONTRACT §9)."""
+    gw = gateway()
+    gw.auth.require_api_key(request)
+    from gateway.messages import endpoint_status
+
+    return jsonify({"endpoints": endpoint_status(gw.store, gw.config.endpoints)})
+
+
+@bp.post("/messages/<int:message_id>/resend")
+def resend_message(message_id: int) -> Any:
+    """Send a forwarded message again; the sender loops are woken at once."""
+    gw = gateway()
+    who = gw.auth.require_api_key(request)
+    from gateway.messages import resend
+
+    message = resend(gw.store, message_id, by=who.name)
+    for sender in current_app.extensions.get("forward_senders", {}).values():
+        sender.wake.set()
+    return jsonify({"message": message})

@@ -90,3 +90,39 @@ secret_env = "BACKEND_SECRET"
         assert forwarded(app, job["id"])[-1][1] == "job.complete"
     finally:
         receiver.stop()
+
+
+def test_a_dead_message_shows_on_the_endpoint_and_is_resent(db_url, tmp_path):
+    from tests.gwapp import api
+    from tests.receiver import Receiver
+
+    answers = {"status": 500}
+    receiver = Receiver(respond=lambda n, req: (answers["status"], b"no")).start()
+    try:
+        endpoints = f"""
+[endpoints.backend]
+url = "http://user:secretpw@{receiver.url.removeprefix('http://')}/hooks?token=hidden"
+secret_env = "BACKEND_SECRET"
+"""
+        app = make_app(db_url, tmp_path, endpoints, "forward_retry_for = 0", BACKEND_SECRET=ENDPOINT_SECRET)
+        client = app.test_client()
+        job = register(client, "worker", "fwd-" + uuid.uuid4().hex[:10])["job"]
+        app.extensions["forward_senders"]["backend"].drain()
+        listed = client.get("/api/endpoints", headers=api()).get_json()["endpoints"]
+        assert listed[0]["name"] == "backend" and listed[0]["dead"] >= 1 and listed[0]["last_failure_at"]
+        assert "secretpw" not in str(listed) and "hidden" not in str(listed)
+        assert client.get("/api/endpoints").status_code == 401
+        from gateway.messages import list_messages
+
+        dead = [m for m in list_messages(gw_of(app).store, endpoint="backend", dead_only=True) if m["job_id"] == job["id"]]
+        assert dead and dead[0]["webhook_id"] == f"msg_{job['id']}_v1"
+        answers["status"] = 200
+        r = client.post(f"/api/messages/{dead[0]['id']}/resend", headers=api())
+        assert r.status_code == 200 and r.get_json()["message"]["status"] == "pending"
+        app.extensions["forward_senders"]["backend"].drain()
+        assert any(q.headers.get("webhook-id") == f"msg_{job['id']}_v1" and q.status == 200 for q in receiver.requests)
+        assert client.post("/api/messages/999999999/resend", headers=api()).status_code == 404
+        trace = client.get(f"/api/jobs/{job['id']}/trace", headers=api()).get_json()
+        assert "secretpw" not in str(trace) and "forward" in str(trace)
+    finally:
+        receiver.stop()
