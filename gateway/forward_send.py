@@ -119,6 +119,7 @@ class EndpointSender:
             if result.ok:
                 item.status, item.delivered_at, item.last_error = DELIVERED, now, None
                 detail["outcome"] = "delivered"
+                self.gw.metrics.forward_latency.labels(endpoint=self.endpoint.name).observe((now - item.created_at).total_seconds())
             elif result.give_up or now - item.created_at >= timedelta(seconds=config.forward_retry_for):
                 item.status, item.last_error = DEAD, result.error
                 detail.update(outcome="dead", error=result.error)
@@ -131,7 +132,7 @@ class EndpointSender:
                 detail.update(outcome="retry", error=result.error, next_try_at=iso(item.next_attempt_at))
             if item.job_id:
                 w.trace(item.job_id, "forward", detail, at=now)
-        self.gw.metrics.outbox_tries.labels(kind=FORWARD, outcome=detail["outcome"]).inc()
+        self.gw.metrics.forward_total.labels(endpoint=self.endpoint.name, outcome=detail["outcome"]).inc()
         log.info("forward %s %s", self.endpoint.name, detail["outcome"],
                  extra={"job_id": item.job_id, "try": detail["try"], "status": result.status, "error": result.error})
 

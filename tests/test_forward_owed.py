@@ -88,6 +88,8 @@ secret_env = "BACKEND_SECRET"
             versions.append(message["data"]["version"])
         assert versions == sorted(set(versions)) and len(versions) == len(forwarded(app, job["id"]))
         assert forwarded(app, job["id"])[-1][1] == "job.complete"
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'gateway_forward_total{endpoint="backend",outcome="delivered"}' in metrics
     finally:
         receiver.stop()
 
