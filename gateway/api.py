@@ -263,3 +263,27 @@ def deliveries() -> Any:
             raise NotFound("no such job", code="job_not_found")
     rows = list_deliveries(gw.store, outcome=outcome, source=source, job_id=job_id, limit=int(limit))
     return jsonify({"deliveries": rows})
+@bp.get("/endpoints")
+def endpoints() -> Any:
+    """Every forwarding endpoint's health (CONTRACT §9)."""
+    gw = gateway()
+    gw.auth.require_api_key(request)
+    from gateway.messages import endpoint_status
+
+    return jsonify({"endpoints": endpoint_status(gw.store, gw.config.endpoints)})
+
+
+@bp.post("/messages/<message_id>/resend")
+def resend_message(message_id: str) -> Any:
+    """Send a forwarded message again; the sender loops are woken at once."""
+    gw = gateway()
+    who = gw.auth.require_api_key(request)
+    from gateway.errors import NotFound
+    from gateway.messages import resend
+
+    if not message_id.isdigit() or len(message_id) > 18:
+        raise NotFound(f"no message {message_id[:40]}", code="message_not_found")
+    message = resend(gw.store, int(message_id), by=who.name)
+    for sender in current_app.extensions.get("forward_senders", {}).values():
+        sender.wake.set()
+    return jsonify({"message": message})

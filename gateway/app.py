@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from adapters.registry import load_registry
-from gateway import api, demo, fastpoll, health, ingest, limits, outbox, watchdog
+from gateway import api, demo, fastpoll, forward_send, health, ingest, limits, outbox, watchdog
 from gateway import console as console_pages
 from gateway.auth import Auth
 from gateway.config import Config, load_config, secret_values
@@ -69,6 +69,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     gw.relay = relay.init_app(app, gw)
     demo.init_app(app, gw)
     gw.outbox = outbox.init_app(app, gw)
+    app.extensions["forward_senders"] = forward_send.install(gw)
     gw.watchdog = watchdog.init_app(app, gw)
     _install_request_hooks(app)
     _install_error_handlers(app)

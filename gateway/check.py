@@ -2,7 +2,7 @@
 run these in the master, so a broken configuration is one clear message, never a worker traceback.
 
 The checks, in order: the configuration file and its keys (with "did you mean"), every source's
-adapter and its options, every source's secrets, the database reachable and migrated to the
+adapter and its options, every source's secrets, the forwarding endpoints (URL, whsec_ secrets), the database reachable and migrated to the
 latest revision. Nothing here creates or changes a database.
 """
 
@@ -33,7 +33,8 @@ def run_checks(env: Mapping[str, str], resolution: Resolution) -> tuple[list[Che
         config = load_config(env, resolution=resolution)
     except ConfigError as exc:
         return [Check("configuration", False, str(exc))], None
-    checks.append(Check("configuration", True, f"{resolution.config_path or 'no file'}: {len(config.sources)} source(s)"))
+    checks.append(Check("configuration", True, f"{resolution.config_path or 'no file'}: {len(config.sources)} source(s), "
+                        f"{len(config.endpoints)} endpoint(s)"))
     from adapters.registry import load_registry
     from gateway.services import build_sources
 
@@ -42,6 +43,8 @@ def run_checks(env: Mapping[str, str], resolution: Resolution) -> tuple[list[Che
     except ConfigError as exc:
         return checks + [Check("adapters", False, str(exc))], config
     checks.append(Check("adapters", True, ", ".join(f"{n}={s.config.adapter}" for n, s in sorted(sources.items())) or "no sources"))
+    checks.append(Check("endpoints", True, ", ".join(f"{n}={e.public_url} ({', '.join(e.events)})"
+                                                     for n, e in sorted(config.endpoints.items())) or "no endpoints"))
     problem = database_problem(config.database_url)
     checks.append(Check("database", problem is None, problem or f"{safe_url(config.database_url)} is migrated"))
     return checks, config

@@ -13,6 +13,8 @@ message an operator can act on.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import os
 import re
@@ -21,13 +23,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.db import default_database_url, normalise_database_url, safe_url
+from gateway.endpoints import EndpointConfig, public_url
 from gateway.errors import ConfigError
 
 PROJECT_FILE = "gateway.toml"
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 RESERVED_SOURCES = {"gateway", "api"}  # used for events the gateway records itself
+
+ENDPOINT_KEYS = {"url": str, "secret_env": str, "events": list, "sources": list}
+EVENT_PATTERN_RE = re.compile(r"^(job|delivery)\.[a-z0-9_*-]+$")
 
 #: keys every source takes; anything else is the adapter's own (checked by the adapter)
 COMMON_SOURCE_KEYS = {
@@ -66,6 +73,8 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "outbox_backoff": (int, 2),
     "outbox_backoff_max": (int, 3600),
     "outbox_max_attempts": (int, 15),
+    "forward_retry_for": (int, 259200),
+    "delivery_retention_days": (int, 7),
     "watchdog_interval": (int, 10),
     # abuse limits (gateway/limits.py): requests per second per worker process, 0 = off
     "rate_limit_webhooks_per_source": (int, 1000),
@@ -171,6 +180,7 @@ class Config:
     database_url: str = field(default_factory=default_database_url)
     api_keys: tuple[str, ...] = ()
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
+    endpoints: Mapping[str, EndpointConfig] = field(default_factory=dict)  # forwarding (§9)
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
     signature_tolerance: int = 300
@@ -193,6 +203,8 @@ class Config:
     outbox_backoff: int = 2  # seconds before the second try; doubles each try, with jitter
     outbox_backoff_max: int = 3600
     outbox_max_attempts: int = 15  # then the row is given up ("dead") and the trace says so
+    forward_retry_for: int = 259200  # seconds an endpoint message is retried before it is dead (§9)
+    delivery_retention_days: int = 7  # verified deliveries keep body and headers this long (§10)
     watchdog_interval: int = 10  # seconds between stall checks
     rate_limit_webhooks_per_source: int = 1000
     rate_limit_webhooks_per_address: int = 1000
@@ -207,7 +219,8 @@ class Config:
     resolution: Resolution | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # never print secrets
-        return f"Config(database={self.database_url.split('@')[-1]!r}, sources={sorted(self.sources)!r})"
+        return (f"Config(database={self.database_url.split('@')[-1]!r}, sources={sorted(self.sources)!r}, "
+                f"endpoints={sorted(self.endpoints)!r})")
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -242,12 +255,12 @@ def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True, re
             raise ConfigError(f"{key}: {path!r} is a folder, not a TOML file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{key}: {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"gateway", "sources"}
+    unknown = set(data) - {"gateway", "sources", "endpoints"}
     if unknown:
         name = sorted(unknown)[0]
-        raise ConfigError(f"{name}: unknown section{did_you_mean(name, ['gateway', 'sources'])} "
-                          "(expected [gateway] and [sources.<name>])")
-    if not isinstance(data.get("gateway", {}), dict) or not isinstance(data.get("sources", {}), dict):
+        raise ConfigError(f"{name}: unknown section{did_you_mean(name, ['gateway', 'sources', 'endpoints'])} "
+                          "(expected [gateway], [sources.<name>] and [endpoints.<name>])")
+    if not all(isinstance(data.get(section, {}), dict) for section in ("gateway", "sources", "endpoints")):
         raise ConfigError("gateway: expected a table ([gateway] and [sources.<name>])")
 
     gw = data.get("gateway", {})
@@ -270,6 +283,7 @@ def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True, re
     sources = {}
     for name, raw in (data.get("sources") or {}).items():
         sources[name] = _source(name, raw, env, strict)
+    endpoints = parse_endpoints(data.get("endpoints", {}), env, set(sources), strict)
 
     secret_key = env.get("GATEWAY_SECRET_KEY", "")
     if strict and len(secret_key) < 16:
@@ -280,6 +294,7 @@ def load_config(env: Mapping[str, str] | None = None, *, strict: bool = True, re
         api_keys=_split(env.get("GATEWAY_API_KEYS")),
         metrics_token=env.get("GATEWAY_METRICS_TOKEN", ""),
         sources=sources,
+        endpoints=endpoints,
         allowed_origins=tuple(origins),
         env=env,
         resolution=found,
@@ -318,6 +333,60 @@ def _source(name: str, raw: Any, env: Mapping[str, str], strict: bool) -> Source
     if common.get("stall_after") == 0:
         raise ConfigError(f"{where}.stall_after: must be positive")
     return SourceConfig(name=name, secrets=secrets, options=options, **common)
+
+
+def _check_secret(secret: str, where: str) -> None:
+    body = secret[len("whsec_"):] if secret.startswith("whsec_") else None
+    try:
+        if body is None or not base64.b64decode(body, validate=True):
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise ConfigError(f"{where}: expected whsec_ followed by base64 (a Standard Webhooks secret)") from None
+
+
+def parse_endpoints(raw: Any, env: Mapping[str, str], source_names: set[str], strict: bool) -> dict[str, EndpointConfig]:
+    """The ``[endpoints.<name>]`` tables, checked; every problem is a ConfigError naming the key.
+    ``strict=False`` tolerates unset secrets (CLI listings)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("endpoints: expected tables [endpoints.<name>]")
+    return {name: _endpoint(name, table, env, source_names, strict) for name, table in raw.items()}
+
+
+def _endpoint(name: str, raw: Any, env: Mapping[str, str], source_names: set[str], strict: bool) -> EndpointConfig:
+    where = f"endpoints.{name}"
+    if not SOURCE_NAME_RE.match(name):
+        raise ConfigError(f"{where}: an endpoint name is lowercase letters, digits, _ and -")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in ENDPOINT_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown setting{did_you_mean(key, ENDPOINT_KEYS)}")
+        values[key] = _typed(f"{where}.{key}", value, ENDPOINT_KEYS[key])
+    url = values.get("url")
+    if not url:
+        raise ConfigError(f"{where}.url: required")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}.url: expected an http:// or https:// URL, got {public_url(url)!r}")
+    if not values.get("secret_env"):
+        raise ConfigError(f"{where}.secret_env: required (an environment variable holding whsec_ secrets)")
+    secrets = _split(env.get(values["secret_env"]))
+    if strict and not secrets:
+        raise ConfigError(f"{where}.secret_env: no secret set (environment variable {values['secret_env']} is not set or empty)")
+    for secret in secrets:
+        _check_secret(secret, f"{where}.secret_env")
+    events = values.get("events", ["job.*"])
+    for pattern in events:
+        if not isinstance(pattern, str) or not EVENT_PATTERN_RE.match(pattern):
+            raise ConfigError(f"{where}.events: expected patterns like 'job.*' or 'delivery.stripe', got {pattern!r}")
+    sources = values.get("sources")
+    if sources is not None:
+        for source in sources:
+            if source not in source_names:
+                raise ConfigError(f"{where}.sources: no source {source!r}{did_you_mean(str(source), source_names)}")
+    return EndpointConfig(name=name, url=url, secret_env=values["secret_env"], secrets=secrets,
+                          events=tuple(events), sources=tuple(sources) if sources is not None else None)
 
 
 def read_secrets_file(path: str, key: str) -> tuple[str, ...]:

@@ -29,6 +29,10 @@ class Metrics:
         )
         self.jobs_by_state = Gauge("gateway_jobs", "Jobs by state (sampled at scrape)", ["state"], registry=r, multiprocess_mode="mostrecent")
         self.outbox_tries = Counter("gateway_outbox_tries", "Outbound calls tried (callbacks, details) by outcome", ["kind", "outcome"], registry=r)
+        self.forward_total = Counter("gateway_forward", "Forwarded message tries by endpoint and outcome (delivered, retry, dead)",
+                                     ["endpoint", "outcome"], registry=r)
+        self.forward_latency = Histogram("gateway_forward_ack_seconds", "Seconds from the commit that owed a message to its 2xx",
+                                         ["endpoint"], registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 300, 3600, 86400))
         self.stalls = Counter("gateway_jobs_stalled", "Jobs the watchdog failed as stalled", ["source"], registry=r)
         self._poll_counts: dict[tuple[str, str], Counter] = {}
         self.jobs_sampled_at = float("-inf")  # time.monotonic() of the last jobs-by-state count (health.py)

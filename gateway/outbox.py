@@ -52,6 +52,8 @@ from standardwebhooks.webhooks import Webhook
 from adapters.base import ProviderEvent
 from gateway.config import SourceConfig
 from gateway.errors import ConfigError, Conflict, GatewayError, NotFound
+from gateway.forward import FORWARD
+from gateway.forward import install as install_forwarding
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
 from gateway.services import Services
@@ -224,7 +226,8 @@ class Outbox:
         with self.gw.store.transaction() as w:
             stmt = (
                 select(OutboxItem)
-                .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now, OutboxItem.source.in_(known))
+                .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now, OutboxItem.source.in_(known),
+                       OutboxItem.kind != FORWARD)  # forwarded messages have their own sender (gateway.forward)
                 .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
                 .limit(self.batch)
             )
@@ -422,6 +425,7 @@ def init_app(app: Flask, gw: Services) -> Outbox:
         if urlsplit(sc.callback_url).scheme not in ("http", "https"):
             raise ConfigError(f"sources.{name}.callback_url: expected an http(s) URL")
     outbox = Outbox(gw)
+    install_forwarding(gw, outbox.enqueue)
     gw.background.every(max(gw.config.outbox_interval, 1), "outbox", wake=outbox.wake)(outbox.drain)
     if gw.config.retention_days:
         keep = timedelta(days=gw.config.retention_days)

@@ -90,6 +90,7 @@ class Change:
     job_id: str
     version: int
     progress_only: bool = False  # only the progress moved: the relay may coalesce it (relay/coalesce.py)
+    state_changed: bool = True  # the state differs from the previous version's (forwarding: job.<state>)
 
 
 class Bus(Protocol):
@@ -146,16 +147,20 @@ class Store:
         self.bus: Bus = bus or NullBus()
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.postgres = engine.dialect.name == "postgresql"
+        # called in every transaction once its changes are final, before the commit: what the
+        # changes owe (forwarded messages, gateway.forward) is written in the same transaction
+        self.owing: list[Callable[[Writer], None]] = []
 
     @contextmanager
     def transaction(self) -> Iterator[Writer]:
         """One database transaction; changes reach the bus with the commit, never before."""
         with self.engine.connect() as conn:
             writer = Writer(conn, self.sessions, self.postgres)
+            writer.forwarding = bool(self.owing)
             try:
                 with conn.begin():
                     yield writer
-                    writer.close(self.bus)
+                    writer.close(self.bus, self.owing)
             finally:
                 writer.release()  # after the commit or the rollback
         if writer.changes:
@@ -216,6 +221,7 @@ class Writer:
         # and reading one again (version_of, traces) must not cost another SELECT
         self._held: dict[str, Job] = {}
         self.committed: list[Callable[[], None]] = []  # run after the commit (e.g. wake the outbox)
+        self.forwarding = False  # changes owe messages: the ORM path, which the owing hooks read
 
     @property
     def session(self) -> Session:
@@ -307,7 +313,7 @@ class Writer:
                 hotpath.lock_queue(self._driver_connection(), job.queue_name)  # it entered a queue just now
         keys = (job.fold or {}).get("keys")
         view = view_of(job)  # type: ignore[arg-type]
-        if keys is not None and job.id not in self._held and job.state != State.QUEUED.value and (view.last is None or event.sort_key() > view.last):
+        if keys is not None and not self.forwarding and job.id not in self._held and job.state != State.QUEUED.value and (view.last is None or event.sort_key() > view.last):
             links = links_of(keys)
             after, decision = states.apply(view, event, links)
             if after.state is not State.QUEUED:
@@ -323,7 +329,7 @@ class Writer:
         after = _public(job)
         if after != before:
             job.version += 1
-            self.changes.append(Change(job.id, job.version, _progress_only(before, after)))
+            self.changes.append(Change(job.id, job.version, _progress_only(before, after), state_before != job.state))
         self._raw_jobs[job.id] = job
         return Outcome(decision, job.id, state_before, job.state, None)
 
@@ -505,7 +511,7 @@ class Writer:
             before, after = self._before.get(job_id), _public(job)
             if after != before:
                 job.version += 1
-                self.changes.append(Change(job_id, job.version, _progress_only(before, after)))
+                self.changes.append(Change(job_id, job.version, _progress_only(before, after), not before or before[0] != after[0]))
         self._touched.clear()
         self._before.clear()
         for entry in self._traces:
@@ -516,7 +522,7 @@ class Writer:
             self._rows.append((_TRACE, {"job_id": entry.job_id, "at": entry.at, "what": entry.what, "detail": detail or None}))
         self._traces.clear()
 
-    def close(self, bus: Bus) -> None:
+    def close(self, bus: Bus, owing: Sequence[Callable[[Writer], None]] = ()) -> None:
         """The transaction's closing writes, then (on PostgreSQL) its COMMIT.
 
         Changed job rows become plain UPDATEs of the columns that changed (the session is told
@@ -525,6 +531,9 @@ class Writer:
         one script in one round trip (gateway.hotpath); the session's own commit then finds
         nothing left to do."""
         self.finish_changes()
+        if self.changes:
+            for owe in owing:
+                owe(self)
         conn = self.conn
         for job in self._held.values():
             state = inspect(job)

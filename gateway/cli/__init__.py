@@ -330,6 +330,53 @@ def outbox(requeue_id: int | None) -> None:
         click.echo(f"{r.id:<6} {r.status:<8} {r.kind:<9} {r.job_id or '-':<32} tries={r.attempts:<3} next={due}  {r.last_error or ''}".rstrip())
 
 
+@main.command()
+@_database_errors
+def endpoints() -> None:
+    """Forwarding endpoints (credentials removed from URLs): messages pending and dead, last success and failure."""
+    from gateway.messages import endpoint_status
+
+    rows = endpoint_status(_store(), _config(strict=False).endpoints)
+    if not rows:
+        click.echo("no endpoints configured ([endpoints.<name>] in the configuration file)")
+        return
+    click.echo(_table([[r["name"], r["url"], str(r["pending"]), str(r["dead"]), r["last_success_at"] or "-",
+                        r["last_failure_at"] or "-"] for r in rows],
+                      ["endpoint", "url", "pending", "dead", "last success", "last failure"]))
+
+
+@main.command()
+@click.option("--endpoint", default=None, help="only this endpoint's messages")
+@click.option("--dead", is_flag=True, help="only messages that ran out of tries")
+@_database_errors
+def messages(endpoint: str | None, dead: bool) -> None:
+    """Forwarded messages not delivered yet (or only the dead ones), oldest first."""
+    from gateway.messages import list_messages
+
+    rows = list_messages(_store(), endpoint=endpoint, dead_only=dead)
+    if not rows:
+        click.echo("nothing owed: every forwarded message was delivered")
+        return
+    click.echo(_table([[str(r["id"]), r["endpoint"], r["status"], r["type"], r["webhook_id"], str(r["tries"]),
+                        r["last_error"] or ""] for r in rows],
+                      ["id", "endpoint", "status", "type", "webhook-id", "tries", "last error"]))
+
+
+@main.command()
+@click.argument("message_id", type=int)
+@_database_errors
+def resend(message_id: int) -> None:
+    """Send a forwarded message again (a running server sends it within its outbox interval)."""
+    from gateway.errors import GatewayError
+    from gateway.messages import resend as resend_message
+
+    try:
+        row = resend_message(_store(), message_id, by="cli")
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"message {row['id']} ({row['webhook_id']} to {row['endpoint']}) is pending again")
+
+
 main.add_command(send)
 
 if __name__ == "__main__":
