@@ -48,10 +48,9 @@ class Watchers(Swarm):
         if id(conn) in self.resubscribe:  # a reconnection whose handshake just succeeded
             self.resubscribe.discard(id(conn))
             self.subscribe(conn)
-        buf = conn.buf
-        if len(buf) >= 4 and buf[0] & 0x0F == 0x8 and (buf[1] & 0x7F) >= 2:
-            self.close_codes.append(int.from_bytes(buf[2:4], "big"))
-            if self.close_codes[-1] == 1001:
+        for code in close_codes_in(conn.buf):  # before the swarm consumes the frames
+            self.close_codes.append(code)
+            if code == 1001:
                 self.told.add(conn.tag)
         super()._frames(conn, now)
 
@@ -81,6 +80,27 @@ class Watchers(Swarm):
             self.resubscribe.add(id(new))
             self.sel.register(sock, selectors.EVENT_READ, new)
         return len(closed)
+
+
+def close_codes_in(buf: bytearray) -> list[int]:
+    """The status codes of the complete close frames in ``buf`` (server frames: unmasked)."""
+    codes, off = [], 0
+    while len(buf) - off >= 2:
+        n, head = buf[off + 1] & 0x7F, 2
+        if n == 126:
+            if len(buf) - off < 4:
+                break
+            n, head = int.from_bytes(buf[off + 2:off + 4], "big"), 4
+        elif n == 127:
+            if len(buf) - off < 10:
+                break
+            n, head = int.from_bytes(buf[off + 2:off + 10], "big"), 10
+        if len(buf) - off < head + n:
+            break
+        if buf[off] & 0x0F == 0x8 and n >= 2:
+            codes.append(int.from_bytes(buf[off + head:off + head + 2], "big"))
+        off += head + n
+    return codes
 
 
 @pytest.fixture

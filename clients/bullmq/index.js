@@ -37,10 +37,12 @@ export class Reporter {
     Object.assign(this, { retries, backoffMs, maxBackoffMs, timeoutMs, log });
   }
 
-  /** Queue one report; resolves when it was sent or dropped, never rejects. */
-  report(externalId, state, fields = {}) {
+  /** Queue one report; resolves when it was sent or dropped, never rejects. `atMs`: when it
+   *  happened (BullMQ's own timestamps), else now. */
+  report(externalId, state, fields = {}, atMs = undefined) {
     const id = "evt_" + randomUUID().replace(/-/g, "");
-    const body = JSON.stringify({ external_id: externalId, state, occurred_at: this.#tick(), ...clean(fields) });
+    const occurredAt = atMs === undefined ? this.#tick() : new Date(atMs).toISOString();
+    const body = JSON.stringify({ external_id: externalId, state, occurred_at: occurredAt, ...clean(fields) });
     const sending = this.#send(id, body, externalId).finally(() => this.#pending.delete(sending));
     this.#pending.add(sending);
     return sending;
@@ -94,9 +96,12 @@ export function bridge({ queue, worker, reporter, jobKey = "gatewayJob" }) {
     });
   }
   if (worker) {
+    // BullMQ emits a retried job's events in no promised order across attempts (the next
+    // attempt's "active" or "completed" can come before the previous attempt's "failed"): each
+    // report carries the time BullMQ itself recorded, so the gateway folds them in true order
     worker.on("active", (job) => {
       const ext = gatewayJob(job);
-      if (ext) reporter.report(ext, "processing");
+      if (ext) reporter.report(ext, "processing", {}, job.processedOn);
     });
     worker.on("progress", (job, progress) => {
       const ext = gatewayJob(job);
@@ -104,17 +109,18 @@ export function bridge({ queue, worker, reporter, jobKey = "gatewayJob" }) {
     });
     worker.on("completed", (job, result) => {
       const ext = gatewayJob(job);
-      if (ext) reporter.report(ext, "complete", { result: summary(result) });
+      if (ext) reporter.report(ext, "complete", { result: summary(result) }, job.finishedOn);
     });
     worker.on("failed", (job, err) => {
       const ext = gatewayJob(job);
       if (!ext) return;
       const attempts = job.opts?.attempts ?? 1;
+      const at = job.finishedOn ?? Date.now();
       if (job.attemptsMade < attempts) {  // BullMQ will run it again: the next attempt
-        reporter.report(ext, "failed", { error: { code: "retrying", message: `Attempt ${job.attemptsMade} of ${attempts} failed`, retryable: true } });
-        reporter.report(ext, "queued", { queue: { name: worker.name } });
+        reporter.report(ext, "failed", { error: { code: "retrying", message: `Attempt ${job.attemptsMade} of ${attempts} failed`, retryable: true } }, at);
+        reporter.report(ext, "queued", { queue: { name: worker.name } }, at + 1);
       } else {
-        reporter.report(ext, "failed", { error: { code: err?.name || "Error", message: String(err?.message || err).slice(0, 500), retryable: true } });
+        reporter.report(ext, "failed", { error: { code: err?.name || "Error", message: String(err?.message || err).slice(0, 500), retryable: true } }, at);
       }
     });
   }

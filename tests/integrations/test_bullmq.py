@@ -53,9 +53,9 @@ def test_bullmq_jobs_are_reported_from_waiting_to_the_end(server, broker_url, no
            "JOBS": json.dumps([{"ext": regs[k]["job"]["external_id"], "kind": k} for k in kinds])}
     run = subprocess.run([node, "test/scenario.mjs"], cwd=CLIENT, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-2000:]
-    ok = w.wait_for(job_frame(regs["ok"]["job"]["id"], state="complete"))
-    failed = w.wait_for(job_frame(regs["fail"]["job"]["id"], state="failed"))
-    retried = w.wait_for(job_frame(regs["retry"]["job"]["id"], state="complete"))
+    # the three jobs' frames arrive in no promised order among each other
+    ok, failed, retried = w.wait_for_all(job_frame(regs["ok"]["job"]["id"], state="complete"), job_frame(regs["fail"]["job"]["id"], state="failed"),
+                                         job_frame(regs["retry"]["job"]["id"], state="complete"), timeout=30)
     assert ok["job"]["result"] == {"imported": 3}
     assert failed["job"]["error"] == {"code": "TypeError", "message": "Row 2: missing email", "retryable": True}
     assert retried["job"]["attempt"] == 2 and retried["job"]["result"] == {"value": "ok on retry"}
