@@ -18,7 +18,8 @@
 //
 // A job names its gateway job in job.data.gatewayJob (or the option `jobKey`); others are
 // untouched. Reports are signed with Standard Webhooks (the `standardwebhooks` package), sent
-// in the background, retried on network errors, 429 and 5xx with backoff and the same
+// in the background one job at a time (a job's reports reach the gateway in the order they were
+// made; other jobs' reports do not wait for them), retried on network errors, 429 and 5xx with backoff and the same
 // webhook-id, and never throw into BullMQ's handlers: one that cannot get through is dropped
 // with a console.warn naming the job.
 
@@ -28,7 +29,7 @@ import { Webhook } from "standardwebhooks";
 const RETRY = new Set([429, 500, 502, 503, 504]);
 
 export class Reporter {
-  #webhook; #last = 0; #pending = new Set();
+  #webhook; #times = new Map(); #pending = new Set(); #chains = new Map();
 
   constructor({ url, source, secret, retries = 5, backoffMs = 500, maxBackoffMs = 30000, timeoutMs = 10000, log = console }) {
     if (!url || !source || !secret) throw new Error("Reporter needs url, source and secret");
@@ -38,12 +39,19 @@ export class Reporter {
   }
 
   /** Queue one report; resolves when it was sent or dropped, never rejects. `atMs`: when it
-   *  happened (BullMQ's own timestamps), else now. */
+   *  happened (BullMQ's own timestamps), else now; never before the job's previous report. */
   report(externalId, state, fields = {}, atMs = undefined) {
     const id = "evt_" + randomUUID().replace(/-/g, "");
-    const occurredAt = atMs === undefined ? this.#tick() : new Date(atMs).toISOString();
+    const occurredAt = this.#time(externalId, atMs);
     const body = JSON.stringify({ external_id: externalId, state, occurred_at: occurredAt, ...clean(fields) });
-    const sending = this.#send(id, body, externalId).finally(() => this.#pending.delete(sending));
+    // after this job's previous report (sent or dropped: #send never rejects), so a retried job's
+    // "failed" is folded before its next attempt's "processing" and "complete"
+    const previous = this.#chains.get(externalId) ?? Promise.resolve();
+    const sending = previous.then(() => this.#send(id, body, externalId)).finally(() => {
+      this.#pending.delete(sending);
+      if (this.#chains.get(externalId) === sending) this.#chains.delete(externalId);
+    });
+    this.#chains.set(externalId, sending);
     this.#pending.add(sending);
     return sending;
   }
@@ -51,11 +59,17 @@ export class Reporter {
   /** Wait for every report queued so far (e.g. before a process exits). */
   async flush() { await Promise.all([...this.#pending]); }
 
-  // two reports of one process (a retry's failed, then queued) never share a millisecond
-  #tick() {
-    const now = Math.max(Date.now(), this.#last + 1);
-    this.#last = now;
-    return new Date(now).toISOString();
+  // A job's reports get strictly increasing times in the order they are made, never earlier than
+  // `atMs`: BullMQ may pick a retried job up again within the millisecond it failed (its next
+  // attempt's processedOn, even finishedOn, can equal or precede the failure's clock), and the
+  // gateway folds a job's events by time. Bounded: the oldest job's clock is forgotten first.
+  #time(externalId, atMs) {
+    const floor = (this.#times.get(externalId) ?? 0) + 1;
+    const at = Math.max(atMs ?? Date.now(), floor);
+    this.#times.delete(externalId);
+    this.#times.set(externalId, at);
+    if (this.#times.size > 10000) this.#times.delete(this.#times.keys().next().value);
+    return new Date(at).toISOString();
   }
 
   async #send(id, body, externalId) {
@@ -96,9 +110,8 @@ export function bridge({ queue, worker, reporter, jobKey = "gatewayJob" }) {
     });
   }
   if (worker) {
-    // BullMQ emits a retried job's events in no promised order across attempts (the next
-    // attempt's "active" or "completed" can come before the previous attempt's "failed"): each
-    // report carries the time BullMQ itself recorded, so the gateway folds them in true order
+    // each report carries the time BullMQ itself recorded (processedOn, finishedOn), so a report
+    // sent late still sorts where it happened
     worker.on("active", (job) => {
       const ext = gatewayJob(job);
       if (ext) reporter.report(ext, "processing", {}, job.processedOn);
@@ -118,7 +131,7 @@ export function bridge({ queue, worker, reporter, jobKey = "gatewayJob" }) {
       const at = job.finishedOn ?? Date.now();
       if (job.attemptsMade < attempts) {  // BullMQ will run it again: the next attempt
         reporter.report(ext, "failed", { error: { code: "retrying", message: `Attempt ${job.attemptsMade} of ${attempts} failed`, retryable: true } }, at);
-        reporter.report(ext, "queued", { queue: { name: worker.name } }, at + 1);
+        reporter.report(ext, "queued", { queue: { name: worker.name } }, at);
       } else {
         reporter.report(ext, "failed", { error: { code: err?.name || "Error", message: String(err?.message || err).slice(0, 500), retryable: true } }, at);
       }

@@ -65,3 +65,12 @@ def test_bullmq_jobs_are_reported_from_waiting_to_the_end(server, broker_url, no
     timeline = requests.get(f"{server.url}/api/jobs/{regs['ok']['job']['id']}/trace", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).json()["timeline"]
     processing = [e for e in timeline if e["what"] == "delivery" and e.get("event_type") == "job.processing"]
     assert len(processing) == 3
+
+
+def test_bridge_reporter_keeps_each_jobs_reports_in_order(node):
+    """clients/bullmq/test/reporter.test.mjs under `node --test`: a job's reports reach the gateway
+    in the order made with strictly increasing times (BullMQ can restart a retried job within the
+    millisecond it failed), and one job's slow report does not hold another's."""
+    run = subprocess.run([node, "--test", "test/reporter.test.mjs"], cwd=CLIENT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "# pass 2" in run.stdout
