@@ -20,7 +20,7 @@ from tests.integrations.conftest import ROOT, states_in_order
 from tests.relay_helpers import Watcher, job_frame
 from tests.signing import STANDARD_SECRET
 
-pytestmark = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+ON_POSTGRES = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 CLIENT = ROOT / "clients" / "bullmq"
 
 
@@ -42,6 +42,7 @@ def node() -> str:
     return shutil.which("node") or "node"
 
 
+@ON_POSTGRES
 def test_bullmq_jobs_are_reported_from_waiting_to_the_end(server, broker_url, node, tmp_path: Path):
     kinds = ["ok", "fail", "retry"]
     queue = f"bull-{uuid.uuid4().hex[:8]}"
