@@ -15,12 +15,13 @@ from gateway.auth import SCOPES, Principal
 from gateway.context import gateway
 from gateway.errors import BadRequest, NotFound
 from gateway.http import NO_CACHE, etag_of, job_matches, not_modified, tag_matches
+from gateway.ids import JOB_ID_RE
 from gateway.jobjson import job_json
 from gateway.models import Job
 from gateway.signals import job_retried
 from gateway.states import Kind
 from gateway.storable import require_storable
-from gateway.store import API_SOURCE, JOB_ID_RE
+from gateway.store import API_SOURCE
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 log = logging.getLogger("gateway.api")

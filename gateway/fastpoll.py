@@ -27,8 +27,8 @@ from werkzeug.wrappers import Request
 from gateway.context import Gateway
 from gateway.errors import GatewayError
 from gateway.http import finish_headers, not_modified_headers, request_id_of, tag_matches
+from gateway.ids import JOB_ID_RE
 from gateway.limits import public_request_allowed
-from gateway.store import JOB_ID_RE
 
 log = logging.getLogger("gateway.api")
 

@@ -54,11 +54,12 @@ from gateway.config import SourceConfig
 from gateway.errors import ConfigError, Conflict, GatewayError, NotFound
 from gateway.forward import FORWARD
 from gateway.forward import install as install_forwarding
+from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
 from gateway.services import Services
 from gateway.states import State
-from gateway.store import Store, Writer, utcnow
+from gateway.store import Store, Writer
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from adapters.base import ProviderEvent
+from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import Job
 from gateway.services import Services
 from gateway.states import Decision, Kind, State
-from gateway.store import GATEWAY_SOURCE, utcnow
+from gateway.store import GATEWAY_SOURCE
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -16,9 +16,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.auth import fingerprint
 from gateway.context import gateway
+from gateway.ids import utcnow
 from gateway.limits import client_address
 from gateway.models import ConsoleSession
-from gateway.store import utcnow
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="../templates")
 

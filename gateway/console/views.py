@@ -10,8 +10,8 @@ from flask import abort, current_app, redirect, render_template, request, url_fo
 
 from gateway.console.auth import bp, by, current, gateway_response, signed_in
 from gateway.context import gateway
+from gateway.ids import utcnow
 from gateway.signals import job_retried
-from gateway.store import utcnow
 from gateway.support import find_jobs, list_deliveries, source_activity
 from gateway.trace import build_trace
 
