@@ -38,7 +38,6 @@ class Store:
         """One database transaction; changes reach the bus with the commit, never before."""
         with self.engine.connect() as conn:
             writer = Writer(conn, self.sessions, self.postgres)
-            writer.forwarding = bool(self.owing)
             try:
                 with conn.begin():
                     yield writer

@@ -77,7 +77,6 @@ class Unit:
         # and reading one again (version_of, traces) must not cost another SELECT
         self._held: dict[str, Job] = {}
         self.committed: list[Callable[[], None]] = []  # run after the commit (e.g. wake the outbox)
-        self.forwarding = False  # changes owe messages: the ORM path, which the owing hooks read
 
     @property
     def session(self) -> Session:

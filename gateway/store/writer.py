@@ -127,7 +127,7 @@ class Writer(Queues):
         keys = (job.fold or {}).get("keys")
         view = view_of(job)
         newest = view.last is None or event.sort_key() > view.last
-        if keys is not None and newest and not self.forwarding and job.id not in self._held:
+        if keys is not None and newest and job.id not in self._held:
             links = links_of(keys)
             after, decision = states.apply(view, event, links)
             if not may_move_a_queue(job.state, after.state):
