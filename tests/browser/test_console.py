@@ -3,11 +3,16 @@ paste an external id, land on the job, read why it failed, press Retry, see the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import requests
 from playwright.sync_api import expect
 
+from tests.browser.axe import assert_accessible
 from tests.browser.conftest import Gateway
 from tests.conftest import API_KEY
+from tests.signing import standard_body, standard_headers
 
 pytestmark = pytest.mark.browser
 
@@ -42,3 +47,50 @@ def test_ticket_to_retry(context, gateway_server: Gateway) -> None:
     assert gw.job(job_id)["attempt"] == 2
     page.locator(".timeline summary", has_text="retry requested by console:key:").first.click()
     assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+def sign_in(page: Any, gw: Gateway) -> None:
+    """Sign in through the form, as a person does."""
+    page.goto(gw.url + "/console/signin")
+    page.get_by_label("API key").fill(API_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("searchbox")).to_be_visible()
+
+
+def test_every_console_page_passes_axe(context, gateway_server: Gateway) -> None:
+    """axe-core (WCAG A/AA and best practices) on each page as support sees it: no serious or critical violation."""
+    gw = gateway_server
+    failed = gw.register(label="a11y render 7")
+    gw.register(label="a11y render 8")
+    gw.webhook(failed["external_id"], "failed", error={"code": "render_failed", "message": "GPU out of memory"})
+    body = standard_body(failed["external_id"], "processing")
+    wrong = standard_headers("whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=", body)
+    assert requests.post(gw.url + "/webhooks/worker", data=body, headers=wrong, timeout=10).status_code == 401
+    page = context.new_page()
+
+    page.goto(gw.url + "/console/signin")
+    assert_accessible(page, "sign-in")
+    page.get_by_label("API key").fill("not-a-key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+    assert_accessible(page, "sign-in after a wrong key")
+
+    sign_in(page, gw)
+    assert_accessible(page, "search (empty)")
+    page.get_by_role("searchbox").fill("a11y render")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("table")).to_contain_text("a11y render 8")
+    assert_accessible(page, "search results")
+
+    page.goto(gw.url + f"/console/jobs/{failed['job']['id']}")
+    expect(page.get_by_role("region", name="What failed")).to_be_visible()
+    page.locator(".timeline summary").first.click()
+    assert_accessible(page, "job page")
+
+    page.goto(gw.url + "/console/deliveries?outcome=rejected&source=worker")
+    expect(page.get_by_role("table")).to_contain_text("matched none")
+    assert_accessible(page, "deliveries")
+
+    page.goto(gw.url + "/console/sources")
+    expect(page.get_by_role("heading", name="worker")).to_be_visible()
+    assert_accessible(page, "sources")
