@@ -146,12 +146,14 @@ def list_deliveries(
     source: str | None = None,
     job_id: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Recent deliveries, newest first; ``rejected`` keeps those answered 4xx (bad signature,
     too large, unreadable); ``outcome`` keeps one outcome (``rejected``: refused before it was
-    verified, its event and external ids only claimed). Bodies are never stored, so never shown."""
+    verified, its event and external ids only claimed); ``since`` / ``until`` bound the receipt
+    time (until excluded). Bodies are never stored, so never shown."""
     stmt = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit).offset(offset)
     if rejected:
         stmt = stmt.where(Delivery.status >= 400)
@@ -163,6 +165,8 @@ def list_deliveries(
         stmt = stmt.where(Delivery.job_id == job_id)
     if since is not None:
         stmt = stmt.where(Delivery.received_at >= since)
+    if until is not None:
+        stmt = stmt.where(Delivery.received_at < until)
     with store.reading() as session:
         return [
             {"received_at": iso(d.received_at), "source": d.source, "status": d.status, "outcome": d.outcome,

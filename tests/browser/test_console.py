@@ -10,7 +10,7 @@ import requests
 from playwright.sync_api import expect
 
 from tests.browser.axe import assert_accessible
-from tests.browser.conftest import Gateway
+from tests.browser.conftest import ENDPOINT_SECRET, Gateway, wait_until
 from tests.conftest import API_KEY
 from tests.signing import standard_body, standard_headers
 
@@ -88,9 +88,14 @@ def test_every_console_page_passes_axe(context, gateway_server: Gateway) -> None
     assert_accessible(page, "job page")
 
     page.goto(gw.url + "/console/deliveries?outcome=rejected&source=worker")
+    page.get_by_role("link", name="last hour").click()
+    expect(page.get_by_label("Since (UTC)")).not_to_have_value("")
     expect(page.get_by_role("table")).to_contain_text("matched none")
     assert_accessible(page, "deliveries")
 
     page.goto(gw.url + "/console/sources")
     expect(page.get_by_role("heading", name="worker")).to_be_visible()
+    # the failed job's message to `billing` dies at its first refused try, in the server's sender loop
+    wait_until(lambda: page.reload() and page.get_by_role("button", name="Re-send").count() > 0, what="a dead message", page=page)
+    assert ENDPOINT_SECRET not in page.content() and API_KEY not in page.content()
     assert_accessible(page, "sources")
