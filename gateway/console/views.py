@@ -51,6 +51,14 @@ def _summary(e: dict[str, Any]) -> str:
         return f"registered by {e.get('by', '?')} ({e.get('source')} / {e.get('external_id')})"
     if what == "retry":
         return f"retry requested by {e.get('by', '?')}"
+    if what in ("forward", "callback", "details"):
+        to = f" to {e['endpoint']}" if e.get("endpoint") else ""
+        why = f" ({e['error']})" if e.get("error") else ""
+        return f"{what} {e.get('type') or ''}{to}: try {e.get('try', '?')}, {e.get('outcome', '?')}{why}".replace("  ", " ")
+    if what == "forward_resend":
+        return f"re-send of message {e.get('message')} to {e.get('endpoint')} requested by {e.get('by', '?')}"
+    if what == "stalled":
+        return f"watchdog: no word since {e.get('quiet_since')} (stall after {e.get('stall_after')} s)"
     if e.get("state_after") or e.get("state"):
         return f"{what}: {e.get('state_before') or ''} → {e.get('state_after') or e.get('state')}".replace(": →", ": ")
     return str(what)
@@ -145,6 +153,25 @@ def deliveries() -> Any:
                  last_hour=_field(utcnow() - timedelta(hours=1)), last_day=_field(utcnow() - timedelta(hours=24)))
 
 
+def _stacked(counts: dict[str, int], top: int) -> list[tuple[str, float, float]]:
+    """One source's 24 h bar: (outcome, x, width) in a 0–100 box, scaled to the busiest source."""
+    out, x = [], 0.0
+    for outcome in OUTCOMES:
+        width = 100 * counts.get(outcome, 0) / top
+        if width:
+            out.append((outcome, round(x, 2), round(max(width, 0.5), 2)))
+            x += width
+    return out
+
+
+def _age(seconds: int) -> str:
+    """How long ago, as a person says it on a ticket."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
 def _field(at: datetime | None) -> str:
     """A UTC time as a datetime-local field's value (minutes)."""
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if at else ""
@@ -158,19 +185,18 @@ def sources() -> Any:
     gw = gateway()
     now = utcnow()
     activity = source_activity(gw.store, now - timedelta(hours=24))
+    top = max((sum(a["counts"].values()) for a in activity.values()), default=0) or 1
     rows = []
     for name in sorted(gw.sources):
         seen = activity.get(name, {"counts": {}, "last": None})
-        counts = seen["counts"]
-        top = max(counts.values(), default=0) or 1
-        last = seen["last"]
-        rows.append({"name": name, "counts": [(o, counts.get(o, 0), round(100 * counts.get(o, 0) / top)) for o in OUTCOMES],
-                     "age": int((now - last).total_seconds()) if last else None,
+        counts, last = seen["counts"], seen["last"]
+        rows.append({"name": name, "counts": [(o, counts.get(o, 0)) for o in OUTCOMES], "bar": _stacked(counts, top),
+                     "total": sum(counts.values()), "age": _age(int((now - last).total_seconds())) if last else None,
                      "secrets": len(gw.sources[name].config.secrets)})
     endpoints = endpoint_status(gw.store, gw.config.endpoints)
     for endpoint in endpoints:
         endpoint["dead_messages"] = list_messages(gw.store, endpoint=endpoint["name"], dead_only=True, limit=DEAD_SHOWN)
-    return _page("console/sources.html", rows=rows, endpoints=endpoints, dead_shown=DEAD_SHOWN)
+    return _page("console/sources.html", rows=rows, outcomes=OUTCOMES, endpoints=endpoints)
 
 
 @bp.post("/messages/<message_id>/resend")

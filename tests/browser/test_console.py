@@ -3,6 +3,7 @@ paste an external id, land on the job, read why it failed, press Retry, see the 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -94,7 +95,7 @@ def test_every_console_page_passes_axe(context, gateway_server: Gateway) -> None
     assert_accessible(page, "deliveries")
 
     page.goto(gw.url + "/console/sources")
-    expect(page.get_by_role("heading", name="worker")).to_be_visible()
+    expect(page.get_by_role("img", name=re.compile(r"^worker: .*\d+ rejected"))).to_be_visible()
     # the failed job's message to `billing` dies at its first refused try, in the server's sender loop
     wait_until(lambda: page.reload() and page.get_by_role("button", name="Re-send").count() > 0, what="a dead message", page=page)
     assert ENDPOINT_SECRET not in page.content() and API_KEY not in page.content()
