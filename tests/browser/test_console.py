@@ -100,3 +100,39 @@ def test_every_console_page_passes_axe(context, gateway_server: Gateway) -> None
     wait_until(lambda: page.reload() and page.get_by_role("button", name="Re-send").count() > 0, what="a dead message", page=page)
     assert ENDPOINT_SECRET not in page.content() and API_KEY not in page.content()
     assert_accessible(page, "sources")
+
+
+def _tab_to(page: Any, name: str, limit: int = 60) -> None:
+    """Press Tab until the focused element's accessible text is ``name``, as a keyboard user does."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement && document.activeElement.textContent.trim()") == name:
+            outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+            assert outline != "none", f"{name} has focus but no visible outline"
+            return
+    raise AssertionError(f"{name!r} not reachable with Tab in {limit} presses")
+
+
+def test_keyboard_only(context, gateway_server: Gateway) -> None:
+    """Sign in, search, open the job and press Retry without a mouse."""
+    gw = gateway_server
+    reg = gw.register(label="keyboard ticket")
+    gw.webhook(reg["external_id"], "failed", error={"code": "render_failed", "message": "disk full"})
+    page = context.new_page()
+    page.goto(gw.url + "/console/signin")
+    _tab_to(page, "Skip to content")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("API key")).to_be_focused()
+    page.keyboard.type(API_KEY)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("searchbox")).to_be_focused()  # autofocus: paste straight away
+    page.keyboard.type("keyboard ticket")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("table")).to_contain_text(reg["job"]["id"])
+    _tab_to(page, reg["job"]["id"])
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("region", name="What failed")).to_contain_text("disk full")
+    _tab_to(page, "Retry")
+    page.keyboard.press("Enter")
+    expect(page.locator(".facts")).to_contain_text("queued")
+    assert gw.job(reg["job"]["id"])["attempt"] == 2
