@@ -1,7 +1,4 @@
-"""console search at scale (issue 16): equality indexes for the ids a ticket carries, on both
-databases; on PostgreSQL also pg_trgm GIN indexes that serve ``ILIKE '%text%'`` on a job's
-external id and label, and a pattern index for job id prefixes (the database collation is not C).
-SQLite keeps a plain scan for substrings: its honest fallback.
+"""console search at scale (issue 16): indexes for the ids a ticket carries; pg_trgm on PostgreSQL
 
 Revision ID: 0007_search
 Revises: 0006_console
@@ -16,6 +13,10 @@ revision = "0007_search"
 down_revision = "0006_console"
 branch_labels = None
 depends_on = None
+
+# Equality indexes for the ids a ticket carries, on both databases; on PostgreSQL also pg_trgm GIN
+# indexes that serve ``ILIKE '%text%'`` on a job's external id and label, and a pattern index for
+# job id prefixes (the database collation need not be C). SQLite scans for substrings.
 
 #: (index, table, column) looked up by equality: on both databases, and in gateway.models
 EQUALITY = (
@@ -33,13 +34,18 @@ POSTGRES = (
 
 
 def upgrade() -> None:
-    for name, table, column in EQUALITY:
-        op.create_index(name, table, [column])
     if op.get_bind().dialect.name != "postgresql":
+        for name, table, column in EQUALITY:
+            op.create_index(name, table, [column])
         return
-    op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-    for name, table, column, ops, method in POSTGRES:
-        op.create_index(name, table, [sa.text(f"{column} {ops}")], postgresql_using=method)
+    # built CONCURRENTLY, outside the migration's transaction: webhooks keep landing in the
+    # tables meanwhile (a million deliveries take seconds to index)
+    with op.get_context().autocommit_block():
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        for name, table, column in EQUALITY:
+            op.create_index(name, table, [column], postgresql_concurrently=True)
+        for name, table, column, ops, method in POSTGRES:
+            op.create_index(name, table, [sa.text(f"{column} {ops}")], postgresql_using=method, postgresql_concurrently=True)
 
 
 def downgrade() -> None:
