@@ -76,7 +76,7 @@ def test_console_pages_for_the_docs(chromium: Any, gateway_server: Gateway) -> N
         page.get_by_role("link", name=failed["job"]["id"]).click()
         expect(page.get_by_role("region", name="What failed")).to_contain_text("GPU out of memory")
         expect(page.locator("job-status")).to_contain_text("fail", ignore_case=True)
-        page.locator(".timeline summary", has_text="failed").last.click()
+        page.locator(".timeline summary", has_text="processing → failed").click()
         _shoot(page, "job")
 
         page.get_by_role("link", name="Deliveries").click()
