@@ -27,6 +27,11 @@ Kinds:
   the source's API key from ``api_key_env``; what ``Adapter.parse_details`` returns is
   recorded through ``Writer.record_event``. 429 and 5xx are retried; any other answer goes to
   the adapter, and an answer it cannot read gives up.
+- ``reconcile``: a status read for a quiet job (gateway/reconcile.py): the GET that
+  ``Adapter.status_request`` describes, performed like a details fetch; what
+  ``Adapter.parse_status`` returns is recorded through ``Writer.record_event`` as events of kind
+  ``reconcile`` for the row's job. Reads are budgeted per source (``reconcile_per_minute``), and
+  a 429 or 5xx holds back the source's other pending reads until the failed one's next try.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ import requests
 from sqlalchemy import delete, select
 from standardwebhooks.webhooks import Webhook
 
-from adapters.base import ProviderEvent
+from adapters.base import DetailsRequest, ProviderEvent
+from gateway import reconcile
 from gateway.config import SourceConfig
 from gateway.errors import ConfigError, Conflict, GatewayError, NotFound
 from gateway.forward import FORWARD
@@ -57,7 +63,7 @@ from gateway.forward import install as install_forwarding
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
 from gateway.services import Services
-from gateway.states import State
+from gateway.states import Kind, State
 from gateway.store import Store, Writer, utcnow
 
 if TYPE_CHECKING:
@@ -68,6 +74,7 @@ log = logging.getLogger("gateway.outbox")
 
 CALLBACK = "callback"
 DETAILS = "details"
+RECONCILE = reconcile.RECONCILE
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 RETRY_REQUESTED = "job.retry_requested"
 MAX_DETAILS_BYTES = 1024 * 1024
@@ -150,6 +157,7 @@ class Outbox:
         self.gw = gw
         self.batch = batch
         self.wake = threading.Event()  # set after a commit that enqueued: this process sends at once
+        self.budget = reconcile.Budget(gw.config.reconcile_per_minute)
 
     @property
     def lease(self) -> timedelta:
@@ -160,13 +168,10 @@ class Outbox:
 
     def enqueue(self, w: Writer, *, kind: str, key: str, source: str, job_id: str | None, payload: dict[str, Any], target: str | None = None) -> bool:
         """Add a row in ``w``'s transaction (once per key); the dispatcher wakes after the commit."""
-        now = utcnow()
-        row = dict(key=key, kind=kind, job_id=job_id, source=source, target=target, payload=payload, status=PENDING,
-                   attempts=0, next_attempt_at=now, created_at=now)
-        inserted = w._insert_ignore(OutboxItem, row, conflict=("key",))
+        inserted = enqueue_row(w, kind=kind, key=key, source=source, job_id=job_id, payload=payload, target=target)
         if inserted:
             w.after_commit(self.wake.set)
-        return bool(inserted)
+        return inserted
 
     def enqueue_callback(self, w: Writer, job: Job) -> bool:
         """Owe the integrator a signed ``job.retry_requested`` callback, if the job's source has a callback_url."""
@@ -198,13 +203,21 @@ class Outbox:
     def run_once(self) -> int:
         """Claim the due rows (up to one batch) and try each once; how many were tried."""
         rows = self._claim()
+        held: dict[str, datetime] = {}  # sources whose API failed a read in this batch: until when
         for row in rows:
+            if row.kind == RECONCILE:
+                wait = (held[row.source] - utcnow()).total_seconds() if row.source in held else self.budget.take(row.source)
+                if wait > 0:  # held back, or over the source's reads a minute: no try spent
+                    self._defer(row, wait, "held back: another read of the source failed" if row.source in held else None)
+                    continue
             try:
                 result = self._try(row)
             except Exception as exc:  # one broken row must not stop the others
                 log.exception("outbox try failed", extra={"job_id": row.job_id, "kind": row.kind})
                 result = Result(error=f"internal error ({type(exc).__name__})")
-            self._record(row, result)
+            until = self._record(row, result)
+            if row.kind == RECONCILE and until is not None:
+                held[row.source] = until
         return len(rows)
 
     def drain(self) -> int:
@@ -244,6 +257,8 @@ class Outbox:
             return self._send_callback(row)
         if row.kind == DETAILS:
             return self._fetch_details(row)
+        if row.kind == RECONCILE:
+            return self._read_status(row)
         return Result(give_up=True, error=f"unknown outbox kind {row.kind!r}")
 
     def _timeouts(self) -> tuple[float, float]:
@@ -283,11 +298,20 @@ class Outbox:
         if source is None:
             return Result(give_up=True, error="the source is no longer configured")
         pe = event_from_json(row.payload["event"])
-        env_name = source.config.api_key_env
-        api_key = (self.gw.config.env.get(env_name) or None) if env_name else None
-        request = source.adapter.details_request(pe, api_key)
+        request = source.adapter.details_request(pe, reconcile.api_key(source, self.gw.config.env))
         if request is None:
             return Result(ok=True)
+        return self._get(row, request, lambda status, body: source.adapter.parse_details(pe, status, body))
+
+    def _read_status(self, row: OutboxItem) -> Result:
+        source = self.gw.sources.get(row.source)
+        if source is None:
+            return Result(give_up=True, error="the source is no longer configured")
+        read = reconcile.status_read(source, row.payload, self.gw.config.env)
+        return Result(give_up=True, error=read) if isinstance(read, str) else self._get(row, *read)
+
+    def _get(self, row: OutboxItem, request: DetailsRequest, parse: reconcile.Parse) -> Result:
+        """Perform an adapter's GET (details fetch or status read) and hand the answer to ``parse``."""
         try:
             with requests.get(request.url, headers=dict(request.headers), timeout=self._timeouts(), allow_redirects=False, stream=True) as response:
                 status = response.status_code
@@ -297,29 +321,42 @@ class Outbox:
         except requests.RequestException as exc:
             return Result(error=f"{type(exc).__name__}")
         if body is None:
-            return Result(status=status, give_up=True, error=f"details response over {MAX_DETAILS_BYTES} bytes")
+            return Result(status=status, give_up=True, error=f"response over {MAX_DETAILS_BYTES} bytes")
         try:
-            events = source.adapter.parse_details(pe, status, body)
+            events = parse(status, body)
         except GatewayError as exc:
             return Result(status=status, give_up=True, error=exc.message[:300])
         except Exception as exc:  # an adapter bug: give up on this row, keep the reason
-            log.exception("adapter parse_details raised an undeclared error", extra={"source": row.source})
+            log.exception("adapter %s parse raised an undeclared error", row.kind, extra={"source": row.source})
             return Result(status=status, give_up=True, error=f"adapter error ({type(exc).__name__})")
         return Result(ok=True, status=status, events=list(events))
 
-    def _record(self, row: OutboxItem, result: Result) -> None:
-        """Write down one try in a new transaction: delivered, rescheduled or given up, and the trace line."""
+    def _defer(self, row: OutboxItem, wait: float, why: str | None = None) -> None:
+        """Put a claimed row back, untried, due in ``wait`` seconds (its claim not counted as a try)."""
+        with self.gw.store.transaction() as w:
+            item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
+            if item is not None and item.status == PENDING and item.attempts == row.attempts:
+                item.attempts -= 1
+                item.next_attempt_at = utcnow() + timedelta(seconds=wait)
+                item.last_error = why or item.last_error
+
+    def _record(self, row: OutboxItem, result: Result) -> datetime | None:
+        """Write down one try in a new transaction: delivered, rescheduled or given up, and the
+        trace line. When the row is retried, its next try's time."""
         config = self.gw.config
         now = utcnow()
         with self.gw.store.transaction() as w:
             item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
             if item is None or item.status != PENDING or item.attempts != row.attempts:
-                return  # settled meanwhile, or our lease ran out and another process claimed it: its word wins
+                return None  # settled meanwhile, or our lease ran out and another process claimed it: its word wins
             detail: dict[str, Any] = {"try": item.attempts, "status": result.status}
             recorded: list[tuple[str | None, dict[str, Any]]] = []
             if result.ok:
                 for pe in result.events:
-                    outcome = w.record_event(item.source, pe, received_at=now)
+                    if item.kind == RECONCILE:  # read from the provider's API, for this row's job
+                        outcome = w.record_event(item.source, pe, kind=Kind.RECONCILE, job_id=item.job_id, received_at=now)
+                    else:
+                        outcome = w.record_event(item.source, pe, received_at=now)
                     w.finish_changes()
                     recorded.append((outcome.job_id, {"event_id": pe.event_id, "state": pe.state.value if pe.state else None, "decision": outcome.decision.value}))
                 item.status, item.delivered_at, item.last_error = DELIVERED, now, None
@@ -334,10 +371,14 @@ class Outbox:
                 item.next_attempt_at = now + timedelta(seconds=delay)
                 item.last_error = result.error
                 detail.update(outcome="retry", error=result.error, next_try_at=iso(item.next_attempt_at))
+                if item.kind == RECONCILE:  # 429, 5xx or no answer: the source's other reads wait as long
+                    reconcile.hold_source(w, item.source, item.next_attempt_at, item.id, result.error)
             if item.kind == CALLBACK:
                 detail.update(webhook_id=item.key, url=redact_url(item.target))
             else:
                 detail["events"] = [r for _, r in recorded]
+            if item.kind == RECONCILE:
+                detail["read_from"] = reconcile.READ_FROM
             job_ids = {item.job_id} | {j for j, _ in recorded}
             for job_id in sorted(j for j in job_ids if j):
                 w.trace(job_id, item.kind, detail, at=now)
@@ -346,6 +387,17 @@ class Outbox:
             "outbox %s %s", item.kind, detail["outcome"],
             extra={"job_id": item.job_id, "kind": item.kind, "try": detail["try"], "status": result.status, "error": result.error},
         )
+        return item.next_attempt_at if detail["outcome"] == "retry" else None
+
+
+def enqueue_row(w: Writer, *, kind: str, key: str, source: str, job_id: str | None, payload: dict[str, Any],
+                target: str | None = None, due: datetime | None = None) -> bool:
+    """Add an outbox row in ``w``'s transaction unless its key is taken; due ``due`` (default now).
+    ``Outbox.enqueue`` also wakes this process's dispatcher; the CLI and the watchdog use this."""
+    now = utcnow()
+    row = dict(key=key, kind=kind, job_id=job_id, source=source, target=target, payload=payload, status=PENDING,
+               attempts=0, next_attempt_at=due or now, created_at=now)
+    return bool(w._insert_ignore(OutboxItem, row, conflict=("key",)))
 
 
 def _retry_after(value: str | None) -> float | None:
