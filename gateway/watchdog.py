@@ -27,12 +27,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from adapters.base import ProviderEvent
 from gateway import reconcile
 from gateway.jobjson import iso
-from gateway.models import Job
+from gateway.models import Job, OutboxItem
 from gateway.services import Services
 from gateway.states import Decision, Kind, State
 from gateway.store import GATEWAY_SOURCE, utcnow
@@ -63,7 +63,7 @@ class Watchdog:
             reconciled = reconcile.unavailable(source, self.gw.config.env) is None
             asks = reconcile.reconcile_after(source.config) if reconciled else None
             if asks:
-                for job_id in self._quiet(name, now - timedelta(seconds=asks)):
+                for job_id in self._quiet(name, now - timedelta(seconds=asks), unasked=True):
                     self._ask(job_id, now - timedelta(seconds=asks))
             after = source.config.stall_after
             if not after:
@@ -71,11 +71,15 @@ class Watchdog:
             stalled.extend(job_id for job_id in self._quiet(name, now - timedelta(seconds=after)) if self._stall(job_id, after, now, reconciled))
         return stalled
 
-    def _quiet(self, source: str, cutoff: datetime) -> list[str]:
+    def _quiet(self, source: str, cutoff: datetime, *, unasked: bool = False) -> list[str]:
+        """Live jobs of ``source`` with no news since ``cutoff``, oldest first; ``unasked``: only
+        those not read from the API since their last news (the others must not crowd them out)."""
+        stmt = select(Job.id).where(Job.source == source, Job.state.in_(LIVE), Job.updated_at <= cutoff)
+        if unasked:
+            stmt = stmt.where(~exists().where(OutboxItem.job_id == Job.id, OutboxItem.kind == reconcile.RECONCILE,
+                                              OutboxItem.created_at >= Job.updated_at))
         with self.gw.store.reading() as session:
-            return list(session.scalars(
-                select(Job.id).where(Job.source == source, Job.state.in_(LIVE), Job.updated_at <= cutoff).order_by(Job.updated_at).limit(BATCH)
-            ))
+            return list(session.scalars(stmt.order_by(Job.updated_at).limit(BATCH)))
 
     def _ask(self, job_id: str, cutoff: datetime) -> None:
         """Owe one status read for the job's current quiet period (a no-op once owed)."""

@@ -280,3 +280,40 @@ def test_late_webhook_after_a_read_folds_to_the_same_job(db_url, tmp_path, fake)
     assert r.status_code == 200
     after = job_of(client, job["id"])
     assert (after["state"], after["result"], after["version"]) == (before["state"], before["result"], before["version"])
+
+
+def test_live_server_completes_a_job_from_the_api_and_never_stalls_it(db_url, tmp_path, fake):
+    """gunicorn's own watchdog and outbox: the completing webhook never comes, the job completes
+    from the provider's API after reconcile_after; the log never holds the API key."""
+    import requests
+
+    from tests.conftest import ARTIFACTS, server_env
+    from tests.servers import Server
+
+    fx = serve(fake, "replicate", "prediction_succeeded")
+    name = f"rc-live-{uuid.uuid4().hex[:8]}"
+    source = source_toml(fake, "replicate", name, stall_after=30) + "reconcile_after = 1\n"
+    cfg = config_file(tmp_path, source, "watchdog_interval = 1\noutbox_interval = 1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / "gunicorn-reconcile.log"
+    key = PROVIDERS["replicate"][3]
+    srv = Server(server_env(db_url, cfg, **{KEY_ENV: key}), log_path=log_path).start()
+    try:
+        reg = register(srv.url, name, fx["external_id"])
+        url, auth = f"{srv.url}/api/jobs/{reg['job']['id']}", {"Authorization": f"Bearer {reg['token']}"}
+        seen = requests.get(url, headers=auth, timeout=10)
+        for _ in range(10):  # long-polls: each returns as soon as the job changes (or after 10 s)
+            if seen.json()["state"] != "queued":
+                break
+            seen = requests.get(url, params={"wait": 10}, headers={**auth, "If-None-Match": seen.headers["ETag"]}, timeout=20)
+            if seen.status_code == 304:
+                seen = requests.get(url, headers=auth, timeout=10)
+        job = seen.json()
+        assert job["state"] == "complete" and job["result"]["url"].startswith("https://replicate.delivery/"), job
+        trace = requests.get(f"{url}/trace", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).json()
+        assert [e["kind"] for e in trace["events"]] == ["reconcile"]
+        assert any(e["what"] == "reconcile" and e["read_from"] == "the provider's API" for e in trace["timeline"])
+        assert fake.requests and fake.requests[0][1] == f"Bearer {key}"
+    finally:
+        srv.stop()
+    assert key not in log_path.read_text()
