@@ -36,10 +36,7 @@ Kinds:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
 import json
 import logging
 import random
@@ -56,8 +53,10 @@ from standardwebhooks.webhooks import Webhook
 
 from adapters.base import DetailsRequest, ProviderEvent
 from gateway import reconcile
-from gateway.config import SourceConfig
-from gateway.errors import ConfigError, Conflict, GatewayError, NotFound
+from gateway.callback_secret import CALLBACK_SECRET_LABEL as CALLBACK_SECRET_LABEL
+from gateway.callback_secret import callback_secret, check_callback_secrets
+from gateway.callback_secret import derive_callback_secret as derive_callback_secret
+from gateway.errors import Conflict, GatewayError, NotFound
 from gateway.forward import FORWARD
 from gateway.forward import install as install_forwarding
 from gateway.jobjson import iso, job_json
@@ -86,26 +85,6 @@ def backoff(attempts: int, base: float, cap: float, rnd: Callable[[], float] = r
     half of it fixed and half random (equal jitter), so retries spread out but never bunch at 0."""
     ceiling = min(float(cap), float(base) * 2.0 ** min(max(attempts - 1, 0), 40))
     return ceiling / 2 + rnd() * ceiling / 2
-
-
-#: the label a derived callback secret is an HMAC of (keyed with the source's first webhook secret)
-CALLBACK_SECRET_LABEL = b"gateway callback secret v1"
-
-
-def callback_secret(source: SourceConfig, env: Mapping[str, str]) -> str | None:
-    """The secret that signs the source's callbacks: ``callback_secret_env``, else one derived from
-    its first webhook secret (``derive_callback_secret``). Never the webhook secret itself: a
-    callback replayed to the gateway's own inbound endpoint would then verify."""
-    if source.callback_secret_env:
-        return (env.get(source.callback_secret_env) or "").strip() or None
-    return derive_callback_secret(source.secrets[0]) if source.secrets else None
-
-
-def derive_callback_secret(webhook_secret: str) -> str:
-    """``whsec_`` + base64(HMAC-SHA256(key = the webhook secret's UTF-8 bytes, msg = CALLBACK_SECRET_LABEL)):
-    a Standard Webhooks secret the integrator can compute from the secret it already holds."""
-    digest = hmac.new(webhook_secret.encode("utf-8"), CALLBACK_SECRET_LABEL, hashlib.sha256).digest()
-    return "whsec_" + base64.b64encode(digest).decode()
 
 
 def redact_url(url: str | None) -> str | None:
@@ -438,17 +417,6 @@ def requeue(store: Store, row_id: int, *, by: str) -> OutboxItem:
     return item
 
 
-def _is_standard_secret(secret: str) -> bool:
-    """``whsec_`` + base64 of at least 16 bytes: what the integrator's Standard Webhooks library accepts."""
-    if not secret.startswith("whsec_"):
-        return False
-    body = secret[len("whsec_"):]
-    try:
-        return len(base64.b64decode(body + "=" * (-len(body) % 4), validate=True)) >= 16
-    except (binascii.Error, ValueError):
-        return False
-
-
 def purge(store: Store, before: datetime) -> int:
     """Delete rows settled (delivered or given up) before ``before``; the trace keeps their story."""
     with store.transaction() as w:
@@ -460,22 +428,7 @@ def purge(store: Store, before: datetime) -> int:
 
 def init_app(app: Flask, gw: Services) -> Outbox:
     """The app's outbox with its background dispatcher; a source's unusable callback secret stops start-up."""
-    for name, source in gw.sources.items():
-        sc = source.config
-        if not sc.callback_url:
-            continue
-        key = f"sources.{name}.callback_secret_env" if sc.callback_secret_env else f"sources.{name}.secrets_env"
-        secret = callback_secret(sc, gw.config.env)
-        if not secret:
-            if sc.callback_secret_env:
-                raise ConfigError(f"{key}: environment variable {sc.callback_secret_env} is not set or empty")
-            continue  # non-strict loading (CLI listings): no secrets to check
-        if not _is_standard_secret(secret):
-            raise ConfigError(f"{key}: the callback secret must be a Standard Webhooks secret (whsec_ + base64)")
-        if secret in sc.secrets:
-            raise ConfigError(f"{key}: the callback secret must differ from the source's webhook secrets (a callback would verify as a webhook)")
-        if urlsplit(sc.callback_url).scheme not in ("http", "https"):
-            raise ConfigError(f"sources.{name}.callback_url: expected an http(s) URL")
+    check_callback_secrets(gw)
     outbox = Outbox(gw)
     install_forwarding(gw, outbox.enqueue)
     gw.background.every(max(gw.config.outbox_interval, 1), "outbox", wake=outbox.wake)(outbox.drain)
