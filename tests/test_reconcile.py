@@ -123,7 +123,10 @@ def test_still_running_at_the_provider_is_stalled_at_stall_after_and_says_it_ask
     job = register(client, src, fx["external_id"])["job"]
     gw.watchdog.run_once(now=utcnow() + timedelta(seconds=31))
     gw.outbox.run_once()
-    assert job_of(client, job["id"])["state"] == fx["expect"]["state"]
+    read = job_of(client, job["id"])
+    assert read["state"] == fx["expect"]["state"]
+    if provider == "replicate":  # progress from the prediction's logs, as its webhooks give it
+        assert read["progress"] == {"current": 45, "total": 100, "step": "Sampling"}
     # a "still running" answer is dated by the provider, not the read: it is not fresh news
     assert gw.watchdog.run_once(now=utcnow() + timedelta(seconds=45)) == []
     assert gw.watchdog.run_once(now=utcnow() + timedelta(seconds=61)) == [job["id"]]
@@ -241,6 +244,8 @@ def test_cli_reconcile_and_sources(db_url, tmp_path, fake):
     by_name = {row["name"]: row["reconcile"] for row in json.loads(out.output)}
     assert by_name[name] == "after 30 s quiet" and by_name["worker"].startswith("no:") and by_name["stripe"].startswith("no:")
     assert key not in out.output
+    out = runner.invoke(main, ["sources"], env=env)
+    assert out.exit_code == 0 and "RECONCILE" in out.output and "after 30 s quiet" in out.output and key not in out.output
     out = runner.invoke(main, ["reconcile", ids[0]], env=env)
     assert out.exit_code == 0 and "queued" in out.output, out.output
     out = runner.invoke(main, ["reconcile", "--source", name, "--since", "1h", "--json"], env=env)
