@@ -15,12 +15,13 @@ from gateway.auth import SCOPES, Principal
 from gateway.context import gateway
 from gateway.errors import BadRequest, NotFound
 from gateway.http import NO_CACHE, etag_of, job_matches, not_modified, tag_matches
+from gateway.ids import JOB_ID_RE
 from gateway.jobjson import job_json
 from gateway.models import Job
 from gateway.signals import job_retried
 from gateway.states import Kind
 from gateway.storable import require_storable
-from gateway.store import API_SOURCE, JOB_ID_RE
+from gateway.store import API_SOURCE
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 log = logging.getLogger("gateway.api")
@@ -210,7 +211,7 @@ def retry(job_id: str) -> Any:
         job = w.retry(_job_id(job_id), by=who.name)
         gw.outbox.enqueue_callback(w, job)  # durable with the retry itself
     log.info("retry requested", extra={"job_id": job.id, "attempt": job.attempt, "request_id": g.request_id})
-    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
+    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]  # current_app is typed as Flask, not as its proxy
     return job_response(job, 202)
 
 

@@ -93,7 +93,7 @@ def _ping_when_idle(engine: Engine, idle_s: float) -> None:
     @event.listens_for(engine, "checkin")
     def _checked_in(dbapi_conn: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()
-        if dbapi_conn is not None and dbapi_conn.autocommit:  # never pooled in autocommit (see gateway.hotpath)
+        if dbapi_conn is not None and dbapi_conn.autocommit:  # never pooled in autocommit (see gateway.store.fastpath)
             dbapi_conn.autocommit = False
 
     @event.listens_for(engine, "checkout")

@@ -27,8 +27,8 @@ from werkzeug.wrappers import Request
 from gateway.context import Gateway
 from gateway.errors import GatewayError
 from gateway.http import finish_headers, not_modified_headers, request_id_of, tag_matches
+from gateway.ids import JOB_ID_RE
 from gateway.limits import public_request_allowed
-from gateway.store import JOB_ID_RE
 
 log = logging.getLogger("gateway.api")
 
@@ -80,4 +80,4 @@ class FastPolls:
 
 def init_app(app: Flask, gw: Gateway) -> None:
     """Put the fast path in front of the app (outermost, so nothing of Flask runs for it)."""
-    app.wsgi_app = FastPolls(gw, app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = FastPolls(gw, app.wsgi_app)  # type: ignore[method-assign]  # WSGI middleware replaces the method, as Flask's docs do

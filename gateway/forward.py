@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.services import Services
-from gateway.store import Writer, utcnow
+from gateway.store import Writer
 
 Enqueue = Callable[..., bool]  # Outbox.enqueue: a row in the writer's transaction, once per key
 

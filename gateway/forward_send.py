@@ -22,11 +22,11 @@ from standardwebhooks.webhooks import Webhook
 
 from gateway.endpoints import EndpointConfig
 from gateway.forward import FORWARD
+from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import OutboxItem
 from gateway.outbox import DEAD, DELIVERED, PENDING, USER_AGENT, Result, _retry_after, backoff
 from gateway.services import Services
-from gateway.store import utcnow
 
 log = logging.getLogger("gateway.forward")
 CONNECT_TIMEOUT = 3.0

@@ -26,12 +26,13 @@ from adapters.base import ProviderEvent, WebhookRequest
 from gateway.context import gateway
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
 from gateway.http import error_response
+from gateway.ids import utcnow
 from gateway.limits import charge_source
 from gateway.services import Source
 from gateway.states import Decision
 from gateway.storable import MESSAGE as STORABLE_MESSAGE
 from gateway.storable import is_storable
-from gateway.store import Outcome, Writer, utcnow
+from gateway.store import Outcome, Writer
 
 bp = Blueprint("ingest", __name__)
 log = logging.getLogger("gateway.ingest")

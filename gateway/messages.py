@@ -12,10 +12,11 @@ from sqlalchemy import func, select
 from gateway.endpoints import EndpointConfig
 from gateway.errors import NotFound
 from gateway.forward import FORWARD
+from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import OutboxItem
 from gateway.outbox import DEAD, DELIVERED, PENDING
-from gateway.store import Store, utcnow
+from gateway.store import Store
 
 
 def endpoint_status(store: Store, endpoints: Mapping[str, EndpointConfig]) -> list[dict[str, Any]]:

@@ -59,11 +59,12 @@ from gateway.callback_secret import derive_callback_secret as derive_callback_se
 from gateway.errors import Conflict, GatewayError, NotFound
 from gateway.forward import FORWARD
 from gateway.forward import install as install_forwarding
+from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
 from gateway.services import Services
 from gateway.states import Kind, State
-from gateway.store import Store, Writer, utcnow
+from gateway.store import Store, Writer
 
 if TYPE_CHECKING:
     from flask import Flask

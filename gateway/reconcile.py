@@ -37,10 +37,11 @@ from sqlalchemy import select, update
 from adapters.base import DetailsRequest, ProviderEvent
 from gateway.config import SourceConfig
 from gateway.errors import Conflict, NotFound
+from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import Job, OutboxItem
 from gateway.services import Source
-from gateway.store import Store, Writer, utcnow
+from gateway.store import Store, Writer
 
 RECONCILE = "reconcile"  # the outbox kind and the events' kind
 READ_FROM = "the provider's API"

@@ -25,9 +25,10 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select
 
 from gateway import states
+from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import Delivery, Event, Job, JobKey, TraceEntry
-from gateway.store import Store, event_of, utcnow
+from gateway.store import Store, event_of
 
 FIND_LIMIT = 20
 

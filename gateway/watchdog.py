@@ -31,11 +31,12 @@ from sqlalchemy import exists, select
 
 from adapters.base import ProviderEvent
 from gateway import reconcile
+from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import Job, OutboxItem
 from gateway.services import Services
 from gateway.states import Decision, Kind, State
-from gateway.store import GATEWAY_SOURCE, utcnow
+from gateway.store import GATEWAY_SOURCE
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from gateway.auth import Auth
+from gateway.ids import utcnow
 from gateway.models import Delivery, Event, Job, TraceEntry
-from gateway.store import event_of, utcnow
+from gateway.store import event_of
 from tests.conftest import API_KEY, SECRET_KEY, TEST_ENV, register, write_config
 from tests.signing import STANDARD_SECRET, standard_body, standard_headers
 from tests.test_trace import deliver, story

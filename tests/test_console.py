@@ -154,8 +154,8 @@ def test_no_page_holds_a_secret(client: Any) -> None:
 def test_an_expired_session_opens_nothing(client: Any) -> None:
     from datetime import timedelta
 
+    from gateway.ids import utcnow
     from gateway.models import ConsoleSession
-    from gateway.store import utcnow
 
     sign_in(client)
     assert client.get("/console/sources").status_code == 200

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from gateway.forward import FORWARD
 from gateway.models import OutboxItem
-from tests.conftest import register
+from tests.conftest import API_KEY, register
 from tests.gwapp import gw_of, make_app, post_standard
 from tests.signing import STANDARD_SECRET, iso_now
 
@@ -49,6 +49,13 @@ def test_every_version_owes_a_message_to_each_matching_endpoint(db_url, tmp_path
     assert all(r[3] == f"msg_{job['id']}_v{r[2]}" for r in backend)
     assert [r[1] for r in rows if r[0] == "done_only"] == ["job.complete"]
     assert all("pw" not in (r[0] or "") for r in rows)
+    # the last message carries the job as a poll shows it (on PostgreSQL these versions were
+    # written by the fast path, whose row the message is made from)
+    with gw_of(app).store.reading() as session:
+        last = session.scalars(select(OutboxItem).where(OutboxItem.kind == FORWARD, OutboxItem.job_id == job["id"], OutboxItem.target == "backend")
+                               .order_by(OutboxItem.id.desc())).first()
+    polled = client.get(f"/api/jobs/{job['id']}", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()
+    assert last is not None and last.payload["data"] == polled
 
 
 def test_no_endpoints_owe_nothing(db_url, tmp_path):

@@ -374,8 +374,8 @@ def test_operator_lists_a_dead_row_and_requeues_it(db_url, tmp_path, receiver, m
 def test_settled_rows_are_purged_after_retention_pending_ones_never(db_url, tmp_path, receiver):
     from datetime import timedelta
 
+    from gateway.ids import utcnow
     from gateway.outbox import purge
-    from gateway.store import utcnow
 
     receiver.respond = lambda n, req: (200, "ok") if n == 1 else (500, "no")
     app = callback_app(db_url, tmp_path, receiver.url)
@@ -406,8 +406,8 @@ def test_callback_secret_must_be_a_standard_webhooks_secret(db_url, tmp_path):
 def test_a_try_whose_lease_ran_out_does_not_overwrite_the_next_claim(db_url, tmp_path, receiver):
     from sqlalchemy import update
 
+    from gateway.ids import utcnow
     from gateway.outbox import Result
-    from gateway.store import utcnow
 
     app = callback_app(db_url, tmp_path, receiver.url)
     client = app.test_client()

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from adapters.fixtures import load_api
+from gateway.ids import utcnow
 from gateway.models import OutboxItem
-from gateway.store import utcnow
 from tests.conftest import API_KEY, TEST_ENV, register
 from tests.fake_provider import FakeProviderAPI
 from tests.gwapp import config_file, gw_of, make_app

@@ -9,8 +9,8 @@ import pytest
 import requests
 
 from gateway import states
+from gateway.ids import utcnow
 from gateway.states import Decision, Event, Kind, Link, State
-from gateway.store import utcnow
 from tests.conftest import API_KEY, ARTIFACTS, register, server_env
 from tests.gwapp import config_file, gw_of, make_app, post_standard
 from tests.servers import Server

@@ -124,7 +124,7 @@ def serve(host: str, port: int, workers: int, worker_connections: int, timeout: 
 def token(job_id: str, scopes: tuple[str, ...], ttl: int | None) -> None:
     """Issue a browser token for a job, registered or not yet."""
     from gateway.auth import Auth
-    from gateway.store import JOB_ID_RE
+    from gateway.ids import JOB_ID_RE
 
     if not JOB_ID_RE.match(job_id):
         raise click.ClickException("a job id is job_ followed by 1-60 of [A-Za-z0-9_-]")
@@ -253,7 +253,7 @@ def _since(value: str | None) -> Any:
     m = _SINCE.match(value.strip())
     if not m:
         raise click.BadParameter("a duration like 30m, 6h or 2d", param_hint="--since")
-    from gateway.store import utcnow
+    from gateway.ids import utcnow
 
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
     return utcnow() - timedelta(**{unit: int(m.group(1))})

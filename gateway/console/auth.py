@@ -16,9 +16,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.auth import fingerprint
 from gateway.context import gateway
+from gateway.ids import utcnow
 from gateway.limits import client_address
 from gateway.models import ConsoleSession
-from gateway.store import utcnow
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="../templates")
 
@@ -43,7 +43,7 @@ def _csrf_of(session_id: str) -> str:
 def current() -> dict[str, str] | None:
     """The signed-in session of this request ({id, label, csrf}), or None."""
     if "console_session" in g:
-        return g.console_session  # type: ignore[no-any-return]
+        return g.console_session  # type: ignore[no-any-return]  # flask.g is untyped
     found = None
     raw = request.cookies.get(COOKIE, "")
     if raw and len(raw) < 1024:

@@ -10,8 +10,8 @@ from flask import abort, current_app, redirect, render_template, request, url_fo
 
 from gateway.console.auth import bp, by, current, gateway_response, signed_in
 from gateway.context import gateway
+from gateway.ids import utcnow
 from gateway.signals import job_retried
-from gateway.store import utcnow
 from gateway.support import find_jobs, list_deliveries, source_activity
 from gateway.trace import build_trace
 
@@ -99,7 +99,7 @@ def retry(job_id: str) -> Any:
         job = w.retry(job_id[:64], by=by())
         gw.outbox.enqueue_callback(w, job)
     log.info("retry requested from the console", extra={"job_id": job.id, "attempt": job.attempt})
-    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
+    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]  # current_app is typed as Flask, not as its proxy
     return redirect(url_for("console.job", job_id=job.id), 303)
 
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from gateway.relay.fresh import SYNC_PREFIX
 from gateway.relay.hub import Hub
-from gateway.store import Change, Writer
+from gateway.store import Change, Unit
 
 log = logging.getLogger("gateway.relay")
 
@@ -26,7 +26,7 @@ class RelayBus(Protocol):
 
     name: str
 
-    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None: ...
+    def publish_in_transaction(self, writer: Unit, changes: Sequence[Change]) -> None: ...
 
     def published(self, changes: Sequence[Change]) -> None: ...
 
@@ -44,7 +44,7 @@ class LocalBus:
     def __init__(self, hub: Hub):
         self.hub = hub
 
-    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
+    def publish_in_transaction(self, writer: Unit, changes: Sequence[Change]) -> None:
         pass
 
     def published(self, changes: Sequence[Change]) -> None:
@@ -92,7 +92,7 @@ class ListeningBus(LocalBus):
     def _deliver(self, payload: str) -> None:
         """One received notice: a barrier marker, or (job id, version) pairs for the hub."""
         if payload.startswith(SYNC_PREFIX):
-            self.barrier.received(payload)  # type: ignore[attr-defined]
+            self.barrier.received(payload)  # type: ignore[attr-defined]  # every listening bus sets a barrier before it listens
         else:
             self.hub.notify(parse_notice(payload))
 

@@ -22,7 +22,7 @@ from gateway.relay.bus import ListeningBus, notices
 from gateway.relay.coalesce import Coalescer
 from gateway.relay.fresh import SYNC_PREFIX, Barrier
 from gateway.relay.hub import Hub
-from gateway.store import Change, Writer
+from gateway.store import Change, Unit
 
 log = logging.getLogger("gateway.relay")
 
@@ -83,7 +83,7 @@ class PostgresBus(ListeningBus):
         self.hub.notify((c.job_id, c.version) for c in changes)
         self._notify_outside("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (CHANNEL, notices(changes)))
 
-    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
+    def publish_in_transaction(self, writer: Unit, changes: Sequence[Change]) -> None:
         """Inside the writer's transaction: the notices go out with the commit, never before
         (in the same round trip). Progress-only changes of a storming job are held for one
         trailing notice (coalesce.py)."""

@@ -26,7 +26,7 @@ from gateway.relay.bus import ListeningBus, notices
 from gateway.relay.coalesce import Coalescer
 from gateway.relay.fresh import Barrier
 from gateway.relay.hub import Hub
-from gateway.store import Change, Writer
+from gateway.store import Change, Unit
 
 log = logging.getLogger("gateway.relay")
 
@@ -65,7 +65,7 @@ class RedisBus(ListeningBus):
             self._client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=2)
         return self._client
 
-    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
+    def publish_in_transaction(self, writer: Unit, changes: Sequence[Change]) -> None:
         """Nothing inside the transaction: Redis cannot take part in the commit."""
 
     def published(self, changes: Sequence[Change]) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert
 
+from gateway.ids import utcnow
 from gateway.models import ChangeFeed
 from gateway.relay.bus import LocalBus
 from gateway.relay.hub import Hub
-from gateway.store import Change, Writer, utcnow
+from gateway.store import Change, Unit
 
 log = logging.getLogger("gateway.relay")
 
@@ -46,7 +47,7 @@ class SqliteBus(LocalBus):
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def publish_in_transaction(self, writer: Writer, changes: Sequence[Change]) -> None:
+    def publish_in_transaction(self, writer: Unit, changes: Sequence[Change]) -> None:
         """Inside the writer's transaction: the rows become visible with the commit."""
         now = utcnow()
         writer.session.execute(insert(ChangeFeed), [{"job_id": c.job_id, "version": c.version, "at": now} for c in changes])

@@ -25,11 +25,11 @@ from werkzeug.http import http_date
 
 from gateway.context import gateway
 from gateway.errors import NotFound
+from gateway.ids import JOB_ID_RE
 from gateway.limits import hand_over_connection_slot
 from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Mailbox, Snapshot, http_chunk
 from gateway.relay.relay import Relay, heartbeat_seconds
-from gateway.store import JOB_ID_RE
 
 bp = Blueprint("relay_sse", __name__)
 

@@ -28,10 +28,10 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from gateway.errors import Forbidden, GatewayError
 from gateway.http import error_response, origin_allowed_for
+from gateway.ids import JOB_ID_RE
 from gateway.limits import hand_over_connection_slot
 from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Snapshot, ws_text_frame
-from gateway.store import JOB_ID_RE
 
 if TYPE_CHECKING:
     from wsproto.connection import Connection as Protocol

@@ -1,12 +1,15 @@
 """The writer's common case on PostgreSQL: a known job's webhook in two round trips of psycopg.
 
 Most webhooks move a job that is registered and not queued: a progress report, or processing
-turning complete or failed. For those ``Writer.record_event`` (store.py) leaves the ORM aside:
+turning complete or failed. For those ``Writer.record_event`` (writer.py) leaves the ORM aside:
 
 1. one script: BEGIN; take the job's queue lock when the job is queued or failed or the event may
    queue it; insert the event unless (source, event id) or (source, digest) is taken; lock the job's row, read it;
 2. the fold of the one new event (gateway.states, pure) in Python;
-3. one more script: the row's UPDATE, the delivery, NOTIFY and COMMIT (``Writer.close``).
+3. one more script: the row's UPDATE, the delivery, NOTIFY and COMMIT (``Unit.close``).
+
+The statements are the ORM path's own (statements.py), compiled for psycopg: only how they
+travel differs, never what they do.
 
 A script is several statements sent at once with their parameters bound by psycopg on the
 client (``ClientCursor``, the simple query protocol): one round trip and one wait for all of
@@ -20,48 +23,51 @@ stopped: the event is in, the locks are held.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 from psycopg import ClientCursor, Connection
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
-from sqlalchemy import JSON
+from sqlalchemy import JSON, select
+from sqlalchemy import Connection as SAConnection
+from sqlalchemy.exc import DBAPIError
 
-from gateway.models import Delivery, Event, Job
-from gateway.states import State
+from gateway.store import statements as sql
+from gateway.store.statements import EVENTS, JOBS, WRITTEN_COLUMNS
 
-QUEUE_STATES = (State.QUEUED.value, State.FAILED.value)
-JOB_COLUMNS = tuple(c.name for c in Job.__table__.columns)
-WRITTEN_COLUMNS = ("state", "attempt", "label", "progress", "queue", "error", "result", "state_changed_at", "updated_at", "queued_since", "fold", "version")
-DELIVERY_COLUMNS = tuple(c.name for c in Delivery.__table__.columns if c.name != "id")
-EVENT_COLUMNS = ("source", "event_id", "external_id", "kind", "type", "state", "occurred_at", "received_at", "data", "digest")
-_JSON_COLUMNS = {c.name for t in (Job.__table__, Event.__table__) for c in t.columns if isinstance(c.type, JSON)}
+Statement = tuple[str, Sequence[Any]]  # SQL with %s placeholders, and its parameters
+_JSON_COLUMNS = {c.name for t in (JOBS, EVENTS, sql.DELIVERIES) for c in t.columns if isinstance(c.type, JSON)}
 _DATETIME_COLUMNS = ("created_at", "updated_at", "state_changed_at", "queued_since")
+_INSERT_EVENT = sql.insert_event("postgresql", job_id=sql.job_of_key())
+_LOCK_JOB = sql.locking(select(JOBS).where(JOBS.c.id == sql.job_of_key()))
 
-_JOB_OF_KEY = "(SELECT job_id FROM job_keys WHERE source = %s AND external_id = %s)"
 
-# The queue lock, taken only when needed; the answer says whether it was, and for which queue.
-_QUEUE_LOCK_WHEN = {
-    False: f"state IN ({', '.join(repr(st) for st in QUEUE_STATES)})",  # in a queue, or one a retry may put back in
-    True: "true",  # the event may queue the job
-}
-QUEUE_LOCK_IF_NEEDED = {
-    may_queue: f"""SELECT queue_name,
-  (CASE WHEN {when} THEN pg_advisory_xact_lock(hashtext('gateway.queue:' || queue_name))::text END) IS NOT NULL AS locked
-FROM jobs WHERE id = {_JOB_OF_KEY}"""
-    for may_queue, when in _QUEUE_LOCK_WHEN.items()
-}
-INSERT_EVENT = f"""INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)})
-VALUES ({_JOB_OF_KEY}, {', '.join(['%s'] * len(EVENT_COLUMNS))})
-ON CONFLICT DO NOTHING RETURNING job_id"""  # (source, event_id) or (source, digest): as store.py
-# NO KEY UPDATE, as on the ORM path: the event's foreign key takes KEY SHARE on this row
-LOCK_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = {_JOB_OF_KEY} FOR NO KEY UPDATE"
-QUEUE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('gateway.queue:' || %s))"
+@contextmanager
+def driver_errors(conn: SAConnection) -> Iterator[None]:
+    """psycopg's errors from statements run on the transaction's connection but not through
+    SQLAlchemy, raised as SQLAlchemy's (which the app maps to HTTP once); a connection found
+    dead is invalidated, so the pool never hands it out again and ``Store.write`` may retry."""
+    try:
+        yield
+    except psycopg.Error as err:
+        raw = conn.connection.driver_connection
+        dead = raw is None or raw.closed or raw.broken
+        if dead:
+            conn.invalidate(err)
+        raise DBAPIError.instance(None, None, err, psycopg.Error, connection_invalidated=dead) from err
+
+
+def statement(stmt: Any, values: dict[str, Any]) -> Statement:
+    """A statement of statements.py with its parameters from ``values``, ready for a script."""
+    text, order = sql.for_psycopg(stmt)
+    return text, _bind(order, values)
 
 
 @dataclass
@@ -77,13 +83,10 @@ class Locked:
 def insert_and_lock(conn: Connection[Any], event: dict[str, Any], *, may_queue: bool) -> Locked:
     """Script 1: the queue lock if needed, the event's insert, the job's row lock; and BEGIN,
     when the transaction has sent nothing yet."""
-    key = [event["source"], event["external_id"]]
+    script = [statement(sql.lock_queue_if_needed(may_queue), event), statement(_INSERT_EVENT, event), statement(_LOCK_JOB, event)]
     begin = _begin_here(conn)
     with ClientCursor(conn, row_factory=dict_row) as cur:
-        cur.execute(
-            f"{begin}{QUEUE_LOCK_IF_NEEDED[may_queue]};\n{INSERT_EVENT};\n{LOCK_JOB}",
-            [*key, *key, *_bind(EVENT_COLUMNS, event), *key],
-        )
+        cur.execute(begin + ";\n".join(text for text, _ in script), [p for _, params in script for p in params])
         if begin:
             cur.nextset()
         queue_row = cur.fetchone()
@@ -100,34 +103,33 @@ def insert_and_lock(conn: Connection[Any], event: dict[str, Any], *, may_queue: 
 
 
 def lock_queue(conn: Connection[Any], queue_name: str) -> None:
-    conn.execute(QUEUE_LOCK, [queue_name])
+    """Take a queue's lock (statements.queue_lock) on the fast path's connection."""
+    run(conn, [statement(sql.LOCK_QUEUE, {"queue_name": queue_name})])
 
 
-def update_job(job: SimpleNamespace) -> tuple[str, list[Any]] | None:
-    """The job row's UPDATE of the columns that changed since it was read, as (sql, params)."""
+def update_job(job: SimpleNamespace) -> Statement | None:
+    """The job row's UPDATE of the columns that changed since it was read (statements.update_job)."""
     read = job.read_as
     changed = [c for c in WRITTEN_COLUMNS if getattr(job, c) != read[c]]
     job.read_as = {c: getattr(job, c) for c in WRITTEN_COLUMNS}  # written: the next UPDATE starts here
     if not changed:
         return None
-    sql = f"UPDATE jobs SET {', '.join(f'{c} = %s' for c in changed)} WHERE id = %s"
-    return sql, [*_bind(changed, vars(job)), job.id]
+    return statement(sql.update_job(frozenset(changed)), {**vars(job), "job_id_": job.id})
 
 
-def insert_delivery(values: dict[str, Any]) -> tuple[str, list[Any]]:
-    """A delivery's INSERT of its non-null columns, as (sql, params)."""
-    columns = [c for c in DELIVERY_COLUMNS if values.get(c) is not None]
-    return f"INSERT INTO deliveries ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", _bind(columns, values)
+def insert_delivery(values: dict[str, Any]) -> Statement:
+    """A delivery's INSERT of its non-null columns (statements.insert_delivery)."""
+    return statement(sql.insert_delivery(frozenset(c for c in sql.DELIVERY_COLUMNS if values.get(c) is not None)), values)
 
 
-def run(conn: Connection[Any], statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+def run(conn: Connection[Any], statements: Sequence[Statement]) -> None:
     """Run statements as one script: one round trip."""
     if statements:
         with ClientCursor(conn) as cur:
             cur.execute(";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
 
 
-def run_and_commit(conn: Connection[Any], statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+def run_and_commit(conn: Connection[Any], statements: Sequence[Statement]) -> None:
     """Run statements and COMMIT as one script: the transaction's last round trip."""
     run(conn, [*statements, ("COMMIT", [])])
     end_own_begin(conn)

@@ -1,7 +1,7 @@
-"""PostgreSQL's hot path (gateway.hotpath) against the ORM path it stands in for.
+"""PostgreSQL's fast path (gateway.store.fastpath) against the ORM path it stands in for.
 
 The property tests in test_store.py already fold every order of events on both paths; these
-pin what is particular to the hot path: the row it writes is the row the ORM would write, a
+pin what is particular to the fast path: the row it writes is the row the ORM would write, a
 second event for the same job in one transaction sees the first, errors come out as
 SQLAlchemy's, and no pooled connection is ever left in autocommit.
 """
@@ -58,7 +58,7 @@ HISTORY = [
 
 
 def test_the_hot_path_writes_the_row_the_orm_path_writes(pg, lite):
-    """The same history on PostgreSQL (hot path) and SQLite (ORM path) gives the same job."""
+    """The same history on PostgreSQL (fast path) and SQLite (ORM path) gives the same job."""
     seen = {}
     for name, store in (("pg", pg), ("lite", lite)):
         ext = "hot-" + uuid.uuid4().hex[:10]

@@ -1,0 +1,82 @@
+"""Transactions and their retries: ``Store`` hands out one ``Writer`` per webhook or API call,
+runs it again from the start on a transient conflict, and tells the bus about its changes with
+the commit, never before."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.db import READ_ONLY
+from gateway.models import Job
+from gateway.store.unit import Bus, Change, NullBus, RetryTransaction
+from gateway.store.writer import Writer
+
+T = TypeVar("T")
+TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+class Store:
+    """Owns the session factory; hands out one transaction per webhook or API call."""
+
+    def __init__(self, engine: Engine, bus: Bus | None = None):
+        self.engine = engine
+        self.bus: Bus = bus or NullBus()
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.postgres = engine.dialect.name == "postgresql"
+        # called in every transaction once its changes are final, before the commit: what the
+        # changes owe (forwarded messages, gateway.forward) is written in the same transaction
+        self.owing: list[Callable[[Writer], None]] = []
+
+    @contextmanager
+    def transaction(self) -> Iterator[Writer]:
+        """One database transaction; changes reach the bus with the commit, never before."""
+        with self.engine.connect() as conn:
+            writer = Writer(conn, self.sessions, self.postgres)
+            try:
+                with conn.begin():
+                    yield writer
+                    writer.close(self.bus, self.owing)
+            finally:
+                writer.release()  # after the commit or the rollback
+        if writer.changes:
+            self.bus.published(writer.changes)
+        for fn in writer.committed:
+            fn()
+
+    def write(self, fn: Callable[[Writer], T], attempts: int = 3) -> tuple[T, list[Change]]:
+        """Run ``fn`` in one transaction, again from the start if PostgreSQL reports a transient
+        conflict (deadlock, serialization failure) or the pooled connection turned out dead;
+        returns its result and the changes. Nothing of a failed attempt was committed."""
+        for attempt in range(attempts):
+            try:
+                with self.transaction() as writer:
+                    result = fn(writer)
+                return result, writer.changes
+            except RetryTransaction:
+                if attempt + 1 < attempts:
+                    continue
+                raise
+            except DBAPIError as exc:
+                transient = getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES or exc.connection_invalidated
+                if attempt + 1 < attempts and transient:
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A short read-only session (on SQLite it never takes the write lock)."""
+        with self.sessions() as session:
+            session.connection(execution_options={READ_ONLY: True})
+            yield session
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job's row as committed, or None."""
+        with self.reading() as session:
+            return session.get(Job, job_id)
