@@ -25,7 +25,8 @@ from gateway.forward import FORWARD
 from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import OutboxItem
-from gateway.outbox import DEAD, DELIVERED, PENDING, USER_AGENT, Result, _retry_after, backoff
+from gateway.outbox import USER_AGENT, Result, _retry_after, backoff
+from gateway.owed import DEAD, DELIVERED, PENDING
 from gateway.services import Services
 
 log = logging.getLogger("gateway.forward")

@@ -15,7 +15,7 @@ from gateway.forward import FORWARD
 from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import OutboxItem
-from gateway.outbox import DEAD, DELIVERED, PENDING
+from gateway.owed import DEAD, DELIVERED, PENDING
 from gateway.store import Store
 
 

@@ -62,6 +62,7 @@ from gateway.forward import install as install_forwarding
 from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
+from gateway.owed import DEAD, DELIVERED, PENDING, enqueue_row
 from gateway.services import Services
 from gateway.states import Kind, State
 from gateway.store import Store, Writer
@@ -75,7 +76,6 @@ log = logging.getLogger("gateway.outbox")
 CALLBACK = "callback"
 DETAILS = "details"
 RECONCILE = reconcile.RECONCILE
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 RETRY_REQUESTED = "job.retry_requested"
 MAX_DETAILS_BYTES = 1024 * 1024
 USER_AGENT = "job-webhook-gateway (outbox)"
@@ -368,16 +368,6 @@ class Outbox:
             extra={"job_id": item.job_id, "kind": item.kind, "try": detail["try"], "status": result.status, "error": result.error},
         )
         return item.next_attempt_at if detail["outcome"] == "retry" else None
-
-
-def enqueue_row(w: Writer, *, kind: str, key: str, source: str, job_id: str | None, payload: dict[str, Any],
-                target: str | None = None, due: datetime | None = None) -> bool:
-    """Add an outbox row in ``w``'s transaction unless its key is taken; due ``due`` (default now).
-    ``Outbox.enqueue`` also wakes this process's dispatcher; the CLI and the watchdog use this."""
-    now = utcnow()
-    row = dict(key=key, kind=kind, job_id=job_id, source=source, target=target, payload=payload, status=PENDING,
-               attempts=0, next_attempt_at=due or now, created_at=now)
-    return bool(w._insert_ignore(OutboxItem, row, conflict=("key",)))
 
 
 def _retry_after(value: str | None) -> float | None:

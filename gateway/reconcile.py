@@ -40,12 +40,12 @@ from gateway.errors import Conflict, NotFound
 from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import Job, OutboxItem
+from gateway.owed import PENDING, enqueue_row
 from gateway.services import Source
 from gateway.store import Store, Writer
 
 RECONCILE = "reconcile"  # the outbox kind and the events' kind
 READ_FROM = "the provider's API"
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 LIVE = ("queued", "processing")
 BULK_LIMIT = 10_000
 Parse = Callable[[int, bytes], list[ProviderEvent]]
@@ -92,8 +92,6 @@ def quiet_key(job: Job) -> str:
 def enqueue(w: Writer, job: Job, *, key: str, by: str, due: datetime | None = None) -> bool:
     """Owe a status read of the job's current attempt in ``w``'s transaction (once per key);
     False when that read is already owed."""
-    from gateway.outbox import enqueue_row
-
     source, external_id = job_key(job)
     payload = {"external_id": external_id, "attempt": job.attempt, "by": by}
     added = enqueue_row(w, kind=RECONCILE, key=key, source=source, job_id=job.id, payload=payload, due=due)

@@ -34,6 +34,7 @@ from gateway import reconcile
 from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import Job, OutboxItem
+from gateway.owed import DELIVERED, PENDING
 from gateway.services import Services
 from gateway.states import Decision, Kind, State
 from gateway.store import GATEWAY_SOURCE
@@ -104,9 +105,9 @@ class Watchdog:
                     if reconcile.enqueue(w, job, key=reconcile.quiet_key(job), by="watchdog") and self.wake:
                         w.after_commit(self.wake)
                     return False
-                if read.status == reconcile.PENDING and read.attempts == 0 and not read.last_error:
+                if read.status == PENDING and read.attempts == 0 and not read.last_error:
                     return False  # asked, not tried yet (its turn in the source's budget is coming)
-                provider = ("asked: still running" if read.status == reconcile.DELIVERED
+                provider = ("asked: still running" if read.status == DELIVERED
                             else f"could not be asked ({(read.last_error or read.status)[:200]})")
             stamp = int(quiet_since.timestamp() * 1000)
             pe = ProviderEvent(

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from gateway.cli.common import _config, _database_errors, _echo_json, _Main, _resolution, _store, _table
+from gateway.cli.common import _config, _database_errors, _echo_json, _Main, _resolution, _since, _store, _table
 from gateway.cli.reconcile import reconcile
 from gateway.cli.send import send
 
@@ -242,21 +240,6 @@ def find(text: str, as_json: bool, limit: int) -> None:
         [[h.job_id, h.state, f"{h.source}/{h.external_id}", (h.label or "")[:40], h.updated_at or "", h.matched] for h in hits],
         ["JOB", "STATE", "SOURCE/EXTERNAL ID", "LABEL", "UPDATED", "MATCHED"],
     ))
-
-
-_SINCE = re.compile(r"^(\d+)([smhd])$")
-
-
-def _since(value: str | None) -> Any:
-    if not value:
-        return None
-    m = _SINCE.match(value.strip())
-    if not m:
-        raise click.BadParameter("a duration like 30m, 6h or 2d", param_hint="--since")
-    from gateway.ids import utcnow
-
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-    return utcnow() - timedelta(**{unit: int(m.group(1))})
 
 
 @main.command()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -94,3 +96,19 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+_SINCE = re.compile(r"^(\d+)([smhd])$")
+
+
+def _since(value: str | None) -> datetime | None:
+    """``--since``: a duration back from now (30m, 6h, 2d), or None when not given."""
+    if not value:
+        return None
+    m = _SINCE.match(value.strip())
+    if not m:
+        raise click.BadParameter("a duration like 30m, 6h or 2d", param_hint="--since")
+    from gateway.ids import utcnow
+
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+    return utcnow() - timedelta(**{unit: int(m.group(1))})

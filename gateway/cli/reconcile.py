@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from gateway.cli.common import _config, _database_errors, _echo_json, _store
+from gateway.cli.common import _config, _database_errors, _echo_json, _since, _store
 
 if TYPE_CHECKING:
     from gateway.services import Source
@@ -35,7 +35,6 @@ def reconcile(job_id: str | None, source: str | None, since: str | None, as_json
     """Read a job's status from its provider's API now, or (--source S --since T) every live
     job of a source, spread out to ``reconcile_per_minute`` reads a minute."""
     from gateway import reconcile as rc
-    from gateway.cli import _since
     from gateway.errors import GatewayError
 
     if bool(job_id) == bool(source):
