@@ -17,6 +17,7 @@ from gateway.errors import BadRequest, NotFound
 from gateway.http import NO_CACHE, etag_of, job_matches, not_modified, tag_matches
 from gateway.ids import JOB_ID_RE
 from gateway.jobjson import job_json
+from gateway.limits import public
 from gateway.models import Job
 from gateway.signals import job_retried
 from gateway.states import Kind
@@ -164,6 +165,7 @@ def read_principal(job_id: str) -> Principal:
 
 
 @bp.get("/jobs/<job_id>")
+@public
 def get_job(job_id: str) -> Any:
     gw = gateway()
     read_principal(job_id)
@@ -204,6 +206,7 @@ def _wait_seconds(raw: str, ceiling: int) -> float:
 
 
 @bp.post("/jobs/<job_id>/retry")
+@public
 def retry(job_id: str) -> Any:
     gw = gateway()
     who = gw.auth.require_job(request, job_id, "retry")

@@ -26,7 +26,7 @@ from werkzeug.http import http_date
 from gateway.context import gateway
 from gateway.errors import NotFound
 from gateway.ids import JOB_ID_RE
-from gateway.limits import hand_over_connection_slot
+from gateway.limits import STREAM, hand_over_connection_slot, long_lived, public
 from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Mailbox, Snapshot, http_chunk
 from gateway.relay.relay import Relay, heartbeat_seconds
@@ -52,6 +52,8 @@ def _last_event_id() -> int:
 
 
 @bp.get("/api/jobs/<job_id>/stream")
+@public
+@long_lived(STREAM)
 def stream(job_id: str) -> Response:
     """The job's changes as Server-Sent Events, from whichever process commits them."""
     gw = gateway()
