@@ -9,7 +9,6 @@ database session; a notice for a job nobody here watches costs one dict lookup.
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 import threading
@@ -19,7 +18,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+from gateway.jobjson import encode
 from gateway.relay.fresh import VersionCache
+from gateway.store import Change
 
 log = logging.getLogger("gateway.relay")
 
@@ -68,8 +69,8 @@ class Snapshot:
 
     @cached_property
     def text(self) -> str:
-        """The job JSON, encoded once for every transport."""
-        return json.dumps(self.job, separators=(",", ":"))
+        """The job JSON, encoded once for every transport (as a poll answers it)."""
+        return encode(self.job)
 
     @cached_property
     def ws_message(self) -> str:
@@ -193,6 +194,13 @@ class Hub:
             read.done.set()
 
     # -- change notices --------------------------------------------------------------------------
+
+    def heard(self, changes: Sequence[Change]) -> None:
+        """Changes from a bus, with what they carry: first the JSON of the jobs polled here
+        (``seen.heard``), then the versions (``notify``)."""
+        for c in changes:
+            self.seen.heard(c.job_id, c.version, c.snapshot, c.same_version)
+        self.notify((c.job_id, c.version) for c in changes)
 
     def notify(self, changes: Iterable[tuple[str, int]]) -> None:
         """Change notices from any bus; only newer versions of watched jobs are queued."""
