@@ -84,9 +84,10 @@ class RedisBus(ListeningBus):
             return
         super().published(changes)
         try:
-            client = self._publisher()
+            pipe = self._publisher().pipeline(transaction=False)  # one round trip, in order
             for payload in notices(changes, limit=MESSAGE_LIMIT):
-                client.publish(self.channel, payload)
+                pipe.publish(self.channel, payload)
+            pipe.execute()
         except redis.RedisError as exc:
             log.warning("relay: could not publish to Redis; the resync will catch up", extra={"error": type(exc).__name__})
 
