@@ -15,6 +15,7 @@ from gateway import polls
 from gateway.auth import SCOPES, Principal
 from gateway.context import gateway
 from gateway.errors import BadRequest, NotFound
+from gateway.http import API_PREFIX
 from gateway.ids import JOB_ID_RE
 from gateway.jobjson import job_json
 from gateway.limits import public
@@ -24,7 +25,7 @@ from gateway.states import Kind
 from gateway.storable import require_storable
 from gateway.store import API_SOURCE
 
-bp = Blueprint("api", __name__, url_prefix="/api")
+bp = Blueprint("api", __name__, url_prefix=API_PREFIX)
 log = logging.getLogger("gateway.api")
 
 MAX_EXTERNAL_ID = 255
