@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
+from gateway.polls import ASKED_MEMORY
 from tests.conftest import API_KEY, TEST_ENV, register, write_config
 from tests.signing import STANDARD_SECRET, standard_body, standard_headers
 
@@ -94,7 +95,7 @@ def test_the_fast_200_is_the_flask_200(app: Any, how: str) -> None:
     answered = app.wsgi_app.answer(_request(path, headers), job_id)
     assert answered is not None and answered[0].status == 200
     r_fast = fast.get(path, headers=headers)
-    r_db = flask.get(path, headers=headers, environ_base={"gateway.polls.asked_memory": True})  # the view reads the database
+    r_db = flask.get(path, headers=headers, environ_base={ASKED_MEMORY: True})  # the view reads the database
     assert r_fast.status == r_db.status == "200 OK"
     assert sorted(r_fast.headers.items()) == sorted(r_db.headers.items())
     assert r_fast.get_data() == r_db.get_data()
