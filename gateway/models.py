@@ -29,6 +29,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 
 
+#: indexes migration 0007_search makes on PostgreSQL only (pg_trgm GIN for ``ILIKE '%text%'``,
+#: a pattern index for id prefixes); not in the metadata, since SQLite has no counterpart
+POSTGRES_SEARCH_INDEXES = ("ix_jobs_external_id_trgm", "ix_jobs_label_trgm", "ix_jobs_id_prefix")
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
@@ -59,7 +64,7 @@ class Job(Base):
     queued_since: Mapped[datetime]
     fold: Mapped[dict[str, Any]] = mapped_column(JSON)  # the fold's bookkeeping (see states.JobView)
 
-    __table_args__ = (Index("ix_jobs_queue", "queue_name", "state", "queued_since"),)
+    __table_args__ = (Index("ix_jobs_queue", "queue_name", "state", "queued_since"), Index("ix_jobs_external_id", "external_id"))
 
 
 class JobKey(Base):
@@ -73,7 +78,8 @@ class JobKey(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     linked_at: Mapped[datetime | None]  # None: the registration's own key
 
-    __table_args__ = (UniqueConstraint("source", "external_id", name="uq_job_keys_source_external"),)
+    __table_args__ = (UniqueConstraint("source", "external_id", name="uq_job_keys_source_external"),
+                      Index("ix_job_keys_external_id", "external_id"))
 
 
 class Event(Base):
@@ -100,6 +106,7 @@ class Event(Base):
         UniqueConstraint("source", "event_id", name="uq_events_source_event"),
         Index("ix_events_key", "source", "external_id"),
         Index("uq_events_source_digest", "source", "digest", unique=True),
+        Index("ix_events_event_id", "event_id"),  # a provider event id pasted without its source
     )
 
 
@@ -126,7 +133,7 @@ class Delivery(Base):
     remote_addr: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_deliveries_key", "source", "external_id"),)
+    __table_args__ = (Index("ix_deliveries_key", "source", "external_id"), Index("ix_deliveries_request_id", "request_id"))
 
 
 class TraceEntry(Base):

@@ -61,11 +61,15 @@ class Found:
 
 def find_jobs(store: Store, text: str, limit: int = FIND_LIMIT) -> list[Found]:
     """Jobs whose id starts with ``text``, whose (linked) external id, a provider event id, a
-    delivery id (with or without ``dlv_``) or a delivery's request id is ``text``, or whose external id or label contains it; exact matches first, newest first."""
+    delivery id (with or without ``dlv_``) or a delivery's request id is ``text``, or whose external id or label contains it; exact matches first, newest first.
+
+    Each lookup has the form an index serves (migration 0007_search): equality on indexed ids
+    first, an id prefix by ``LIKE 'x%'``, substrings by ``ILIKE '%x%'`` (pg_trgm GIN on
+    PostgreSQL; a plain scan on SQLite). A whole job id ends the search: nothing else is nearer."""
     text = text.strip()[:255]  # nothing stored is longer
     if not text:
         return []
-    pattern = f"%{_like(text.lower())}%"
+    pattern = f"%{_like(text)}%"
     found: dict[str, Found] = {}
     with store.reading() as session:
 
@@ -76,6 +80,8 @@ def find_jobs(store: Store, text: str, limit: int = FIND_LIMIT) -> list[Found]:
 
         newest = Job.updated_at.desc()
         add(session.scalars(select(Job).where(Job.id == text)), "id")
+        if found:
+            return list(found.values())
         add(session.scalars(select(Job).where(Job.id.like(_like(text) + "%", escape="\\")).order_by(newest).limit(limit)), "id prefix")
         add(session.scalars(select(Job).where(Job.external_id == text).order_by(newest).limit(limit)), "external id")
         add(session.scalars(select(Job).join(JobKey, JobKey.job_id == Job.id).where(JobKey.external_id == text).order_by(newest).limit(limit)), "linked external id")
@@ -84,8 +90,9 @@ def find_jobs(store: Store, text: str, limit: int = FIND_LIMIT) -> list[Found]:
         if number.isdigit() and len(number) < 19:
             add(session.scalars(select(Job).join(Delivery, Delivery.job_id == Job.id).where(Delivery.id == int(number))), "delivery id")
         add(session.scalars(select(Job).join(Delivery, Delivery.job_id == Job.id).where(Delivery.request_id == text).limit(limit)), "request id")
-        add(session.scalars(select(Job).where(func.lower(Job.external_id).like(pattern, escape="\\")).order_by(newest).limit(limit)), "part of external id")
-        add(session.scalars(select(Job).where(func.lower(Job.label).like(pattern, escape="\\")).order_by(newest).limit(limit)), "label")
+        for column, why in ((Job.external_id, "part of external id"), (Job.label, "label")):
+            if len(found) < limit:
+                add(session.scalars(select(Job).where(column.ilike(pattern, escape="\\")).order_by(newest).limit(limit)), why)
     return list(found.values())
 
 
@@ -140,12 +147,14 @@ def list_deliveries(
     source: str | None = None,
     job_id: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Recent deliveries, newest first; ``rejected`` keeps those answered 4xx (bad signature,
     too large, unreadable); ``outcome`` keeps one outcome (``rejected``: refused before it was
-    verified, its event and external ids only claimed). Bodies are never stored, so never shown."""
+    verified, its event and external ids only claimed); ``since`` / ``until`` bound the receipt
+    time (until excluded). Bodies are never stored, so never shown."""
     stmt = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit).offset(offset)
     if rejected:
         stmt = stmt.where(Delivery.status >= 400)
@@ -157,6 +166,8 @@ def list_deliveries(
         stmt = stmt.where(Delivery.job_id == job_id)
     if since is not None:
         stmt = stmt.where(Delivery.received_at >= since)
+    if until is not None:
+        stmt = stmt.where(Delivery.received_at < until)
     with store.reading() as session:
         return [
             {"received_at": iso(d.received_at), "source": d.source, "status": d.status, "outcome": d.outcome,

@@ -123,7 +123,11 @@ def test_rejected_delivery_says_why_and_sources_count(client: Any) -> None:
     page = client.get("/console/deliveries", query_string={"outcome": "rejected", "source": "worker"}).get_data(as_text=True)
     assert "rejected (401)" in page and "the signature matched none of the source&#39;s 2 active secrets" in page
     sources = client.get("/console/sources").get_data(as_text=True)
-    assert "worker" in sources and "active secrets: 2" in sources and "s ago" in sources
+    worker = re.search(r'<tr>\s*<th scope="row"><a href="/console/deliveries\?source=worker">worker</a></th>(.*?)</tr>', sources, re.S)
+    assert worker, sources
+    cells = re.findall(r'<td class="num">(.*?)</td>', worker.group(1), re.S)
+    assert len(cells) == 6 and "outcome=rejected" in cells[3] and cells[-1] == "2"  # 5 outcomes (rejected: a link), secrets
+    assert "s ago</td>" in worker.group(1) and 'aria-label="worker: ' in worker.group(1)
 
 
 def test_sign_out_revokes_the_old_cookie(client: Any) -> None:
@@ -165,3 +169,64 @@ def test_an_expired_session_opens_nothing(client: Any) -> None:
             row.expires_at = utcnow() - timedelta(seconds=1)
         w.session.flush()
     assert client.get("/console/sources").status_code == 302
+
+
+def test_deliveries_filter_by_time(client: Any) -> None:
+    job = failed_job(client)
+    sign_in(client)
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    fmt = "%Y-%m-%dT%H:%M"
+    inside = client.get("/console/deliveries", query_string={"since": (now - timedelta(minutes=5)).strftime(fmt),
+                                                             "until": (now + timedelta(minutes=5)).strftime(fmt)})
+    assert inside.status_code == 200 and job["id"] in inside.get_data(as_text=True)
+    later = client.get("/console/deliveries", query_string={"since": (now + timedelta(minutes=5)).strftime(fmt)}).get_data(as_text=True)
+    assert job["id"] not in later and "No deliveries." in later
+    earlier = client.get("/console/deliveries", query_string={"until": (now - timedelta(hours=1)).isoformat()}).get_data(as_text=True)
+    assert job["id"] not in earlier
+    bad = client.get("/console/deliveries", query_string={"since": "yesterday-ish", "source": "worker"})
+    assert bad.status_code == 200 and "is not a time" in bad.get_data(as_text=True) and job["id"] in bad.get_data(as_text=True)
+    older = client.get("/console/deliveries", query_string={"since": (now - timedelta(minutes=5)).strftime(fmt), "offset": "50"})
+    assert older.status_code == 200
+
+
+def test_sources_show_endpoints_and_resend_a_dead_message(db_url: str, tmp_path: Any) -> None:
+    from gateway.messages import list_messages
+    from tests.gwapp import gw_of, make_app
+    from tests.receiver import Receiver
+
+    answers = {"status": 500}
+    receiver = Receiver(respond=lambda n, req: (answers["status"], b"no")).start()
+    try:
+        endpoints = f"""
+[endpoints.backend]
+url = "http://user:secretpw@{receiver.url.removeprefix('http://')}/hooks?token=urltok4711"
+secret_env = "BACKEND_SECRET"
+"""
+        app = make_app(db_url, tmp_path, endpoints, "forward_retry_for = 0", BACKEND_SECRET="whsec_" + "Zm9yd2FyZC1zZWNyZXQtZm9yLXRoZS10ZXN0cy0wMDE=")
+        client = app.test_client()
+        job = register(client, "worker")["job"]
+        app.extensions["forward_senders"]["backend"].drain()
+        sign_in(client)
+        page = client.get("/console/sources").get_data(as_text=True)
+        assert "Forwarding endpoints" in page and ">backend<" in page
+        assert "secretpw" not in page and "urltok4711" not in page and "Zm9yd2FyZC1zZWNyZXQ" not in page
+        dead = [m for m in list_messages(gw_of(app).store, endpoint="backend", dead_only=True) if m["job_id"] == job["id"]]
+        assert dead and f"/console/messages/{dead[0]['id']}/resend" in page
+        assert re.search(r"<dt>Dead</dt><dd class=\"error\">[1-9]", page)
+
+        assert client.post(f"/console/messages/{dead[0]['id']}/resend", data={}).status_code == 403
+        answers["status"] = 200
+        r = client.post(f"/console/messages/{dead[0]['id']}/resend", data={"csrf": csrf_of(page)})
+        assert r.status_code == 303 and "/console/sources" in r.headers["Location"]
+        assert all(m["id"] != dead[0]["id"] for m in list_messages(gw_of(app).store, endpoint="backend", dead_only=True))
+        label = LABEL_RE.search(page).group(1)  # type: ignore[union-attr]
+        trace = client.get(f"/api/jobs/{job['id']}/trace", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()
+        assert any(e.get("what") == "forward_resend" and e.get("by") == "console:" + label for e in trace["timeline"])
+        app.extensions["forward_senders"]["backend"].drain()
+        assert any(q.status == 200 for q in receiver.requests)
+        after = client.get("/console/sources").get_data(as_text=True)
+        assert re.search(r"<dt>Pending</dt><dd>0</dd>", after)
+    finally:
+        receiver.stop()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import abort, current_app, redirect, render_template, request, url_for
 
 from gateway.console.auth import bp, by, current, gateway_response, signed_in
 from gateway.context import gateway
+from gateway.errors import NotFound
 from gateway.ids import utcnow
+from gateway.messages import endpoint_status, list_messages, resend
 from gateway.signals import job_retried
 from gateway.support import find_jobs, list_deliveries, source_activity
 from gateway.trace import build_trace
@@ -20,6 +22,7 @@ log = logging.getLogger("gateway.console")
 EXACT = ("id", "external id", "linked external id", "event id", "delivery id", "request id")
 OUTCOMES = ("accepted", "duplicate", "ignored", "rejected", "invalid")
 PAGE = 50
+DEAD_SHOWN = 10  # dead messages listed per endpoint, oldest first (`gateway messages --dead` lists all)
 HIDDEN = ("signature", "secret", "authorization", "token", "key")
 
 
@@ -48,6 +51,14 @@ def _summary(e: dict[str, Any]) -> str:
         return f"registered by {e.get('by', '?')} ({e.get('source')} / {e.get('external_id')})"
     if what == "retry":
         return f"retry requested by {e.get('by', '?')}"
+    if what in ("forward", "callback", "details"):
+        to = f" to {e['endpoint']}" if e.get("endpoint") else ""
+        why = f" ({e['error']})" if e.get("error") else ""
+        return f"{what} {e.get('type') or ''}{to}: try {e.get('try', '?')}, {e.get('outcome', '?')}{why}".replace("  ", " ")
+    if what == "forward_resend":
+        return f"re-send of message {e.get('message')} to {e.get('endpoint')} requested by {e.get('by', '?')}"
+    if what == "stalled":
+        return f"watchdog: no word since {e.get('quiet_since')} (stall after {e.get('stall_after')} s)"
     if e.get("state_after") or e.get("state"):
         return f"{what}: {e.get('state_before') or ''} → {e.get('state_after') or e.get('state')}".replace(": →", ": ")
     return str(what)
@@ -103,40 +114,99 @@ def retry(job_id: str) -> Any:
     return redirect(url_for("console.job", job_id=job.id), 303)
 
 
+def _when(name: str, problems: list[str]) -> datetime | None:
+    """A time filter from the query string: ISO 8601, read as UTC without an offset (the
+    form's datetime-local field sends none); anything else is ignored and said so."""
+    raw = request.args.get(name, "").strip()[:40]
+    if not raw:
+        return None
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        problems.append(f"“{raw}” is not a time (use 2026-12-05T14:30); the {name} filter was left out")
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 @bp.get("/deliveries")
 @signed_in
 def deliveries() -> Any:
-    """Deliveries newest first, by source and outcome, PAGE at a time."""
+    """Deliveries newest first, by source, outcome and receipt time (UTC), PAGE at a time."""
     gw = gateway()
     source = request.args.get("source", "")
     outcome = request.args.get("outcome", "")
+    problems: list[str] = []
+    since, until = _when("since", problems), _when("until", problems)
     try:
         offset = max(0, min(int(request.args.get("offset", "0")), 10**6))
     except ValueError:
         offset = 0
     rows = list_deliveries(gw.store, source=source if source in gw.sources else None,
-                           outcome=outcome if outcome in OUTCOMES else None, limit=PAGE + 1, offset=offset)
+                           outcome=outcome if outcome in OUTCOMES else None, since=since, until=until,
+                           limit=PAGE + 1, offset=offset)
     for row in rows:
         known = gw.sources.get(row["source"])
         row["why"] = explain(row["reason"], len(known.config.secrets) if known else 0) if row["outcome"] == "rejected" else row["reason"] or ""
+    shown = {"source": source, "outcome": outcome, "since": _field(since), "until": _field(until)}
     return _page("console/deliveries.html", rows=rows[:PAGE], more=len(rows) > PAGE, offset=offset, page=PAGE,
-                 source=source, outcome=outcome, sources=sorted(gw.sources), outcomes=OUTCOMES)
+                 filters=shown, sources=sorted(gw.sources), outcomes=OUTCOMES, problems=problems,
+                 last_hour=_field(utcnow() - timedelta(hours=1)), last_day=_field(utcnow() - timedelta(hours=24)))
+
+
+def _stacked(counts: dict[str, int], top: int) -> list[tuple[str, float, float]]:
+    """One source's 24 h bar: (outcome, x, width) in a 0–100 box, scaled to the busiest source."""
+    out, x = [], 0.0
+    for outcome in OUTCOMES:
+        width = 100 * counts.get(outcome, 0) / top
+        if width:
+            out.append((outcome, round(x, 2), round(max(width, 0.5), 2)))
+            x += width
+    return out
+
+
+def _age(seconds: int) -> str:
+    """How long ago, as a person says it on a ticket."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _field(at: datetime | None) -> str:
+    """A UTC time as a datetime-local field's value (minutes)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if at else ""
 
 
 @bp.get("/sources")
 @signed_in
 def sources() -> Any:
-    """Per configured source: the last 24 h by outcome, the last delivery's age, active secrets (a count)."""
+    """Per configured source: the last 24 h by outcome, the last delivery's age, active secrets
+    (a count); per forwarding endpoint: pending and dead messages, the dead ones with Re-send."""
     gw = gateway()
     now = utcnow()
     activity = source_activity(gw.store, now - timedelta(hours=24))
+    top = max((sum(a["counts"].values()) for a in activity.values()), default=0) or 1
     rows = []
     for name in sorted(gw.sources):
         seen = activity.get(name, {"counts": {}, "last": None})
-        counts = seen["counts"]
-        top = max(counts.values(), default=0) or 1
-        last = seen["last"]
-        rows.append({"name": name, "counts": [(o, counts.get(o, 0), round(100 * counts.get(o, 0) / top)) for o in OUTCOMES],
-                     "age": int((now - last).total_seconds()) if last else None,
+        counts, last = seen["counts"], seen["last"]
+        rows.append({"name": name, "counts": [(o, counts.get(o, 0)) for o in OUTCOMES], "bar": _stacked(counts, top),
+                     "total": sum(counts.values()), "age": _age(int((now - last).total_seconds())) if last else None,
                      "secrets": len(gw.sources[name].config.secrets)})
-    return _page("console/sources.html", rows=rows)
+    endpoints = endpoint_status(gw.store, gw.config.endpoints)
+    for endpoint in endpoints:
+        endpoint["dead_messages"] = list_messages(gw.store, endpoint=endpoint["name"], dead_only=True, limit=DEAD_SHOWN)
+    return _page("console/sources.html", rows=rows, outcomes=OUTCOMES, endpoints=endpoints)
+
+
+@bp.post("/messages/<message_id>/resend")
+@signed_in
+def resend_message(message_id: str) -> Any:
+    """The API's re-send of a forwarded message, taken by a person: the trace says console:<key label>."""
+    if not message_id.isdigit() or len(message_id) > 18:
+        raise NotFound(f"no message {message_id[:40]}", code="message_not_found")
+    message = resend(gateway().store, int(message_id), by=by())
+    for sender in current_app.extensions.get("forward_senders", {}).values():
+        sender.wake.set()
+    log.info("forwarded message re-sent from the console", extra={"message_id": message["id"], "job_id": message["job_id"]})
+    return redirect(url_for("console.sources", _anchor=f"endpoint-{message['endpoint']}"), 303)

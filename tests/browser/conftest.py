@@ -33,6 +33,7 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = ARTIFACTS / "screenshots"
 SUPPORT_EMAIL = "help@gateway.test"
 DEMO_SECRET = "whsec_ZGVtby10ZXN0LXNpbXVsYXRvci1zZWNyZXQtMzJieXQ="
+ENDPOINT_SECRET = "whsec_Zm9yd2FyZC1zZWNyZXQtZm9yLXRoZS10ZXN0cy0wMDE="
 
 #: a page the tests serve at the gateway's own origin (through Playwright routing, not the app)
 HARNESS = """<!doctype html>
@@ -108,15 +109,21 @@ def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
         allowed_origins = [{json.dumps(origin)}]
         demo = true
         support_email = {json.dumps(SUPPORT_EMAIL)}
+        forward_retry_for = 0
         {TEST_SOURCES}
         [sources.demo]
         adapter = "standard"
         secrets_env = "DEMO_SECRETS"
+        # the console's sources page: a failed job owes this endpoint a message, dead at its first refused try
+        [endpoints.billing]
+        url = "http://127.0.0.1:9/hooks"
+        secret_env = "BILLING_ENDPOINT_SECRET"
+        events = ["job.failed"]
     """))
     request_log = d / "requests.log"
     request_log.touch()
     ARTIFACTS.mkdir(exist_ok=True)
-    env = server_env(url_db, cfg, DEMO_SECRETS=DEMO_SECRET, GATEWAY_DEMO_URL=origin, GATEWAY_TEST_REQUEST_LOG=str(request_log))
+    env = server_env(url_db, cfg, DEMO_SECRETS=DEMO_SECRET, BILLING_ENDPOINT_SECRET=ENDPOINT_SECRET, GATEWAY_DEMO_URL=origin, GATEWAY_TEST_REQUEST_LOG=str(request_log))
     server = Server(env, port=port, log_path=ARTIFACTS / f"gunicorn-browser-{os.getpid()}.log",
                     extra_args=("--config", "python:tests.browser.request_log")).start()
     yield Gateway(server, request_log)
