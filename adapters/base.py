@@ -128,6 +128,36 @@ class Adapter(ABC):
         """The events a details response describes; PayloadError if unreadable."""
         return []
 
+    # -- status reads (reconciliation, docs/reconciliation.md) -------------------------------
+
+    @classmethod
+    def offers_status_read(cls) -> bool:
+        """True when the adapter describes a status read (``status_request``); a plugin may not."""
+        return cls.status_request is not Adapter.status_request
+
+    def status_unavailable(self) -> str | None:
+        """Why this source cannot read a job's status from the provider's API (an option it
+        needs is not set), or None when it can. The gateway shows it in ``gateway sources``."""
+        return None if self.offers_status_read() else "the adapter offers no status read"
+
+    def status_request(self, external_id: str, api_key: str | None) -> DetailsRequest | None:
+        """The provider API GET that tells where ``external_id`` stands now, for a job whose
+        webhooks went quiet; None when this id cannot be read. Same mechanism as the details
+        fetch: a description, performed by the gateway (adapters do no I/O)."""
+        return None
+
+    def parse_status(self, external_id: str, status: int, body: bytes, read_at: datetime) -> list[ProviderEvent]:
+        """The events a status answer describes (ids ``read:…``, see ``read_event_id``);
+        PayloadError if unreadable or not a 2xx. ``read_at`` dates a terminal status the
+        provider gives no time for; a live status is dated by the provider's own times only,
+        so "still running" never passes for fresh news (the stall clock keeps running)."""
+        return []
+
+    @classmethod
+    def status_table(cls) -> list[tuple[str, str]]:
+        """(provider status as the API reads it, state) rows, for docs/reconciliation.md."""
+        return []
+
     # -- helpers shared by the built-in adapters -------------------------------------------
 
     def check_timestamp(self, timestamp: str | int | float | None, now: float | None = None) -> float:
@@ -142,6 +172,44 @@ class Adapter(ABC):
         if abs(now - ts) > self.tolerance:
             raise SignatureError("timestamp outside the tolerance")
         return ts
+
+
+def api_request(adapter: Adapter, default_base: str, path: str, headers: Mapping[str, str]) -> DetailsRequest:
+    """A GET of ``path`` under the source's ``api_base`` (default ``default_base``, the provider's
+    own https URL: tests point it at a local fake). Credentials go in ``headers``, never the URL."""
+    base = str(adapter.options.get("api_base") or default_base).rstrip("/")
+    return DetailsRequest(url=base + path, headers={"Accept": "application/json", **headers})
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer <key>``, or nothing without a key."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def basic(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Basic`` of a key written ``user:password``, or nothing without a key."""
+    if not api_key:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(api_key.encode("utf-8")).decode("ascii")}
+
+
+def api_answer(provider: str, status: int, body: bytes) -> dict[str, Any]:
+    """A status read's 2xx JSON object; PayloadError (``status_unavailable``) for anything else.
+    The gateway retries 429 and 5xx itself before an answer gets here."""
+    if not 200 <= status < 300:
+        raise PayloadError(f"{provider}'s API answered {status}", code="status_unavailable")
+    doc = json_body(WebhookRequest(body=body, headers={}))
+    if not isinstance(doc, dict):
+        raise PayloadError(f"{provider}'s API answer is not a JSON object", code="status_unavailable")
+    return doc
+
+
+def read_event_id(external_id: str, status: str, at: datetime | None = None) -> str:
+    """The id of an event read from a provider's API: the status word and, when the provider
+    dated it, that time. Reading the same answer twice gives the same id (a duplicate)."""
+    stamp = f":{int(at.timestamp() * 1000)}" if at is not None else ""
+    tail = f":{status[:40]}{stamp}"
+    return f"read:{external_id[:255 - 5 - len(tail)]}{tail}"
 
 
 def json_body(request: WebhookRequest) -> Any:

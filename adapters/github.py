@@ -27,17 +27,40 @@ stay stale. A re-run after *success* is not followed: ``complete`` is terminal, 
 are recorded as stale. Re-run jobs get new job ids, so a ``workflow_job`` re-run is a new
 external id: link it with ``POST /api/jobs/<id>/attempts``. ``run_attempt`` is shown in the
 result and in each event's type.
+
+Status read (reconciliation): ``GET {api_base}/repos/{owner}/{repo}/actions/runs/{id}`` with a
+token from ``api_key_env`` (fine-grained, "Actions: read") as a bearer token; the source's
+``repository`` option (``owner/repo``) names the repository, since a run's id does not
+(``api_base`` defaults to ``https://api.github.com``). ``status`` maps by ``RUN_STATUS_STATES``,
+a completed run by its ``conclusion`` (``CONCLUSION_STATES``); the time is ``updated_at``.
+Only workflow runs are read: a source that follows ``workflow_job`` ids gets a 404 and is not
+reconciled (its jobs stall as before).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
-from adapters.base import Adapter, ProviderEvent, WebhookRequest, constant_time_in, json_body, utc_from_iso, utc_from_unix
+from adapters.base import (
+    Adapter,
+    DetailsRequest,
+    ProviderEvent,
+    WebhookRequest,
+    api_answer,
+    api_request,
+    bearer,
+    constant_time_in,
+    json_body,
+    read_event_id,
+    utc_from_iso,
+    utc_from_unix,
+)
 from gateway.errors import PayloadError, SignatureError
 from gateway.states import State
 
@@ -80,6 +103,16 @@ CONCLUSION_WORDS: Mapping[str, str] = {
 }
 
 OBJECTS = ("workflow_run", "workflow_job")
+#: status read: a workflow run's ``status`` -> state; ``completed`` is decided by conclusion
+RUN_STATUS_STATES: Mapping[str, State] = {
+    "requested": Q,
+    "queued": Q,
+    "pending": Q,
+    "waiting": Q,
+    "in_progress": P,
+}
+DEFAULT_API_BASE = "https://api.github.com"
+REPOSITORY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}\Z")
 MAX_ID = 255
 
 
@@ -112,6 +145,52 @@ class GitHubAdapter(Adapter):
 
     name = "github"
     event_id_signed = False  # the delivery id is a header outside the signature
+    options_schema = {"repository": str}
+
+    def __init__(self, options: Mapping[str, Any] | None = None, *, tolerance: int = 300):
+        super().__init__(options, tolerance=tolerance)
+        repository = self.options.get("repository")
+        if repository is not None and (not isinstance(repository, str) or not REPOSITORY_RE.match(repository)):
+            raise ValueError("repository: expected owner/repo")
+
+    @classmethod
+    def status_table(cls) -> list[tuple[str, str]]:
+        return ([(f"run `status` `{status}`", s.value) for status, s in RUN_STATUS_STATES.items()]
+                + [(f"run `completed`, conclusion `{c}`", s.value) for c, s in CONCLUSION_STATES.items()])
+
+    def status_unavailable(self) -> str | None:
+        return None if self.options.get("repository") else "the repository option (owner/repo) is not set"
+
+    def status_request(self, external_id: str, api_key: str | None) -> DetailsRequest | None:
+        """``GET /repos/{owner}/{repo}/actions/runs/{id}``."""
+        repository = self.options.get("repository")
+        if not repository or not external_id.isdigit():
+            return None
+        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28", **bearer(api_key)}
+        return api_request(self, DEFAULT_API_BASE, f"/repos/{repository}/actions/runs/{quote(external_id, safe='')}", headers)
+
+    def parse_status(self, external_id: str, status: int, body: bytes, read_at: datetime) -> list[ProviderEvent]:
+        run = api_answer("GitHub", status, body)
+        word, conclusion = run.get("status"), run.get("conclusion")
+        if str(run.get("id")) != external_id or not isinstance(word, str) or not word:
+            raise PayloadError("the answer is not the workflow run asked for, with a status")
+        if word == "completed":
+            if not isinstance(conclusion, str) or not conclusion:
+                raise PayloadError("a completed run has no conclusion")
+            state: State | None = CONCLUSION_STATES.get(conclusion, F)
+            word = f"completed.{conclusion[:40]}"
+        else:
+            state = RUN_STATUS_STATES.get(word)
+        if state is None:
+            raise PayloadError(f"unknown run status {word[:40]!r}")
+        attempt = run.get("run_attempt")
+        attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and 0 < attempt < 10**6 else None
+        at = self._occurred_at("workflow_run", run, "")
+        return [ProviderEvent(
+            event_id=read_event_id(external_id, f"{word}#{attempt or 1}", at), external_id=external_id, occurred_at=at, state=state,
+            type=f"api.workflow_run.{word}" + (f"#{attempt}" if attempt else ""),
+            error=self._error("run", run, str(conclusion)) if state is F else None,
+            result=self._result(run, attempt) if state is C else None, label=self._label("workflow_run", run))]
 
     @classmethod
     def state_table(cls) -> list[tuple[str, str]]:

@@ -10,6 +10,11 @@ upload or asset). The external id is the direct upload's id for the upload and f
 made from it (``data.upload_id``), so one job follows a browser upload from "waiting" to
 "ready"; an asset created from a URL is followed by its asset id. The result is the asset's
 public playback URL (``https://stream.mux.com/{playback_id}.m3u8``).
+
+Status read (reconciliation): ``GET {api_base}/video/v1/assets/{id}`` with the access token
+from ``api_key_env`` written ``token_id:token_secret`` (HTTP basic auth; ``api_base`` defaults
+to ``https://api.mux.com``). The asset's ``status`` maps by ``ASSET_STATUS_STATES``. Only
+assets are read: a job followed by its direct upload's id gets a 404 and is not reconciled.
 """
 
 from __future__ import annotations
@@ -17,9 +22,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
-from adapters.base import Adapter, ProviderEvent, WebhookRequest, constant_time_in, json_body, utc_from_iso
+from adapters.base import (
+    Adapter,
+    DetailsRequest,
+    ProviderEvent,
+    WebhookRequest,
+    api_answer,
+    api_request,
+    basic,
+    constant_time_in,
+    json_body,
+    read_event_id,
+    utc_from_iso,
+    utc_from_unix,
+)
 from gateway.errors import PayloadError, SignatureError
 from gateway.states import State
 
@@ -45,6 +65,13 @@ FAILURES: Mapping[str, tuple[str, str]] = {
     "video.asset.errored": ("asset_errored", "Mux could not process the video."),
 }
 
+#: status read: an asset's ``status`` -> state (and the webhook type that says the same)
+ASSET_STATUS_STATES: Mapping[str, tuple[State, str]] = {
+    "preparing": (P, "video.asset.created"),
+    "ready": (C, "video.asset.ready"),
+    "errored": (F, "video.asset.errored"),
+}
+DEFAULT_API_BASE = "https://api.mux.com"
 PLAYBACK_URL = "https://stream.mux.com/{}.m3u8"
 THUMBNAIL_URL = "https://image.mux.com/{}/thumbnail.jpg"
 MAX_ID = 255
@@ -110,6 +137,31 @@ class MuxAdapter(Adapter):
                 result=self._result(data) if state is C else None,
             )
         ]
+
+    @classmethod
+    def status_table(cls) -> list[tuple[str, str]]:
+        return [(f"asset `status` `{status}`", s.value) for status, (s, _) in ASSET_STATUS_STATES.items()]
+
+    def status_request(self, external_id: str, api_key: str | None) -> DetailsRequest | None:
+        """``GET /video/v1/assets/{id}``."""
+        return api_request(self, DEFAULT_API_BASE, "/video/v1/assets/" + quote(external_id, safe=""), basic(api_key))
+
+    def parse_status(self, external_id: str, status: int, body: bytes, read_at: datetime) -> list[ProviderEvent]:
+        data = api_answer("Mux", status, body).get("data")
+        if not isinstance(data, dict) or data.get("id") != external_id or not isinstance(data.get("status"), str):
+            raise PayloadError("the answer is not the asset asked for, with a status")
+        word = data["status"]
+        if word not in ASSET_STATUS_STATES:
+            raise PayloadError(f"unknown asset status {word[:40]!r}")
+        state, etype = ASSET_STATUS_STATES[word]
+        at = None
+        created = data.get("created_at")
+        if state is P and isinstance(created, str) and created.isascii() and created.isdigit() and len(created) < 12:
+            at = utc_from_unix(int(created))  # Mux dates only the asset's creation: a live status keeps it
+        return [ProviderEvent(
+            event_id=read_event_id(external_id, word, at), external_id=external_id, occurred_at=at or read_at, state=state,
+            type=f"api.asset.{word}", error=self._error(etype, data) if state is F else None,
+            result=self._result(data) if state is C else None)]
 
     @staticmethod
     def _error(etype: str, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,13 @@ when it is, the event is mapped at once. Otherwise the event is recorded and ack
 API key (``api_key_env``) — as Render's example receivers do — and applies what
 ``parse_details`` reads from ``details``.
 
-Source options: ``api_base`` (default ``https://api.render.com/v1``), ``api_key_env``.
+Source options: ``api_base`` (default ``https://api.render.com/v1``), ``api_key_env``,
+``service_id``.
+
+Status read (reconciliation), the same API and key: ``GET {api_base}/services/{service_id}/deploys/{id}``
+for a job followed by its deploy id (``dep-…``); Render names a deploy under its service, so
+the source's ``service_id`` option (``srv-…``) is needed. ``status`` maps by
+``DEPLOY_STATUS_STATES``, dated by ``finishedAt`` at the end, ``updatedAt``/``createdAt`` before.
 
 Statuses are Render's words (``succeeded`` / ``failed`` / ``canceled``); the Events API's
 numeric ``details.status`` is read as Render's example does (``2`` is success, any other
@@ -29,7 +35,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from adapters.base import Adapter, DetailsRequest, ProviderEvent, WebhookRequest, json_body, utc_from_iso
+from adapters.base import Adapter, DetailsRequest, ProviderEvent, WebhookRequest, api_answer, api_request, bearer, json_body, read_event_id, utc_from_iso
 from adapters.standard import verify_standard
 from gateway.errors import PayloadError
 from gateway.states import State
@@ -71,6 +77,21 @@ SUBJECTS: Mapping[str, str] = {
 }
 
 MAX_ID = 255
+
+#: status read: a deploy's ``status`` -> state; a failing one -> its error code
+DEPLOY_STATUS_STATES: Mapping[str, State] = {
+    "created": State.QUEUED,
+    "queued": State.QUEUED,
+    "build_in_progress": P,
+    "update_in_progress": P,
+    "pre_deploy_in_progress": P,
+    "live": C,
+    "deactivated": C,  # went live, then a newer deploy replaced it
+    "build_failed": F,
+    "update_failed": F,
+    "pre_deploy_failed": F,
+    "canceled": F,
+}
 
 
 def _outcome(status: Any) -> str | None:
@@ -119,6 +140,46 @@ class RenderAdapter(Adapter):
     """Render deploys, builds, pre-deploy commands and one-off job runs."""
 
     name = "render"
+    options_schema = {"service_id": str}
+
+    def status_unavailable(self) -> str | None:
+        return None if self.options.get("service_id") else "the service_id option (srv-…) is not set"
+
+    @classmethod
+    def status_table(cls) -> list[tuple[str, str]]:
+        return [(f"deploy `status` `{status}`", s.value) for status, s in DEPLOY_STATUS_STATES.items()]
+
+    def status_request(self, external_id: str, api_key: str | None) -> DetailsRequest | None:
+        """``GET /v1/services/{service_id}/deploys/{id}`` for a ``dep-…`` id."""
+        service = self.options.get("service_id")
+        if not isinstance(service, str) or not service or not external_id.startswith("dep-"):
+            return None
+        return api_request(self, DEFAULT_API_BASE, f"/services/{quote(service, safe='')}/deploys/{quote(external_id, safe='')}", bearer(api_key))
+
+    def parse_status(self, external_id: str, status: int, body: bytes, read_at: datetime) -> list[ProviderEvent]:
+        doc = api_answer("Render", status, body)
+        inner = doc.get("deploy")
+        deploy: dict[str, Any] = inner if isinstance(inner, dict) else doc
+        word = deploy.get("status")
+        if deploy.get("id") != external_id or not isinstance(word, str):
+            raise PayloadError("the answer is not the deploy asked for, with a status")
+        state = DEPLOY_STATUS_STATES.get(word)
+        if state is None:
+            raise PayloadError(f"unknown deploy status {word[:40]!r}")
+        keys = ("finishedAt", "updatedAt") if state in (C, F) else ("updatedAt", "createdAt")
+        stamp = next((deploy[k] for k in keys if deploy.get(k) is not None), None)
+        at = utc_from_iso(stamp) if stamp is not None else None
+        service = self.options.get("service_id")
+        fields = {"deployId": external_id, "serviceId": service, "status": _outcome(word) or "failed", "reason": word}
+        mapped = self._map("deploy_ended", fields, read_event_id(external_id, word, at), at or read_at) if state in (C, F) else None
+        if mapped is not None:
+            code = word if state is F else None
+            error = {**(mapped.error or {}), "code": code} if code else mapped.error
+            return [ProviderEvent(event_id=mapped.event_id, external_id=external_id, occurred_at=mapped.occurred_at, state=state,
+                                  type=f"api.deploy.{word}", error=error, result=mapped.result)]
+        progress = {"current": None, "total": None, "step": "Deploying"} if state is P else None
+        return [ProviderEvent(event_id=read_event_id(external_id, word, at), external_id=external_id, occurred_at=at or read_at,
+                              state=state, type=f"api.deploy.{word}", progress=progress)]
 
     @classmethod
     def state_table(cls) -> list[tuple[str, str]]:

@@ -20,6 +20,11 @@ Progress: the *last* tqdm bar in ``logs``, as the Replicate SDK reads it
 (``Prediction.Progress.parse``): `` 45%|████▌     | 45/100 [00:03<00:04, 12.1it/s]`` gives
 current 45 of total 100; the bar's description (``Sampling: 45%|…``) or else the last
 non-bar log line is the step.
+
+Status read (reconciliation): ``GET {api_base}/predictions/{id}`` with the API token from
+``api_key_env`` as a bearer token (``api_base`` defaults to ``https://api.replicate.com/v1``).
+The answer is the same prediction object as a webhook's body, read the same way (status table,
+progress from the logs, error, output); a snapshot is dated as a webhook's is.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
-from adapters.base import Adapter, ProviderEvent, WebhookRequest, json_body, utc_from_iso, utc_from_unix
+from adapters.base import Adapter, DetailsRequest, ProviderEvent, WebhookRequest, api_answer, api_request, bearer, json_body, read_event_id, utc_from_iso, utc_from_unix
 from adapters.standard import ID_HEADER, TIMESTAMP_HEADER, verify_standard
 from gateway.errors import PayloadError
 from gateway.states import State
@@ -57,6 +63,7 @@ FAILURES: Mapping[str, tuple[str, str, bool]] = {
 #: a tqdm progress bar: optional ``desc:``, percentage, the bar, then ``current/total``
 TQDM = re.compile(r"^\s*(?:(?P<desc>[^|\r\n]*?):\s*)?(?P<percentage>\d+)%\s*\|.*?\|\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)")
 
+DEFAULT_API_BASE = "https://api.replicate.com/v1"
 MAX_LOGS = 256 * 1024  # the tail of the logs is enough to find the last bar
 MAX_ID = 255
 
@@ -134,6 +141,32 @@ class ReplicateAdapter(Adapter):
                 label=self._label(prediction),
             )
         ]
+
+    @classmethod
+    def status_table(cls) -> list[tuple[str, str]]:
+        return [(f"prediction `status` `{status}`", s.value) for status, s in STATUS_STATES.items()]
+
+    def status_request(self, external_id: str, api_key: str | None) -> DetailsRequest | None:
+        """``GET /v1/predictions/{id}``."""
+        return api_request(self, DEFAULT_API_BASE, "/predictions/" + quote(external_id, safe=""), bearer(api_key))
+
+    def parse_status(self, external_id: str, status: int, body: bytes, read_at: datetime) -> list[ProviderEvent]:
+        prediction = api_answer("Replicate", status, body)
+        word = prediction.get("status")
+        if prediction.get("id") != external_id or not isinstance(word, str) or not word:
+            raise PayloadError("the answer is not the prediction asked for, with a status")
+        logs = prediction.get("logs")
+        if logs is not None and not isinstance(logs, str):
+            raise PayloadError("logs must be a string")
+        state = STATUS_STATES.get(word)
+        if state is None:
+            raise PayloadError(f"unknown prediction status {word[:40]!r}")
+        at = self._occurred_at(prediction, state, WebhookRequest(body=b"", headers={}))
+        return [ProviderEvent(
+            event_id=read_event_id(external_id, word, at), external_id=external_id, occurred_at=at, state=state,
+            type=f"api.prediction.{word[:40]}", progress=parse_progress(logs) if state is P and logs else None,
+            error=self._error(word, prediction) if state is F else None, result=self._result(prediction) if state is C else None,
+            label=self._label(prediction))]
 
     @staticmethod
     def _occurred_at(prediction: Mapping[str, Any], state: State | None, request: WebhookRequest) -> datetime:

@@ -7,16 +7,23 @@ future side of the tolerance is checked here.
 
 Event ``id`` (``evt_…``) dedups, ``data.object.id`` is the external id, ``created`` (unix
 seconds) orders. Stripe does not guarantee order and may deliver an event twice.
+
+Status read (reconciliation): by the external id's prefix, ``GET {api_base}/payment_intents/{id}``
+(``pi_``), ``/checkout/sessions/{id}`` (``cs_``) or ``/invoices/{id}`` (``in_``), with the
+secret (or restricted, read-only) key from ``api_key_env`` as a bearer token; ``api_base``
+defaults to ``https://api.stripe.com/v1``. The object's ``status`` maps by ``STATUS_STATES``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import stripe
 
-from adapters.base import Adapter, ProviderEvent, WebhookRequest, json_body, utc_from_unix
+from adapters.base import Adapter, DetailsRequest, ProviderEvent, WebhookRequest, api_answer, api_request, bearer, json_body, read_event_id, utc_from_unix
 from gateway.errors import PayloadError, SignatureError
 from gateway.states import State
 
@@ -70,6 +77,49 @@ FAILURE_CODES: Mapping[str, tuple[str, str, bool]] = {
     "invoice.marked_uncollectible": ("uncollectible", "The invoice was marked uncollectible.", False),
     "reporting.report_run.failed": ("report_failed", "The report run failed.", True),
 }
+
+
+def _requires_payment_method(obj: Mapping[str, Any]) -> State:
+    """failed after a declined try (``last_payment_error`` set), else queued (nothing tried yet)"""
+    return F if isinstance(obj.get("last_payment_error"), dict) else Q
+
+
+#: status read: id prefix -> (API path, object words)
+OBJECTS: Mapping[str, tuple[str, str]] = {
+    "pi_": ("/payment_intents/", "payment_intent"),
+    "cs_": ("/checkout/sessions/", "checkout.session"),
+    "in_": ("/invoices/", "invoice"),
+}
+#: status read: (object, ``status``) -> state (or a function of the object); what a webhook of
+#: the same moment would say (EVENT_STATES)
+STATUS_STATES: Mapping[tuple[str, str], State | Callable[[Mapping[str, Any]], State]] = {
+    ("payment_intent", "requires_payment_method"): _requires_payment_method,
+    ("payment_intent", "requires_confirmation"): Q,
+    ("payment_intent", "requires_action"): P,
+    ("payment_intent", "processing"): P,
+    ("payment_intent", "requires_capture"): P,
+    ("payment_intent", "succeeded"): C,
+    ("payment_intent", "canceled"): F,
+    ("checkout.session", "open"): Q,
+    ("checkout.session", "complete"): _checkout_completed,
+    ("checkout.session", "expired"): F,
+    ("invoice", "draft"): Q,
+    ("invoice", "open"): Q,
+    ("invoice", "paid"): C,
+    ("invoice", "void"): F,
+    ("invoice", "uncollectible"): F,
+}
+#: status read: the webhook event type whose error words a failing status shares
+STATUS_FAILURES: Mapping[tuple[str, str], str] = {
+    ("payment_intent", "requires_payment_method"): "payment_intent.payment_failed",
+    ("payment_intent", "canceled"): "payment_intent.canceled",
+    ("checkout.session", "expired"): "checkout.session.expired",
+    ("invoice", "void"): "invoice.voided",
+    ("invoice", "uncollectible"): "invoice.marked_uncollectible",
+}
+#: status read: ``status_transitions`` key that dates a status (invoices)
+TRANSITIONS: Mapping[str, str] = {"open": "finalized_at", "paid": "paid_at", "void": "voided_at", "uncollectible": "marked_uncollectible_at"}
+DEFAULT_API_BASE = "https://api.stripe.com/v1"
 
 
 def _str(value: Any, limit: int = 2000) -> str | None:
@@ -138,6 +188,34 @@ class StripeAdapter(Adapter):
             )
         ]
 
+    @classmethod
+    def status_table(cls) -> list[tuple[str, str]]:
+        return [(f"{obj} `{status}`", rule.value if isinstance(rule, State) else (rule.__doc__ or "").strip())
+                for (obj, status), rule in STATUS_STATES.items()]
+
+    def status_request(self, external_id: str, api_key: str | None) -> DetailsRequest | None:
+        """``GET /v1/payment_intents/{id}``, ``/v1/checkout/sessions/{id}`` or ``/v1/invoices/{id}`` by prefix."""
+        found = next((path for prefix, (path, _) in OBJECTS.items() if external_id.startswith(prefix)), None)
+        if found is None:
+            return None
+        return api_request(self, DEFAULT_API_BASE, found + quote(external_id, safe=""), bearer(api_key))
+
+    def parse_status(self, external_id: str, status: int, body: bytes, read_at: datetime) -> list[ProviderEvent]:
+        obj = api_answer("Stripe", status, body)
+        kind, word = obj.get("object"), obj.get("status")
+        if not isinstance(kind, str) or not isinstance(word, str) or obj.get("id") != external_id:
+            raise PayloadError("the answer is not the object asked for, with a status")
+        rule = STATUS_STATES.get((kind, word))
+        state = rule(obj) if callable(rule) else rule
+        if state is None:
+            raise PayloadError(f"unknown {kind[:40]} status {word[:40]!r}")
+        at = _status_time(obj, word, state)
+        etype = STATUS_FAILURES.get((kind, word), "") if state is F else ""
+        return [ProviderEvent(
+            event_id=read_event_id(external_id, word, at), external_id=external_id, occurred_at=at or read_at, state=state,
+            type=f"api.{kind}.{word}"[:100], error=self._error(etype, obj) if state is F else None,
+            result=self._result(obj) if state is C else None, label=_str(obj.get("description"), 200))]
+
     @staticmethod
     def _error(etype: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         code, message, retryable = FAILURE_CODES.get(etype, ("failed", "The job failed.", True))
@@ -164,3 +242,18 @@ class StripeAdapter(Adapter):
             if obj.get(key) is not None:
                 result[key] = obj[key]
         return result
+
+
+def _status_time(obj: Mapping[str, Any], word: str, state: State) -> datetime | None:
+    """The object's own time for its status: an invoice's ``status_transitions``, a
+    PaymentIntent's ``canceled_at``, else (for a live status) ``created``; None for a terminal
+    status Stripe dates nowhere (the read's time is used)."""
+    transitions = obj.get("status_transitions")
+    stamp = transitions.get(TRANSITIONS.get(word, "")) if isinstance(transitions, dict) else None
+    if stamp is None and word == "canceled":
+        stamp = obj.get("canceled_at")
+    if stamp is None and state in (Q, P):
+        stamp = obj.get("created")
+    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+        return None
+    return utc_from_unix(stamp)

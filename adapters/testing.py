@@ -29,6 +29,14 @@ are skipped, and what still applies is checked instead: the token is compared in
 a prefix, an extension) is refused, a missing header is refused, and rotation works. Its
 ``sign`` returns the headers carrying the token, whatever the body.
 
+Status reads (reconciliation, optional: a plugin adapter may offer none). An adapter that
+describes one (``Adapter.status_request``) lists answers of its provider's API in
+``status_reads`` — (external id, HTTP status, answer body, expected state) — and the battery
+checks that each read is a GET to an https URL carrying no credential (the key goes in a
+header), that each answer parses deterministically into well-formed events that fold to the
+expected state, that a non-2xx answer and fuzzed answers only raise ``PayloadError``. An adapter
+that offers no status read must list none.
+
 This module needs pytest and hypothesis (the gateway's ``test`` extra); the gateway itself
 never imports it.
 """
@@ -43,18 +51,21 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from unittest import mock
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.base import Adapter, ProviderEvent, WebhookRequest
+from gateway import states
 from gateway.errors import PayloadError, SignatureError
-from gateway.states import State
+from gateway.states import Kind, State
 
 DECLARED = (SignatureError, PayloadError)
 RECEIVED_AT = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+READ_AT = datetime(2026, 11, 28, 13, 0, 0, tzinfo=UTC)
+REGISTERED_AT = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
 #: any JSON value, nested a little: what a fuzzed field may hold
 JSON_VALUES = st.recursive(
@@ -112,6 +123,12 @@ class AdapterConformance:
     signs_timestamp: ClassVar[bool] = True
     #: "json" or "form": how samples are serialised and fuzzed
     body_format: ClassVar[str] = "json"
+    #: status reads: (external id, HTTP status, answer body as JSON, expected state)
+    status_reads: ClassVar[Sequence[tuple[str, int, Any, State | None]]] = ()
+    #: the source options a status read needs (``api_base`` is left out: the default must be https)
+    status_options: ClassVar[Mapping[str, Any]] = {}
+    #: a credential as ``api_key_env`` would hold it; it must reach a header, never the URL
+    status_api_key: ClassVar[str] = "conformance-api-key-0123456789"
 
     def sign(self, body: bytes, secret: str, timestamp: int) -> tuple[dict[str, str], str]:
         """The headers (and the URL the provider signed) of a delivery of ``body``."""
@@ -310,6 +327,78 @@ class AdapterConformance:
             return
         try:
             events = adapter.parse(fuzzed)
+        except PayloadError:
+            return
+        for event in events:
+            check_event(event)
+
+    # -- status reads -------------------------------------------------------------------------
+
+    def make_status_adapter(self) -> Adapter:
+        options = {k: v for k, v in {**self.options, **self.status_options}.items() if k != "api_base"}
+        return self.adapter_class(options, tolerance=self.tolerance)
+
+    def _status_reads(self) -> Sequence[tuple[str, int, Any, State | None]]:
+        if not self.adapter_class.offers_status_read():
+            assert not self.status_reads, "status_reads given, but the adapter offers no status_request"
+            pytest.skip("the adapter offers no status read (optional)")
+        assert self.status_reads, "the adapter offers a status read: list answers of its API in status_reads"
+        return self.status_reads
+
+    def test_status_read_is_an_https_get_without_credentials(self) -> None:
+        reads = self._status_reads()
+        adapter = self.make_status_adapter()
+        assert adapter.status_unavailable() is None, "with status_options set, the status read must be available"
+        for external_id, _, _, _ in reads:
+            request = adapter.status_request(external_id, self.status_api_key)
+            assert request is not None, f"no status read described for {external_id!r}"
+            parts = urlsplit(request.url)
+            assert parts.scheme == "https" and parts.hostname, f"{request.url!r} is not an https URL"
+            assert parts.username is None and parts.password is None and not parts.fragment
+            for secret in {self.status_api_key, *self.status_api_key.split(":")}:
+                if len(secret) >= 8:
+                    assert secret not in request.url and quote(secret, safe="") not in request.url, "a credential in the URL"
+            assert any(self.status_api_key in v or "Basic " in v for v in request.headers.values()), "the credential goes in a header"
+            assert self.make_status_adapter().status_request(external_id, self.status_api_key) == request  # deterministic
+
+    def test_status_answers_fold_to_the_stated_state(self) -> None:
+        adapter = self.make_status_adapter()
+        for external_id, status, body, expected in self._status_reads():
+            raw = json.dumps(body).encode("utf-8")
+            events = adapter.parse_status(external_id, status, raw, READ_AT)
+            assert events and events == self.make_status_adapter().parse_status(external_id, status, raw, READ_AT)
+            for event in events:
+                check_event(event)
+                assert event.event_id.startswith("read:") and event.external_id == external_id
+            folded = [states.Event(uid=f"s:{e.event_id}", occurred_at=e.occurred_at, state=e.state, kind=Kind.RECONCILE,
+                                   key=("s", e.external_id), progress=e.progress, error=e.error, result=e.result) for e in events]
+            view, _ = states.fold(REGISTERED_AT, folded)
+            assert view.state == (expected or State.QUEUED), f"{external_id}: {view.state}, expected {expected}"
+
+    def test_status_error_answers_raise_payload_error(self) -> None:
+        adapter = self.make_status_adapter()
+        external_id, _, body, _ = self._status_reads()[0]
+        for status in (301, 401, 403, 404, 429, 500, 503):
+            with pytest.raises(PayloadError):
+                adapter.parse_status(external_id, status, json.dumps(body).encode(), READ_AT)
+        with pytest.raises(PayloadError):  # another object's answer is not this job's status
+            adapter.parse_status(external_id + "x", 200, json.dumps(body).encode(), READ_AT)
+
+    @FUZZ
+    @given(data=st.data())
+    def test_fuzzed_status_answers_raise_only_payload_error(self, data: st.DataObject) -> None:
+        reads = self._status_reads()
+        external_id, status, body, _ = data.draw(st.sampled_from(list(reads)))
+        paths = key_paths(body)
+        mutated = bool(paths) and data.draw(st.booleans())
+        if mutated:
+            path: tuple[Any, ...] = data.draw(st.sampled_from(paths))
+            delete: bool = data.draw(st.booleans())
+            raw = json.dumps(mutate(body, path, data.draw(JSON_VALUES), delete)).encode("utf-8")
+        else:
+            raw = data.draw(st.binary(max_size=200))
+        try:
+            events = self.make_status_adapter().parse_status(external_id, status, raw, READ_AT)
         except PayloadError:
             return
         for event in events:

@@ -21,6 +21,13 @@ the time the gateway received them is used. Twilio does not promise order: a mes
 ``sent`` after ``delivered`` is stale (complete is terminal), but a late ``sent`` arriving after
 ``undelivered`` opens a next attempt until the message's next news — a limit of a provider
 that dates nothing.
+
+Status read (reconciliation): ``GET {api_base}/2010-04-01/Accounts/{AccountSid}/Messages/{sid}.json``
+(``/Calls/{sid}.json`` for a ``CA…`` sid), HTTP basic auth with the credentials in
+``api_key_env`` written ``user:password`` (``AccountSid:AuthToken``, or an API key
+``SK…:secret`` with the ``account_sid`` option); ``api_base`` defaults to
+``https://api.twilio.com``. ``status`` maps by the same tables as the callbacks, dated by the
+resource's ``date_updated``.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
-from adapters.base import Adapter, ProviderEvent, WebhookRequest, as_utc_ms, constant_time_in, form_body
+from adapters.base import Adapter, DetailsRequest, ProviderEvent, WebhookRequest, api_answer, api_request, as_utc_ms, basic, constant_time_in, form_body, read_event_id
 from gateway.errors import PayloadError, SignatureError
 from gateway.states import State
 
@@ -83,6 +90,8 @@ FAILURE_WORDS: Mapping[str, str] = {
 }
 
 MAX_SID = 64
+DEFAULT_API_BASE = "https://api.twilio.com"
+SID_RE_CHARS = frozenset("0123456789abcdefABCDEF")
 URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # reserved characters and existing escapes stay as they are
 
 
@@ -90,6 +99,41 @@ class TwilioAdapter(Adapter):
     """Twilio message and call status callbacks."""
 
     name = "twilio"
+    options_schema = {"account_sid": str}
+
+    @classmethod
+    def status_table(cls) -> list[tuple[str, str]]:
+        return ([(f"message `status` `{status}`", s.value) for status, s in MESSAGE_STATES.items()]
+                + [(f"call `status` `{status}`", s.value) for status, s in CALL_STATES.items()])
+
+    def status_request(self, external_id: str, api_key: str | None) -> DetailsRequest | None:
+        """``GET /2010-04-01/Accounts/{AccountSid}/Messages/{sid}.json`` (``Calls`` for ``CA…``)."""
+        user = (api_key or "").partition(":")[0]
+        account = self.options.get("account_sid") or (user if user.startswith("AC") else None)
+        resource = "Calls" if external_id.startswith("CA") else "Messages" if external_id[:2] in ("SM", "MM") else None
+        if not isinstance(account, str) or resource is None or not _is_sid(account) or not _is_sid(external_id):
+            return None
+        return api_request(self, DEFAULT_API_BASE, f"/2010-04-01/Accounts/{account}/{resource}/{external_id}.json", basic(api_key))
+
+    def parse_status(self, external_id: str, status: int, body: bytes, read_at: datetime) -> list[ProviderEvent]:
+        doc = api_answer("Twilio", status, body)
+        word = doc.get("status")
+        if doc.get("sid") != external_id or not isinstance(word, str) or not word or len(word) > 40:
+            raise PayloadError("the answer is not the message or call asked for, with a status")
+        kind, states = ("call", CALL_STATES) if external_id.startswith("CA") else ("message", MESSAGE_STATES)
+        state = states.get(word)
+        if state is None:
+            raise PayloadError(f"unknown {kind} status {word!r}")
+        at = read_at
+        if isinstance(doc.get("date_updated"), str):
+            at = _occurred_at({"Timestamp": doc["date_updated"]}, WebhookRequest(body=b"", headers={}))
+        params = {k: str(v) for k, v in (("ErrorCode", doc.get("error_code")), ("ErrorMessage", doc.get("error_message"))) if v not in (None, "")}
+        if isinstance(doc.get("duration"), str):
+            params["CallDuration"] = doc["duration"]
+        return [ProviderEvent(
+            event_id=read_event_id(external_id, word, at), external_id=external_id, occurred_at=at, state=state,
+            type=f"api.{kind}.{word}", error=_error(kind, word, params) if state is F else None,
+            result=_result(kind, external_id, word, params) if state is C else None)]
 
     @classmethod
     def state_table(cls) -> list[tuple[str, str]]:
@@ -169,6 +213,11 @@ def _algorithm(settings: str | None) -> str:
                 raise SignatureError(f"unsupported signature algorithm {algorithm[:40]!r}")
             return algorithm
     return "HMAC_SHA1"
+
+
+def _is_sid(value: str) -> bool:
+    """Two letters and 32 hex digits: safe in a URL path as it is."""
+    return len(value) == 34 and value[:2].isalpha() and value[:2].isascii() and set(value[2:]) <= SID_RE_CHARS
 
 
 def _url_variants(url: str) -> list[str]:

@@ -205,6 +205,21 @@ def retry(job_id: str) -> Any:
     return job_response(job, 202)
 
 
+@bp.post("/jobs/<job_id>/reconcile")
+def reconcile_job(job_id: str) -> Any:
+    """Our addition (issue 21): owe a status read of the job from its provider's API now
+    (gateway/reconcile.py); 202 with the read's outbox row, 409 when finished or not reconciled."""
+    gw = gateway()
+    who = gw.auth.require_api_key(request)
+    from gateway import reconcile
+
+    item = reconcile.ask_now(gw.store, _job_id(job_id), by=who.name, sources=gw.sources, env=gw.config.env)
+    gw.outbox.wake.set()
+    log.info("reconcile requested", extra={"job_id": item.job_id, "request_id": g.request_id})
+    return jsonify({"job_id": item.job_id, "reconcile": {"id": item.id, "source": item.source, "external_id": item.payload.get("external_id"),
+                                                          "status": item.status}}), 202
+
+
 @bp.get("/jobs/<job_id>/trace")
 def trace(job_id: str) -> Any:
     gw = gateway()

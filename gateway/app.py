@@ -70,7 +70,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     demo.init_app(app, gw)
     gw.outbox = outbox.init_app(app, gw)
     app.extensions["forward_senders"] = forward_send.install(gw)
-    gw.watchdog = watchdog.init_app(app, gw)
+    gw.watchdog = watchdog.init_app(app, gw, gw.outbox.wake.set)
     _install_request_hooks(app)
     _install_error_handlers(app)
     app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]  # WSGI middleware replaces the method, as Flask's docs do

@@ -44,6 +44,7 @@ COMMON_SOURCE_KEYS = {
     "callback_url": str,
     "callback_secret_env": str,
     "stall_after": int,
+    "reconcile_after": int,  # seconds of quiet before a status read (gateway/reconcile.py)
     "public_url": str,
     "api_base": str,
     "api_key_env": str,
@@ -77,6 +78,7 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "forward_retry_for": (int, 259200),
     "delivery_retention_days": (int, 7),
     "watchdog_interval": (int, 10),
+    "reconcile_per_minute": (int, 30),  # status reads per source a minute, per worker process
     # abuse limits (gateway/limits.py): requests per second per worker process, 0 = off
     "rate_limit_webhooks_per_source": (int, 1000),
     "rate_limit_webhooks_per_address": (int, 1000),
@@ -167,6 +169,7 @@ class SourceConfig:
     callback_url: str | None = None
     callback_secret_env: str | None = None
     stall_after: int | None = None
+    reconcile_after: int | None = None  # default: half of stall_after (gateway/reconcile.py)
     public_url: str | None = None
     api_base: str | None = None
     api_key_env: str | None = None
@@ -208,6 +211,7 @@ class Config:
     forward_retry_for: int = 259200  # seconds an endpoint message is retried before it is dead (§9)
     delivery_retention_days: int = 7  # verified deliveries keep body and headers this long (§10)
     watchdog_interval: int = 10  # seconds between stall checks
+    reconcile_per_minute: int = 30  # status reads of one source's provider API a minute, per worker process
     rate_limit_webhooks_per_source: int = 1000
     rate_limit_webhooks_per_address: int = 1000
     rate_limit_public_per_address: int = 200
@@ -332,8 +336,9 @@ def _source(name: str, raw: Any, env: Mapping[str, str], strict: bool) -> Source
     if strict and not secrets:
         named = " / ".join(filter(None, [common["secrets_env"] and f"environment variable {common['secrets_env']}", common.get("secrets_file")]))
         raise ConfigError(f"{where}.secrets_env: no secret set ({named} is not set or empty)")
-    if common.get("stall_after") == 0:
-        raise ConfigError(f"{where}.stall_after: must be positive")
+    for key in ("stall_after", "reconcile_after"):
+        if common.get(key) == 0:
+            raise ConfigError(f"{where}.{key}: must be positive")
     return SourceConfig(name=name, secrets=secrets, options=options, **common)
 
 

@@ -27,14 +27,16 @@ Kinds:
   the source's API key from ``api_key_env``; what ``Adapter.parse_details`` returns is
   recorded through ``Writer.record_event``. 429 and 5xx are retried; any other answer goes to
   the adapter, and an answer it cannot read gives up.
+- ``reconcile``: a status read for a quiet job (gateway/reconcile.py): the GET that
+  ``Adapter.status_request`` describes, performed like a details fetch; what
+  ``Adapter.parse_status`` returns is recorded through ``Writer.record_event`` as events of kind
+  ``reconcile`` for the row's job. Reads are budgeted per source (``reconcile_per_minute``), and
+  a 429 or 5xx holds back the source's other pending reads until the failed one's next try.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
 import json
 import logging
 import random
@@ -49,16 +51,19 @@ import requests
 from sqlalchemy import delete, select
 from standardwebhooks.webhooks import Webhook
 
-from adapters.base import ProviderEvent
-from gateway.config import SourceConfig
-from gateway.errors import ConfigError, Conflict, GatewayError, NotFound
+from adapters.base import DetailsRequest, ProviderEvent
+from gateway import reconcile
+from gateway.callback_secret import CALLBACK_SECRET_LABEL as CALLBACK_SECRET_LABEL
+from gateway.callback_secret import callback_secret, check_callback_secrets
+from gateway.callback_secret import derive_callback_secret as derive_callback_secret
+from gateway.errors import Conflict, GatewayError, NotFound
 from gateway.forward import FORWARD
 from gateway.forward import install as install_forwarding
 from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
 from gateway.services import Services
-from gateway.states import State
+from gateway.states import Kind, State
 from gateway.store import Store, Writer
 
 if TYPE_CHECKING:
@@ -69,6 +74,7 @@ log = logging.getLogger("gateway.outbox")
 
 CALLBACK = "callback"
 DETAILS = "details"
+RECONCILE = reconcile.RECONCILE
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 RETRY_REQUESTED = "job.retry_requested"
 MAX_DETAILS_BYTES = 1024 * 1024
@@ -80,26 +86,6 @@ def backoff(attempts: int, base: float, cap: float, rnd: Callable[[], float] = r
     half of it fixed and half random (equal jitter), so retries spread out but never bunch at 0."""
     ceiling = min(float(cap), float(base) * 2.0 ** min(max(attempts - 1, 0), 40))
     return ceiling / 2 + rnd() * ceiling / 2
-
-
-#: the label a derived callback secret is an HMAC of (keyed with the source's first webhook secret)
-CALLBACK_SECRET_LABEL = b"gateway callback secret v1"
-
-
-def callback_secret(source: SourceConfig, env: Mapping[str, str]) -> str | None:
-    """The secret that signs the source's callbacks: ``callback_secret_env``, else one derived from
-    its first webhook secret (``derive_callback_secret``). Never the webhook secret itself: a
-    callback replayed to the gateway's own inbound endpoint would then verify."""
-    if source.callback_secret_env:
-        return (env.get(source.callback_secret_env) or "").strip() or None
-    return derive_callback_secret(source.secrets[0]) if source.secrets else None
-
-
-def derive_callback_secret(webhook_secret: str) -> str:
-    """``whsec_`` + base64(HMAC-SHA256(key = the webhook secret's UTF-8 bytes, msg = CALLBACK_SECRET_LABEL)):
-    a Standard Webhooks secret the integrator can compute from the secret it already holds."""
-    digest = hmac.new(webhook_secret.encode("utf-8"), CALLBACK_SECRET_LABEL, hashlib.sha256).digest()
-    return "whsec_" + base64.b64encode(digest).decode()
 
 
 def redact_url(url: str | None) -> str | None:
@@ -151,6 +137,7 @@ class Outbox:
         self.gw = gw
         self.batch = batch
         self.wake = threading.Event()  # set after a commit that enqueued: this process sends at once
+        self.budget = reconcile.Budget(gw.config.reconcile_per_minute)
 
     @property
     def lease(self) -> timedelta:
@@ -161,13 +148,10 @@ class Outbox:
 
     def enqueue(self, w: Writer, *, kind: str, key: str, source: str, job_id: str | None, payload: dict[str, Any], target: str | None = None) -> bool:
         """Add a row in ``w``'s transaction (once per key); the dispatcher wakes after the commit."""
-        now = utcnow()
-        row = dict(key=key, kind=kind, job_id=job_id, source=source, target=target, payload=payload, status=PENDING,
-                   attempts=0, next_attempt_at=now, created_at=now)
-        inserted = w._insert_ignore(OutboxItem, row, conflict=("key",))
+        inserted = enqueue_row(w, kind=kind, key=key, source=source, job_id=job_id, payload=payload, target=target)
         if inserted:
             w.after_commit(self.wake.set)
-        return bool(inserted)
+        return inserted
 
     def enqueue_callback(self, w: Writer, job: Job) -> bool:
         """Owe the integrator a signed ``job.retry_requested`` callback, if the job's source has a callback_url."""
@@ -199,13 +183,21 @@ class Outbox:
     def run_once(self) -> int:
         """Claim the due rows (up to one batch) and try each once; how many were tried."""
         rows = self._claim()
+        held: dict[str, datetime] = {}  # sources whose API failed a read in this batch: until when
         for row in rows:
+            if row.kind == RECONCILE:
+                wait = (held[row.source] - utcnow()).total_seconds() if row.source in held else self.budget.take(row.source)
+                if wait > 0:  # held back, or over the source's reads a minute: no try spent
+                    self._defer(row, wait, "held back: another read of the source failed" if row.source in held else None)
+                    continue
             try:
                 result = self._try(row)
             except Exception as exc:  # one broken row must not stop the others
                 log.exception("outbox try failed", extra={"job_id": row.job_id, "kind": row.kind})
                 result = Result(error=f"internal error ({type(exc).__name__})")
-            self._record(row, result)
+            until = self._record(row, result)
+            if row.kind == RECONCILE and until is not None:
+                held[row.source] = until
         return len(rows)
 
     def drain(self) -> int:
@@ -245,6 +237,8 @@ class Outbox:
             return self._send_callback(row)
         if row.kind == DETAILS:
             return self._fetch_details(row)
+        if row.kind == RECONCILE:
+            return self._read_status(row)
         return Result(give_up=True, error=f"unknown outbox kind {row.kind!r}")
 
     def _timeouts(self) -> tuple[float, float]:
@@ -284,11 +278,20 @@ class Outbox:
         if source is None:
             return Result(give_up=True, error="the source is no longer configured")
         pe = event_from_json(row.payload["event"])
-        env_name = source.config.api_key_env
-        api_key = (self.gw.config.env.get(env_name) or None) if env_name else None
-        request = source.adapter.details_request(pe, api_key)
+        request = source.adapter.details_request(pe, reconcile.api_key(source, self.gw.config.env))
         if request is None:
             return Result(ok=True)
+        return self._get(row, request, lambda status, body: source.adapter.parse_details(pe, status, body))
+
+    def _read_status(self, row: OutboxItem) -> Result:
+        source = self.gw.sources.get(row.source)
+        if source is None:
+            return Result(give_up=True, error="the source is no longer configured")
+        read = reconcile.status_read(source, row.payload, self.gw.config.env)
+        return Result(give_up=True, error=read) if isinstance(read, str) else self._get(row, *read)
+
+    def _get(self, row: OutboxItem, request: DetailsRequest, parse: reconcile.Parse) -> Result:
+        """Perform an adapter's GET (details fetch or status read) and hand the answer to ``parse``."""
         try:
             with requests.get(request.url, headers=dict(request.headers), timeout=self._timeouts(), allow_redirects=False, stream=True) as response:
                 status = response.status_code
@@ -298,29 +301,42 @@ class Outbox:
         except requests.RequestException as exc:
             return Result(error=f"{type(exc).__name__}")
         if body is None:
-            return Result(status=status, give_up=True, error=f"details response over {MAX_DETAILS_BYTES} bytes")
+            return Result(status=status, give_up=True, error=f"response over {MAX_DETAILS_BYTES} bytes")
         try:
-            events = source.adapter.parse_details(pe, status, body)
+            events = parse(status, body)
         except GatewayError as exc:
             return Result(status=status, give_up=True, error=exc.message[:300])
         except Exception as exc:  # an adapter bug: give up on this row, keep the reason
-            log.exception("adapter parse_details raised an undeclared error", extra={"source": row.source})
+            log.exception("adapter %s parse raised an undeclared error", row.kind, extra={"source": row.source})
             return Result(status=status, give_up=True, error=f"adapter error ({type(exc).__name__})")
         return Result(ok=True, status=status, events=list(events))
 
-    def _record(self, row: OutboxItem, result: Result) -> None:
-        """Write down one try in a new transaction: delivered, rescheduled or given up, and the trace line."""
+    def _defer(self, row: OutboxItem, wait: float, why: str | None = None) -> None:
+        """Put a claimed row back, untried, due in ``wait`` seconds (its claim not counted as a try)."""
+        with self.gw.store.transaction() as w:
+            item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
+            if item is not None and item.status == PENDING and item.attempts == row.attempts:
+                item.attempts -= 1
+                item.next_attempt_at = utcnow() + timedelta(seconds=wait)
+                item.last_error = why or item.last_error
+
+    def _record(self, row: OutboxItem, result: Result) -> datetime | None:
+        """Write down one try in a new transaction: delivered, rescheduled or given up, and the
+        trace line. When the row is retried, its next try's time."""
         config = self.gw.config
         now = utcnow()
         with self.gw.store.transaction() as w:
             item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
             if item is None or item.status != PENDING or item.attempts != row.attempts:
-                return  # settled meanwhile, or our lease ran out and another process claimed it: its word wins
+                return None  # settled meanwhile, or our lease ran out and another process claimed it: its word wins
             detail: dict[str, Any] = {"try": item.attempts, "status": result.status}
             recorded: list[tuple[str | None, dict[str, Any]]] = []
             if result.ok:
                 for pe in result.events:
-                    outcome = w.record_event(item.source, pe, received_at=now)
+                    if item.kind == RECONCILE:  # read from the provider's API, for this row's job
+                        outcome = w.record_event(item.source, pe, kind=Kind.RECONCILE, job_id=item.job_id, received_at=now)
+                    else:
+                        outcome = w.record_event(item.source, pe, received_at=now)
                     w.finish_changes()
                     recorded.append((outcome.job_id, {"event_id": pe.event_id, "state": pe.state.value if pe.state else None, "decision": outcome.decision.value}))
                 item.status, item.delivered_at, item.last_error = DELIVERED, now, None
@@ -335,10 +351,14 @@ class Outbox:
                 item.next_attempt_at = now + timedelta(seconds=delay)
                 item.last_error = result.error
                 detail.update(outcome="retry", error=result.error, next_try_at=iso(item.next_attempt_at))
+                if item.kind == RECONCILE:  # 429, 5xx or no answer: the source's other reads wait as long
+                    reconcile.hold_source(w, item.source, item.next_attempt_at, item.id, result.error)
             if item.kind == CALLBACK:
                 detail.update(webhook_id=item.key, url=redact_url(item.target))
             else:
                 detail["events"] = [r for _, r in recorded]
+            if item.kind == RECONCILE:
+                detail["read_from"] = reconcile.READ_FROM
             job_ids = {item.job_id} | {j for j, _ in recorded}
             for job_id in sorted(j for j in job_ids if j):
                 w.trace(job_id, item.kind, detail, at=now)
@@ -347,6 +367,17 @@ class Outbox:
             "outbox %s %s", item.kind, detail["outcome"],
             extra={"job_id": item.job_id, "kind": item.kind, "try": detail["try"], "status": result.status, "error": result.error},
         )
+        return item.next_attempt_at if detail["outcome"] == "retry" else None
+
+
+def enqueue_row(w: Writer, *, kind: str, key: str, source: str, job_id: str | None, payload: dict[str, Any],
+                target: str | None = None, due: datetime | None = None) -> bool:
+    """Add an outbox row in ``w``'s transaction unless its key is taken; due ``due`` (default now).
+    ``Outbox.enqueue`` also wakes this process's dispatcher; the CLI and the watchdog use this."""
+    now = utcnow()
+    row = dict(key=key, kind=kind, job_id=job_id, source=source, target=target, payload=payload, status=PENDING,
+               attempts=0, next_attempt_at=due or now, created_at=now)
+    return bool(w._insert_ignore(OutboxItem, row, conflict=("key",)))
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -387,17 +418,6 @@ def requeue(store: Store, row_id: int, *, by: str) -> OutboxItem:
     return item
 
 
-def _is_standard_secret(secret: str) -> bool:
-    """``whsec_`` + base64 of at least 16 bytes: what the integrator's Standard Webhooks library accepts."""
-    if not secret.startswith("whsec_"):
-        return False
-    body = secret[len("whsec_"):]
-    try:
-        return len(base64.b64decode(body + "=" * (-len(body) % 4), validate=True)) >= 16
-    except (binascii.Error, ValueError):
-        return False
-
-
 def purge(store: Store, before: datetime) -> int:
     """Delete rows settled (delivered or given up) before ``before``; the trace keeps their story."""
     with store.transaction() as w:
@@ -409,22 +429,7 @@ def purge(store: Store, before: datetime) -> int:
 
 def init_app(app: Flask, gw: Services) -> Outbox:
     """The app's outbox with its background dispatcher; a source's unusable callback secret stops start-up."""
-    for name, source in gw.sources.items():
-        sc = source.config
-        if not sc.callback_url:
-            continue
-        key = f"sources.{name}.callback_secret_env" if sc.callback_secret_env else f"sources.{name}.secrets_env"
-        secret = callback_secret(sc, gw.config.env)
-        if not secret:
-            if sc.callback_secret_env:
-                raise ConfigError(f"{key}: environment variable {sc.callback_secret_env} is not set or empty")
-            continue  # non-strict loading (CLI listings): no secrets to check
-        if not _is_standard_secret(secret):
-            raise ConfigError(f"{key}: the callback secret must be a Standard Webhooks secret (whsec_ + base64)")
-        if secret in sc.secrets:
-            raise ConfigError(f"{key}: the callback secret must differ from the source's webhook secrets (a callback would verify as a webhook)")
-        if urlsplit(sc.callback_url).scheme not in ("http", "https"):
-            raise ConfigError(f"sources.{name}.callback_url: expected an http(s) URL")
+    check_callback_secrets(gw)
     outbox = Outbox(gw)
     install_forwarding(gw, outbox.enqueue)
     gw.background.every(max(gw.config.outbox_interval, 1), "outbox", wake=outbox.wake)(outbox.drain)

@@ -15,7 +15,8 @@ The rules, in the order ``apply`` checks them:
 6. A watchdog failure ("stalled": no news for the source's ``stall_after``) is a presumption,
    not the provider's word. It applies only to a job still ``queued`` or ``processing``
    (otherwise it is ``stale``), and a newer event of the attempt's own provider or worker
-   *resumes* that attempt instead of opening the next one. A retry or a link still opens
+   *resumes* that attempt instead of opening the next one (a status read from the provider's
+   API, kind ``reconcile``, counts as the provider's word). A retry or a link still opens
    the next attempt, as after any failure.
 
 Because the fold is a pure function of the event *set* (duplicates are dropped by event id
@@ -47,6 +48,12 @@ class Kind(StrEnum):
     RETRY = "retry"  # POST /api/jobs/<id>/retry
     LINK = "link"  # POST /api/jobs/<id>/attempts: the next attempt's (source, external_id)
     WATCHDOG = "watchdog"  # stall_after elapsed with no news
+    RECONCILE = "reconcile"  # read from the provider's API (gateway/reconcile.py), keyed like a webhook
+
+
+#: kinds whose events speak for a (source, external_id): superseded by a later link, and able to
+#: resume an attempt the watchdog only presumed dead (rule 6)
+KEYED = (Kind.PROVIDER, Kind.RECONCILE)
 
 
 class Decision(StrEnum):
@@ -171,7 +178,7 @@ def apply(view: JobView, event: Event, links: Iterable[Link] = ()) -> tuple[JobV
     if view.state is State.FAILED:
         if view.failed_at is not None and event.occurred_at <= view.failed_at:
             return view, Decision.STALE
-        if view.stalled and event.kind in (Kind.PROVIDER, Kind.WORKER):
+        if view.stalled and event.kind in (*KEYED, Kind.WORKER):
             return _enter(view, event), Decision.APPLIED  # the attempt was only presumed dead: it resumes
         view = _next_attempt(view, event.occurred_at, key=event.key if event.kind is not Kind.RETRY else None)
         return _enter(view, event), Decision.APPLIED

@@ -1,5 +1,6 @@
 """The state machine's rules, and the contract's property: any order and any duplication of the
-same events ends in the same job."""
+same events ends in the same job — webhooks, worker reports, retries, stalls and status reads
+from the provider's API (kind ``reconcile``) alike."""
 
 from __future__ import annotations
 
@@ -101,7 +102,9 @@ def histories(draw):
             kind = Kind.RETRY
         elif state is State.FAILED and draw(st.integers(0, 3)) == 0:
             kind, fields["error"] = Kind.WATCHDOG, {"code": "stalled", "retryable": True}
-        key = K1 if kind is Kind.PROVIDER else None
+        elif draw(st.integers(0, 2)) == 0:
+            kind = Kind.RECONCILE  # the same provider's word, read from its API (issue 21)
+        key = K1 if kind in states.KEYED else None
         events.append(ev(f"e{i}", draw(st.integers(0, 6)) * 100, state, kind=kind, key=key, **fields))
     return events
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from adapters.base import ProviderEvent
 from gateway.db import make_engine
 from gateway.jobjson import job_json
-from gateway.states import State
+from gateway.states import Kind, State
 from gateway.store import Store
 
 FUTURE = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
@@ -32,11 +32,16 @@ def register(store: Store, queue: str = "default", ext: str | None = None) -> st
     return job.id
 
 
-def send(store: Store, job_id: str, event_id: str, state: State | None, ms: int, base: datetime = FUTURE, **fields: Any) -> None:
+def send(store: Store, job_id: str, event_id: str, state: State | None, ms: int, base: datetime = FUTURE, *, read: bool = False,
+         **fields: Any) -> None:
+    """A webhook of the job's provider, or (``read``) the same word read from its API (issue 21)."""
     job = store.get_job(job_id)
     pe = ProviderEvent(event_id=event_id, external_id=job.external_id, occurred_at=base + timedelta(milliseconds=ms), state=state, **fields)
     with store.transaction() as w:
-        w.record_event("worker", pe)
+        if read:
+            w.record_event("worker", pe, kind=Kind.RECONCILE, job_id=job_id)
+        else:
+            w.record_event("worker", pe)
 
 
 def normalized(store: Store, job_id: str) -> dict[str, Any]:
@@ -54,6 +59,7 @@ EVENT = st.tuples(
     st.sampled_from([State.QUEUED, State.PROCESSING, State.COMPLETE, State.FAILED, None]),
     st.integers(0, 5),
     st.integers(0, 100),
+    st.booleans(),  # read from the provider's API (kind reconcile) rather than a webhook
 )
 
 
@@ -69,15 +75,15 @@ def test_any_arrival_order_and_duplication_ends_in_the_same_job(store, history, 
             return {"result": {"n": n}}
         return {}
 
-    events = [(f"e{i:02d}", state, t * 100, fields(state, n)) for i, (state, t, n) in enumerate(history)]
+    events = [(f"e{i:02d}", state, t * 100, read, fields(state, n)) for i, (state, t, n, read) in enumerate(history)]
     in_order = register(store, "q-" + uuid.uuid4().hex)
-    for eid, state, ms, f in sorted(events, key=lambda e: e[2]):
-        send(store, in_order, f"{in_order}-{eid}", state, ms, **f)
+    for eid, state, ms, read, f in sorted(events, key=lambda e: e[2]):
+        send(store, in_order, f"{in_order}-{eid}", state, ms, read=read, **f)
     shuffled = events + [events[i % len(events)] for i in dups]
     rnd.shuffle(shuffled)
     other = register(store, "q-" + uuid.uuid4().hex)
-    for eid, state, ms, f in shuffled:
-        send(store, other, f"{other}-{eid}", state, ms, **f)
+    for eid, state, ms, read, f in shuffled:
+        send(store, other, f"{other}-{eid}", state, ms, read=read, **f)
     assert normalized(store, other) == normalized(store, in_order)
 
 

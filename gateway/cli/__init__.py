@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from gateway.cli.common import _config, _database_errors, _echo_json, _Main, _resolution, _store, _table
+from gateway.cli.reconcile import reconcile
 from gateway.cli.send import send
 
 if TYPE_CHECKING:
@@ -155,9 +156,10 @@ def adapters(markdown: bool) -> None:
 def sources(as_json: bool) -> None:
     """List configured sources and whether their secrets are set (never the secrets)."""
     config = _config(strict=False)
+    reconciled = _reconciled(config)
     rows = [
         {"name": name, "adapter": sc.adapter, "secrets_env": sc.secrets_env, "secrets_set": len(sc.secrets),
-         "callback_url": sc.callback_url, "auto_register": sc.auto_register}
+         "callback_url": sc.callback_url, "auto_register": sc.auto_register, "reconcile": reconciled.get(name, "no: adapter not loaded")}
         for name, sc in sorted(config.sources.items())
     ]
     if as_json:
@@ -171,9 +173,22 @@ def sources(as_json: bool) -> None:
         return
     click.echo(_table(
         [[str(r["name"]), str(r["adapter"]), str(r["secrets_env"]), f"{r['secrets_set']} set" if r["secrets_set"] else "NOT SET",
-          f"/webhooks/{r['name']}"] for r in rows],
-        ["SOURCE", "ADAPTER", "SECRETS FROM", "SECRETS", "ENDPOINT"],
+          f"/webhooks/{r['name']}", str(r["reconcile"])] for r in rows],
+        ["SOURCE", "ADAPTER", "SECRETS FROM", "SECRETS", "ENDPOINT", "RECONCILE"],
     ))
+
+
+def _reconciled(config: Any) -> dict[str, str]:
+    """Per source, whether its jobs are read from the provider's API, and why not (gateway/reconcile.py)."""
+    from adapters.registry import load_registry
+    from gateway.errors import ConfigError
+    from gateway.reconcile import describe
+    from gateway.services import build_sources
+
+    try:
+        return describe(list(build_sources(config, load_registry()).values()), config.env)
+    except ConfigError:
+        return {}
 
 
 @main.command()
@@ -378,6 +393,7 @@ def resend(message_id: int) -> None:
 
 
 main.add_command(send)
+main.add_command(reconcile)
 
 if __name__ == "__main__":
     main()

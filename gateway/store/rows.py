@@ -19,7 +19,7 @@ def fold_event(source: str, pe: ProviderEvent, kind: Kind) -> states.Event:
         occurred_at=pe.occurred_at,
         state=pe.state,
         kind=kind,
-        key=(source, pe.external_id) if kind is Kind.PROVIDER else None,
+        key=(source, pe.external_id) if kind in states.KEYED else None,
         progress=pe.progress,
         queue=pe.queue,
         error=pe.error,
@@ -137,7 +137,7 @@ def event_of(row: Event) -> states.Event:
     data = row.data or {}
     kind = Kind(row.kind)
     key: states.Key | None = None
-    if kind is Kind.PROVIDER and row.external_id is not None:
+    if kind in states.KEYED and row.external_id is not None:
         key = (row.source, row.external_id)
     elif kind is Kind.LINK and data.get("key"):
         key = (data["key"][0], data["key"][1])

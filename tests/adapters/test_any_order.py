@@ -5,6 +5,7 @@ under one id. Checked on the fixtures, through the real fold."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -80,3 +81,42 @@ def test_event_times_agree_with_the_providers_sequence(name: str) -> None:
     events = [_parse(provider, n, i) for i, n in enumerate(names)]
     keys = [states.Event(uid=e.event_id, occurred_at=e.occurred_at, state=e.state).sort_key() for e in events]
     assert keys == sorted(keys), [k[:2] for k in keys]
+
+
+# -- status reads (issue 21): the API's word and late webhooks, in any order -------------------------
+
+#: name: (provider, webhook fixtures, the status-read answer that ends it, final state)
+WITH_READS: dict[str, tuple[str, list[str], str, str]] = {
+    "replicate": ("replicate", ["starting", "processing", "succeeded"], "prediction_succeeded", "complete"),
+    "replicate-failed": ("replicate", ["starting", "processing"], "prediction_failed", "failed"),
+    "github": ("github", ["workflow_run_requested", "workflow_run_in_progress", "workflow_run_completed_success"], "run_completed_success", "complete"),
+    "stripe": ("stripe", ["payment_intent_created", "payment_intent_processing", "payment_intent_succeeded"], "payment_intent_succeeded", "complete"),
+    "twilio": ("twilio", ["message_queued", "message_sent"], "message_delivered", "complete"),
+    "mux": ("mux", ["asset_created"], "asset_ready", "complete"),
+}
+READ_AT = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
+
+
+def _read(provider: str, name: str, external_id: str) -> list[ProviderEvent]:
+    """The status-read answer's events, the fixture's id swapped for the webhooks' one."""
+    from adapters.fixtures import load_api
+
+    fx = load_api(provider)[name]
+    body = json.dumps(fx["body"]).replace(str(fx["external_id"]), external_id).encode()
+    adapter: Adapter = {"replicate": ReplicateAdapter, "github": GitHubAdapter, "twilio": TwilioAdapter, "mux": MuxAdapter,
+                        "stripe": StripeAdapter}[provider]()
+    return adapter.parse_status(external_id, 200, body, READ_AT)
+
+
+@pytest.mark.parametrize("name", sorted(WITH_READS))
+def test_events_read_from_the_api_and_late_webhooks_fold_to_the_same_job_in_any_order(name: str) -> None:
+    provider, names, read, final = WITH_READS[name]
+    hooks = [_parse(provider, n, i) for i, n in enumerate(names)]
+    (external_id,) = {e.external_id for e in hooks}
+    events = hooks + _read(provider, read, external_id)
+    folded = [states.Event(uid=f"{provider}:{e.event_id}", occurred_at=e.occurred_at, state=e.state, key=(provider, e.external_id),
+                           kind=states.Kind.RECONCILE if e.event_id.startswith("read:") else states.Kind.PROVIDER,
+                           progress=e.progress, queue=e.queue, error=e.error, result=e.result, label=e.label) for e in events]
+    view = states.fold(CREATED, folded)[0]
+    assert all(states.fold(CREATED, list(order))[0] == view for order in itertools.permutations(folded))
+    assert view.state.value == final and view.attempt == 1
