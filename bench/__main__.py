@@ -42,6 +42,7 @@ AIMS = (
     ("ingest_gateway_to_noop", 0.35, "min"),
     ("ingest_gateway_errors", 0, "max"),
     ("polling_304_to_noop", 0.7, "min"),
+    ("polling_200_to_noop", 0.5, "min"),
     ("relay_pg_500_webhook_to_ws_p50_ms", 5, "max"),
     ("relay_pg_500_webhook_to_ws_p99_ms", 20, "max"),
     ("relay_pg_50_webhook_to_ws_p50_ms", 5, "max"),
@@ -88,6 +89,8 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     if poll:
         flat["polling_304_to_noop"] = poll["ratio_304_to_noop"]
         flat["polling_200_to_noop"] = poll["ratio_200_to_noop"]
+        flat["polling_200_database_to_noop"] = poll.get("ratio_200_database_to_noop")
+        flat["polling_200_memory_to_database"] = poll.get("ratio_200_memory_to_database")
     rel = ok.get("relay")
     if rel:
         for run in rel.get("latency", []):

@@ -9,7 +9,8 @@ gunicorn config) and are loaded by the same ``wrk`` (closed loop, 2 threads, C c
   distinct Standard Webhooks event signed with the ``standardwebhooks`` library, pre-made
   before the clock starts; events of one job are sent in ``occurred_at`` order.
 * polling: conditional ``GET /api/jobs/<id>`` answered 304 and unconditional ones answered
-  200, against the no-op ``GET``.
+  200 — from the JSON the process holds (gateway/polls.py), and from a database read (a
+  second gateway with ``poll_memory_jobs = 0``, as every 200 was before) — against the no-op ``GET``.
 
 Rounds are interleaved (gateway, naive, no-op, gateway, …) and medians reported, because the
 machine is shared. Options (environment): BENCH_INGEST_SECONDS (6), BENCH_ROUNDS_HTTP (3),
@@ -134,9 +135,11 @@ def ingest(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs:
 
 
 def polling(workdir: Path, seconds: float, rounds: int, connections: int) -> dict[str, Any]:
-    """Conditional GETs answered 304 and plain GETs answered 200, against the no-op GET."""
+    """Conditional GETs answered 304 and plain GETs answered 200 (from memory, and from the
+    database), against the no-op GET."""
     url, drop = make_database("postgres", workdir)
     gw = gateway(url, workdir, "poll-gateway")
+    db_reads = gateway(url, workdir, "poll-gateway-db", "poll_memory_jobs = 0")
     noop = baseline("bench.baselines:noop_app", workdir, "poll-noop")
     try:
         reg = register(gw.port)
@@ -145,12 +148,14 @@ def polling(workdir: Path, seconds: float, rounds: int, connections: int) -> dic
         status, data = Http(gw.port).request("GET", f"/api/jobs/{job['id']}", headers=auth)
         assert status == 200, data
         etag = f'"{job["id"]}.{json.loads(data)["version"]}"'
+        plain = wrk.raw_request("GET", f"/api/jobs/{job['id']}", auth)
         cases = {
             "gateway_304": (gw.port, wrk.raw_request("GET", f"/api/jobs/{job['id']}", {**auth, "If-None-Match": etag}), 304),
-            "gateway_200": (gw.port, wrk.raw_request("GET", f"/api/jobs/{job['id']}", auth), 200),
+            "gateway_200": (gw.port, plain, 200),
+            "gateway_200_database": (db_reads.port, plain, 200),
             "noop_flask_get": (noop.port, wrk.raw_request("GET", "/job", {}), 200),
         }
-        servers = {gw.port: gw, noop.port: noop}
+        servers = {gw.port: gw, db_reads.port: db_reads, noop.port: noop}
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in cases}
         for _ in range(rounds):
             for name, (port, req, expect) in cases.items():
@@ -158,12 +163,27 @@ def polling(workdir: Path, seconds: float, rounds: int, connections: int) -> dic
         out = {name: median_of(rs) for name, rs in runs.items()}
         out["ratio_304_to_noop"] = round(out["gateway_304"]["requests_per_s"] / out["noop_flask_get"]["requests_per_s"], 3)
         out["ratio_200_to_noop"] = round(out["gateway_200"]["requests_per_s"] / out["noop_flask_get"]["requests_per_s"], 3)
+        out["ratio_200_database_to_noop"] = round(out["gateway_200_database"]["requests_per_s"] / out["noop_flask_get"]["requests_per_s"], 3)
+        out["ratio_200_memory_to_database"] = round(out["gateway_200"]["requests_per_s"] / out["gateway_200_database"]["requests_per_s"], 3)
+        out["poll_reads"] = {name: poll_reads(srv.port) for name, srv in (("gateway", gw), ("gateway_database", db_reads))}
         out["setup"] = f"gunicorn -k gevent -w {WORKERS}; wrk -t2 -c{connections} -d{seconds}s, {rounds} interleaved rounds, medians; job token in Authorization"
         return out
     finally:
         gw.stop()
+        db_reads.stop()
         noop.stop()
         drop()
+
+
+def poll_reads(port: int) -> dict[str, float]:
+    """The server's ``gateway_poll_reads_total`` by ``from`` (memory, database): where the answers came from."""
+    _, data = Http(port).request("GET", "/metrics")
+    out: dict[str, float] = {}
+    for line in data.decode().splitlines():
+        if line.startswith("gateway_poll_reads_total{"):
+            source = line.split('from="', 1)[1].split('"', 1)[0]
+            out[source] = out.get(source, 0.0) + float(line.split()[-1])
+    return out
 
 
 def main() -> None:

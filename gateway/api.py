@@ -7,23 +7,25 @@ import logging
 import uuid
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, make_response, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from adapters.base import ProviderEvent
 from adapters.standard import canonical_fields
+from gateway import polls
 from gateway.auth import SCOPES, Principal
 from gateway.context import gateway
 from gateway.errors import BadRequest, NotFound
-from gateway.http import NO_CACHE, etag_of, job_matches, not_modified, tag_matches
+from gateway.http import API_PREFIX
 from gateway.ids import JOB_ID_RE
 from gateway.jobjson import job_json
+from gateway.limits import public
 from gateway.models import Job
 from gateway.signals import job_retried
 from gateway.states import Kind
 from gateway.storable import require_storable
 from gateway.store import API_SOURCE
 
-bp = Blueprint("api", __name__, url_prefix="/api")
+bp = Blueprint("api", __name__, url_prefix=API_PREFIX)
 log = logging.getLogger("gateway.api")
 
 MAX_EXTERNAL_ID = 255
@@ -67,10 +69,8 @@ def _source_name(body: dict[str, Any]) -> str:
 
 
 def job_response(job: Job, status: int = 200) -> Response:
-    response = make_response(jsonify(job_json(job)), status)
-    response.headers["ETag"] = etag_of(job)
-    response.headers["Cache-Control"] = NO_CACHE
-    return response
+    """``job`` as every endpoint that reads or writes one job answers it (JSON, ETag, no-cache)."""
+    return polls.job_answer(job, status).response()
 
 
 # -- integrator -------------------------------------------------------------------------------
@@ -164,33 +164,22 @@ def read_principal(job_id: str) -> Principal:
 
 
 @bp.get("/jobs/<job_id>")
+@public
 def get_job(job_id: str) -> Any:
+    """One job's JSON for its browser (gateway/polls.py decides, as for the shortcut in front)."""
     gw = gateway()
     read_principal(job_id)
     _job_id(job_id)
     wait = request.args.get("wait")
     inm = request.headers.get("If-None-Match")
-    if wait is not None and inm and gw.relay is not None:
-        seconds = _wait_seconds(wait, gw.config.long_poll_max)
-        job = gw.relay.wait_for_change(job_id, inm, seconds)
-        kind = "long_poll"
+    if wait is not None and inm:
+        answer = polls.long_poll(gw, job_id, inm, _wait_seconds(wait, gw.config.long_poll_max))
     else:
-        kind = "poll"
-        # an unchanged job costs no database read when this process provably knows its version
-        tag = gw.relay.fresh_etag(job_id) if inm and gw.relay is not None else None
-        if tag is not None and tag_matches(inm, tag):
-            gw.metrics.count_poll(kind, "304")
-            gw.relay.answered_from_memory()
-            return not_modified(tag)
-        job = gw.relay.read_job(job_id) if gw.relay is not None else gw.store.get_job(job_id)
-    if job is None:
-        gw.metrics.count_poll(kind, "404")
+        asked = request.environ.get(polls.ASKED_MEMORY)
+        answer = (None if asked else polls.from_memory(gw, job_id, inm)) or polls.from_database(gw, job_id, inm)
+    if answer is None:
         raise NotFound("no such job (yet)", code="job_not_found")
-    if job_matches(inm, job):
-        gw.metrics.count_poll(kind, "304")
-        return not_modified(etag_of(job))
-    gw.metrics.count_poll(kind, "200")
-    return job_response(job)
+    return answer.response()
 
 
 def _wait_seconds(raw: str, ceiling: int) -> float:
@@ -204,6 +193,7 @@ def _wait_seconds(raw: str, ceiling: int) -> float:
 
 
 @bp.post("/jobs/<job_id>/retry")
+@public
 def retry(job_id: str) -> Any:
     gw = gateway()
     who = gw.auth.require_job(request, job_id, "retry")

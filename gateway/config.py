@@ -67,6 +67,7 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "bus": (str, "auto"),
     "redis_url": (str, "redis://127.0.0.1:6379/0"),
     "progress_interval_ms": (int, 100),
+    "poll_memory_jobs": (int, 10_000),
     "support_email": (str, "support@example.com"),
     "demo": (bool, False),
     "outbox_interval": (int, 5),
@@ -199,6 +200,7 @@ class Config:
     bus: str = "auto"
     redis_url: str = "redis://127.0.0.1:6379/0"
     progress_interval_ms: int = 100  # a storming job's progress is announced at most once per this; 0: every change
+    poll_memory_jobs: int = 10_000  # jobs whose JSON each process keeps for 200 polls (relay/fresh.py); 0: each reads the database
     support_email: str = "support@example.com"
     demo: bool = False
     outbox_interval: int = 5  # seconds between outbox sweeps (an enqueue in this process wakes it at once)

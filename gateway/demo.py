@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, current_app, render_template, request
 
 from gateway.context import Gateway, gateway
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.limits import public
 from gateway.models import Job
 from gateway.signals import job_retried
 from gateway.simulator import MAX_BATCH, Simulator
@@ -70,6 +71,7 @@ def _simulator() -> Simulator:
 
 
 @bp.get("/")
+@public
 def index() -> Any:
     gw = gateway()
     if not gw.config.demo:
@@ -86,6 +88,7 @@ def favicon() -> Any:
 
 
 @bp.post("/demo/jobs")
+@public
 def start_jobs() -> Any:
     """Start a batch: ``{"count": 1-12, "tick": seconds between updates}`` → 201 ``{jobs: [{job, token}]}``."""
     simulator = _simulator()
@@ -108,6 +111,7 @@ def start_jobs() -> Any:
 
 
 @bp.get("/demo/results/<job_id>")
+@public
 def result(job_id: str) -> Any:
     """The page a complete demo job's result link points at."""
     _simulator()

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - another WSGI server
     _ServerParseError = OSError
 
 NO_CACHE = "no-cache, private"
+API_PREFIX = "/api"  # the HTTP API's routes (api.bp, the SSE stream): CORS applies under it
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
@@ -112,7 +113,7 @@ def finish_headers(headers: MutableMapping[str, str], req: Request, request_id: 
         if name not in headers:
             headers[name] = value
     origin = req.environ.get("HTTP_ORIGIN")
-    if origin and req.path.startswith("/api/") and origin_allowed_for(origin, allowed_origins, req.host_url):
+    if origin and req.path.startswith(API_PREFIX + "/") and origin_allowed_for(origin, allowed_origins, req.host_url):
         headers["Access-Control-Allow-Origin"] = origin
         headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID, Retry-After"
         headers["Vary"] = "Origin"

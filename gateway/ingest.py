@@ -27,7 +27,7 @@ from gateway.context import gateway
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
 from gateway.http import error_response
 from gateway.ids import utcnow
-from gateway.limits import charge_source
+from gateway.limits import charge_source, webhook
 from gateway.services import Source
 from gateway.states import Decision
 from gateway.storable import MESSAGE as STORABLE_MESSAGE
@@ -136,6 +136,7 @@ _UNKNOWN_LOG = _Sampler(10.0)
 
 
 @bp.post("/webhooks/<source_name>")
+@webhook
 def receive(source_name: str) -> Any:
     gw = gateway()
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,3 +36,14 @@ def job_json(job: Job) -> dict[str, Any]:
         "updated_at": iso(job.updated_at),
         "state_changed_at": iso(job.state_changed_at),
     }
+
+
+def encode(data: dict[str, Any]) -> str:
+    """The one encoding of a job's JSON (compact, ASCII, keys in ``job_json``'s order), as Flask's
+    ``jsonify`` writes it: poll answers, the snapshots on the bus, WebSocket and SSE frames."""
+    return json.dumps(data, separators=(",", ":"))
+
+
+def job_text(job: Job) -> str:
+    """``job`` as a poll answers it (without the final newline of the HTTP body)."""
+    return encode(job_json(job))

@@ -10,6 +10,9 @@ rate; one address's requests are not always spread evenly over the workers, so i
 refused a little earlier. Several instances behind a load balancer each allow the configured
 rate. A refused request gets 429 with ``Retry-After`` and the usual JSON error.
 
+Each route says which limits it takes (``@webhook``, ``@public``, ``@long_lived``: attributes of
+its view function, read by the ``before_request`` hook), so no path is matched here:
+
 - ``POST /webhooks/<source>``: ``rate_limit_webhooks_per_address`` before anything is read,
   ``rate_limit_webhooks_per_source`` only for deliveries whose signature verified (requests per
   second; bursts up to twice that), so unsigned posts cannot spend a provider's budget.
@@ -31,13 +34,12 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, g, request
 from werkzeug.wrappers import Request
@@ -46,8 +48,42 @@ from gateway.errors import RateLimited, RequestTimeout
 from gateway.services import Services
 
 MAX_KEYS = 50_000  # buckets kept per limiter; the least recently used are forgotten first
-PUBLIC_PATHS = re.compile(r"^/(?:api/jobs/[^/]+(?:/stream|/retry)?|ws|static/.*|demo/.*)?$")
-LONG_LIVED_PATHS = re.compile(r"^/(?:api/jobs/[^/]+/stream|ws)$")  # count against max_connections_per_address
+
+# -- which limits a route takes: attributes of its view function, read by the hook -------------
+
+V = TypeVar("V", bound=Callable[..., Any])
+BUDGET = "gateway_rate_budget"  # the view attribute naming a route's per-address budget
+PUBLIC = "public"  # rate_limit_public_per_address, unless the request carries an API key
+WEBHOOK = "webhook"  # rate_limit_webhooks_per_address
+CONNECTION = "gateway_connection"  # the view attribute of a long-lived route (max_connections_per_address)
+STREAM = "stream"  # the connection outlives the view: its slot lasts until the response is closed
+SOCKET = "socket"  # the view serves the connection, or takes the slot with it (hand_over_connection_slot)
+
+
+def public(view: V) -> V:
+    """Mark a browser endpoint (one job read, streamed or retried with its token, ``/ws``, the
+    demo's pages and static files): each request spends from ``rate_limit_public_per_address``
+    unless it carries an integrator's API key."""
+    setattr(view, BUDGET, PUBLIC)
+    return view
+
+
+def webhook(view: V) -> V:
+    """Mark the webhook endpoint: each POST spends from ``rate_limit_webhooks_per_address``
+    before anything is read (counted as ``rate_limited`` for the source named in the URL)."""
+    setattr(view, BUDGET, WEBHOOK)
+    return view
+
+
+def long_lived(kind: str) -> Callable[[V], V]:
+    """Mark a route whose GET holds a connection open (``STREAM``: an SSE response; ``SOCKET``: a
+    WebSocket): it counts against ``max_connections_per_address`` until the connection closes."""
+
+    def mark(view: V) -> V:
+        setattr(view, CONNECTION, kind)
+        return view
+
+    return mark
 
 
 class RateLimiter:
@@ -217,17 +253,22 @@ def init_app(app: Flask, gw: Services) -> Limits:
     """The app's limiters, attached to it: checked before each request, body deadline in the WSGI layer."""
     limits = Limits(gw.config)
 
+    public(app.view_functions["static"])  # Flask's own route: the demo page's scripts
+
     @app.before_request
     def _limit() -> None:
-        path = request.path
+        view = app.view_functions.get(request.endpoint) if request.endpoint else None
+        budget = getattr(view, BUDGET, None)
+        if budget is None and getattr(view, CONNECTION, None) is None:
+            return
         address = client_address()
-        if path.startswith("/webhooks/") and request.method == "POST":
+        if budget == WEBHOOK and request.method == "POST":
             # the per-source budget is charged only once a delivery verified (charge_source)
-            source = path[len("/webhooks/"):]
+            source = str((request.view_args or {}).get("source_name", ""))
             _counted(gw, source, lambda: limits.webhooks_per_address.check("addr:" + address, "from this address"))
-        elif PUBLIC_PATHS.match(path) and not _is_api_key(gw, request):
+        elif budget == PUBLIC and not _is_api_key(gw, request):
             limits.public_per_address.check("addr:" + address, "from this address")
-        if request.method == "GET" and LONG_LIVED_PATHS.match(path):
+        if request.method == "GET" and getattr(view, CONNECTION, None) is not None:
             if not limits.connections.acquire(address):
                 raise RateLimited("too many open connections from this address", code="too_many_connections", headers={"Retry-After": "5"})
             g.connection_slot = address
@@ -238,7 +279,8 @@ def init_app(app: Flask, gw: Services) -> Limits:
         # an SSE stream outlives the view: its slot lasts until the server closes the response
         # iterable. A WebSocket either runs inside the view (teardown frees its slot) or takes
         # the slot with it when it leaves the request (hand_over_connection_slot).
-        if request.path != "/ws":
+        view = app.view_functions.get(request.endpoint) if request.endpoint else None
+        if getattr(view, CONNECTION, None) == STREAM:
             address = g.pop("connection_slot", None)
             if address is not None:
                 response.call_on_close(lambda: limits.connections.release(address))

@@ -34,7 +34,10 @@ class Metrics:
         self.forward_latency = Histogram("gateway_forward_ack_seconds", "Seconds from the commit that owed a message to its 2xx",
                                          ["endpoint"], registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 300, 3600, 86400))
         self.stalls = Counter("gateway_jobs_stalled", "Jobs the watchdog failed as stalled", ["source"], registry=r)
+        self.poll_reads = Counter("gateway_poll_reads", "Polls answered (200 or 304) by where the job came from: memory or database",
+                                  ["from"], registry=r)
         self._poll_counts: dict[tuple[str, str], Counter] = {}
+        self._poll_reads: dict[str, Counter] = {}
         self.jobs_sampled_at = float("-inf")  # time.monotonic() of the last jobs-by-state count (health.py)
 
     def count_poll(self, kind: str, status: str) -> None:
@@ -43,6 +46,13 @@ class Metrics:
         child = self._poll_counts.get((kind, status))
         if child is None:
             child = self._poll_counts[(kind, status)] = self.polls.labels(kind=kind, status=status)
+        child.inc()
+
+    def count_poll_read(self, source: str) -> None:
+        """One poll answered from ``memory`` or after a ``database`` read: ``gateway_poll_reads_total{from}``."""
+        child = self._poll_reads.get(source)
+        if child is None:
+            child = self._poll_reads[source] = self.poll_reads.labels(source)
         child.inc()
 
     def render(self) -> bytes:

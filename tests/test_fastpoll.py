@@ -1,5 +1,5 @@
-"""Conditional polls answered before Flask (gateway/fastpoll.py): the same 304 the Flask path
-gives, and nothing else — every other poll goes on to Flask."""
+"""Polls answered before Flask (gateway/fastpoll.py): the same 304 and 200 the Flask path gives,
+from memory, and nothing else — every other poll goes on to Flask."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
+from gateway.polls import ASKED_MEMORY
 from tests.conftest import API_KEY, TEST_ENV, register, write_config
 from tests.signing import STANDARD_SECRET, standard_body, standard_headers
 
@@ -69,7 +70,7 @@ def test_the_fast_304_is_the_flask_304(app: Any, how: str) -> None:
         headers["If-None-Match"] = f'"job_other.1", W/{etag}'
     fast, flask = fast_and_flask(app)
     before = from_memory(app)
-    answered = app.wsgi_app.not_modified(_request(path, headers), job_id)
+    answered = app.wsgi_app.answer(_request(path, headers), job_id)
     assert answered is not None  # the fast path answers this one itself
     r_fast, r_flask = fast.get(path, headers=headers), flask.get(path, headers=headers)
     assert r_fast.status == r_flask.status == "304 NOT MODIFIED"
@@ -78,6 +79,27 @@ def test_the_fast_304_is_the_flask_304(app: Any, how: str) -> None:
     assert r_fast.headers["ETag"] == etag and r_fast.headers["X-Request-ID"] == "rid-fast-1"
     assert ("Access-Control-Allow-Origin" in r_fast.headers) is (how == "allowed origin")
     assert from_memory(app) == before + 3  # fast twice, Flask's own from-memory path once
+
+
+@pytest.mark.parametrize("how", ["no tag", "stale tag", "allowed origin"])
+def test_the_fast_200_is_the_flask_200(app: Any, how: str) -> None:
+    """A poll that cannot be a 304 is answered from the JSON held in memory, byte for byte the
+    answer a database read gives (Flask's, with the memory turned off for it)."""
+    job_id, token, etag = known_job(app)
+    path, headers = f"/api/jobs/{job_id}", {"Authorization": f"Bearer {token}", "X-Request-ID": "rid-fast-2"}
+    if how == "stale tag":
+        headers["If-None-Match"] = f'"{job_id}.0"'
+    elif how == "allowed origin":
+        headers["Origin"] = "http://localhost"
+    fast, flask = fast_and_flask(app)
+    answered = app.wsgi_app.answer(_request(path, headers), job_id)
+    assert answered is not None and answered[0].status == 200
+    r_fast = fast.get(path, headers=headers)
+    r_db = flask.get(path, headers=headers, environ_base={ASKED_MEMORY: True})  # the view reads the database
+    assert r_fast.status == r_db.status == "200 OK"
+    assert sorted(r_fast.headers.items()) == sorted(r_db.headers.items())
+    assert r_fast.get_data() == r_db.get_data()
+    assert r_fast.get_json()["id"] == job_id and r_fast.headers["ETag"] == etag
 
 
 def _request(path: str, headers: dict[str, str]) -> Any:
@@ -92,17 +114,20 @@ def test_every_other_poll_goes_on_to_flask(app: Any) -> None:
     fast = app.wsgi_app
     ok = {"Authorization": f"Bearer {token}", "If-None-Match": etag}
     path = f"/api/jobs/{job_id}"
-    assert fast.not_modified(_request(path, ok), job_id) is not None
+    assert fast.answer(_request(path, ok), job_id) is not None
+    # a stale or no tag: the JSON this process holds for the job's current version, a 200
+    for tag in (f'"{job_id}.0"', None):
+        h = {**ok, "If-None-Match": tag} if tag else {"Authorization": ok["Authorization"]}
+        answered = fast.answer(_request(path, h), job_id)
+        assert answered is not None and answered[0].status == 200
     refused = {
-        "stale tag": (path, {**ok, "If-None-Match": f'"{job_id}.0"'}),
-        "no tag": (path, {"Authorization": ok["Authorization"]}),
         "long-poll": (path + "?wait=1", ok),
         "another job's token": (path, {**ok, "Authorization": f"Bearer {other_token}"}),
         "tampered token": (path, {**ok, "Authorization": f"Bearer {token[:-2]}xx"}),
         "no credentials": (path, {"If-None-Match": etag}),
     }
     for why, (p, h) in refused.items():
-        assert fast.not_modified(_request(p, h), job_id) is None, why
+        assert fast.answer(_request(p, h), job_id) is None, why
     client = Client(fast)
     assert client.get(path + "?wait=0", headers=ok).status_code == 304  # Flask's long-poll, timed out
     assert client.get(path, headers={**ok, "If-None-Match": f'"{job_id}.0"'}).status_code == 200
@@ -114,7 +139,6 @@ def test_every_other_poll_goes_on_to_flask(app: Any) -> None:
     reg_ext = app.test_client().get(path, headers={"Authorization": f"Bearer {API_KEY}"}).get_json()["external_id"]
     body = standard_body(reg_ext, "processing")
     assert app.test_client().post("/webhooks/worker", data=body, headers=standard_headers(STANDARD_SECRET, body)).status_code == 200
-    assert fast.not_modified(_request(path, ok), job_id) is None
     r = client.get(path, headers=ok)
     assert r.status_code == 200 and r.headers["ETag"] != etag
 

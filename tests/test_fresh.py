@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.relay.fresh import Barrier, VersionCache
@@ -43,6 +43,87 @@ def test_the_cache_is_bounded() -> None:
     for i in range(5):
         cache.saw(f"job_{i}", 1)
     assert [cache.get(f"job_{i}") for i in range(5)] == [None, None, 1, 1, 1]
+
+
+def test_a_late_copy_of_a_version_never_replaces_json_that_moved_since() -> None:
+    """The writer hands its commit's JSON to its own process after the commit; a notice that the
+    JSON moved at that version (``same_version``) may come first. The late copy is not taken."""
+    cache = VersionCache()
+    cache.reset(live=True)
+    cache.before_read("job_a")  # the job was polled here
+    cache.saw("job_a", 2)
+    cache.heard("job_a", 2, "{old}", False)  # version 2 with its JSON
+    assert cache.body_at("job_a", 2) == "{old}"
+    cache.heard("job_a", 2, None, True)  # updated_at moved at version 2
+    assert cache.body_at("job_a", 2) is None
+    cache.heard("job_a", 2, "{old}", False)  # the late copy of version 2
+    assert cache.body_at("job_a", 2) is None
+    cache.heard("job_a", 3, "{new}", False)
+    assert cache.body_at("job_a", 3) == "{new}" and cache.body_at("job_a", 2) is None
+
+
+def test_a_read_overtaken_by_a_notice_is_not_kept() -> None:
+    cache = VersionCache()
+    cache.reset(live=True)
+    cache.saw("job_a", 2)
+    token = cache.before_read("job_a")
+    cache.heard("job_a", 2, None, True)  # the JSON moved while the read ran (it may have seen either)
+    cache.read("job_a", 2, "{before the move}", token)
+    assert cache.body_at("job_a", 2) is None
+    cache.read("job_a", 2, "{after the move}", cache.before_read("job_a"))  # the next read is kept
+    assert cache.body_at("job_a", 2) == "{after the move}"
+    cache.reset(live=True)  # a reconnect forgets everything, and reads that began before it
+    token = cache.before_read("job_a")
+    cache.reset(live=True)
+    cache.read("job_a", 2, "{x}", token)
+    assert cache.body_at("job_a", 2) is None
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_held_json_is_never_stale_once_every_committed_notice_arrived(data: st.DataObject) -> None:
+    """One job, commits of a new version or of JSON moved at the same version; notices arrive in
+    commit order (with the JSON or without), late copies of a commit's JSON come any time after
+    it (the writer's own hand-over), database reads overlap all of it. Whenever every committed
+    notice has arrived (what the barrier proves), the JSON held for the current version is the
+    database's, or nothing (read the database)."""
+    cache = VersionCache(bodies=4)
+    cache.reset(live=True)
+    db: list[tuple[int, str]] = []  # each commit's (version, JSON)
+    delivered = 0
+    late: list[int] = []  # commits whose late copy may still arrive
+    reads: list[tuple[tuple[int, int], tuple[int, str] | None]] = []  # (token, what the read found)
+    cache.before_read("job_a")
+    for _ in range(data.draw(st.integers(1, 40))):
+        step = data.draw(st.sampled_from(["commit", "same", "deliver", "late", "read", "read_db", "read_end"]))
+        if step in ("commit", "same"):
+            version = (db[-1][0] if db else 0) + (step == "commit" or not db)
+            db.append((version, f"{{v{version}.{len(db)}}}"))
+            if step == "commit":
+                late.append(len(db) - 1)
+        elif step == "deliver" and delivered < len(db):
+            version, text = db[delivered]
+            same = delivered > 0 and db[delivered - 1][0] == version
+            carried = not same and data.draw(st.booleans())
+            cache.heard("job_a", version, text if carried else None, same)
+            cache.saw("job_a", version)
+            delivered += 1
+        elif step == "late" and late:
+            i = late.pop(data.draw(st.integers(0, len(late) - 1)))
+            cache.heard("job_a", db[i][0], db[i][1], False)
+        elif step == "read":
+            reads.append((cache.before_read("job_a"), None))
+        elif step == "read_db" and reads and db:
+            i = data.draw(st.integers(0, len(reads) - 1))
+            reads[i] = (reads[i][0], db[-1])
+        elif step == "read_end" and reads:
+            token, found = reads.pop(0)
+            if found is not None:
+                cache.read("job_a", found[0], found[1], token)
+        if delivered == len(db) and db:
+            version = cache.get("job_a")
+            held = cache.body_at("job_a", version) if version is not None else None
+            assert held in (None, db[-1][1]), (held, db)
 
 
 class Loopback:

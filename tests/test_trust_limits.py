@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.app import create_app
 from gateway.config import load_config
-from gateway.limits import ConnectionCounter, RateLimiter
+from gateway.limits import BUDGET, CONNECTION, PUBLIC, SOCKET, STREAM, WEBHOOK, ConnectionCounter, RateLimiter
 from tests.conftest import API_KEY, ARTIFACTS, TEST_ENV, register, server_env, write_config
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET, standard_body, standard_headers
@@ -146,6 +146,29 @@ def test_public_endpoints_rate_per_address_but_not_for_api_keys(db_url: str, tmp
     assert client.get(f"/api/jobs/{job}?token={token}", environ_base={"REMOTE_ADDR": "10.3.3.3"}).status_code == 200
     # an integrator's backend (API key) is not a browser: not counted
     assert all(client.get(f"/api/jobs/{job}", headers=KEY, environ_base={"REMOTE_ADDR": "10.2.2.2"}).status_code == 200 for _ in range(10))
+
+
+def test_each_route_says_which_limits_it_takes(sqlite_url: str, tmp_path: Path) -> None:
+    """The routes marked @public, @webhook and @long_lived are exactly the browser endpoints, the
+    webhook endpoint and the long-lived connections (a new route takes no budget by accident)."""
+    app = limited_app(sqlite_url, tmp_path)
+    marks = {}
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        budget, connection = getattr(view, BUDGET, None), getattr(view, CONNECTION, None)
+        if budget or connection:
+            marks[rule.rule] = (budget, connection)
+    assert marks == {
+        "/api/jobs/<job_id>": (PUBLIC, None),
+        "/api/jobs/<job_id>/retry": (PUBLIC, None),
+        "/api/jobs/<job_id>/stream": (PUBLIC, STREAM),
+        "/ws": (PUBLIC, SOCKET),
+        "/static/<path:filename>": (PUBLIC, None),
+        "/": (PUBLIC, None),
+        "/demo/jobs": (PUBLIC, None),
+        "/demo/results/<job_id>": (PUBLIC, None),
+        "/webhooks/<source_name>": (WEBHOOK, None),
+    }
 
 
 # -- slow clients, on a real gunicorn gevent server ---------------------------------------------------------

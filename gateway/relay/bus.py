@@ -1,7 +1,8 @@
 """The bus interface and the in-process bus every other bus builds on.
 
 A bus carries committed (job id, version) pairs to the hub of every process that may have
-watchers. The store calls ``publish_in_transaction`` inside the writer's transaction and
+watchers — with the job's JSON when the bus can carry it (``notices``), so that polls are
+answered from memory (relay/fresh.py) — and notes of JSON that moved at the same version. The store calls ``publish_in_transaction`` inside the writer's transaction and
 ``published`` after commit; ``published`` delivers to this process's hub at once, so the
 writer's own watchers never wait for the round trip through the database. The hub drops a
 notice it has already seen, so the same change arriving twice costs a dict lookup.
@@ -49,7 +50,7 @@ class LocalBus:
 
     def published(self, changes: Sequence[Change]) -> None:
         """After commit: tell this process's hub at once."""
-        self.hub.notify((c.job_id, c.version) for c in changes)
+        self.hub.heard(changes)
 
     def start(self) -> None:
         pass
@@ -90,11 +91,11 @@ class ListeningBus(LocalBus):
         raise NotImplementedError
 
     def _deliver(self, payload: str) -> None:
-        """One received notice: a barrier marker, or (job id, version) pairs for the hub."""
+        """One received notice: a barrier marker, or changes for the hub."""
         if payload.startswith(SYNC_PREFIX):
             self.barrier.received(payload)  # type: ignore[attr-defined]  # every listening bus sets a barrier before it listens
         else:
-            self.hub.notify(parse_notice(payload))
+            self.hub.heard(read_notice(payload))
 
     def _listen_forever(self) -> None:
         backoff = 0.25
@@ -110,22 +111,40 @@ class ListeningBus(LocalBus):
                 backoff = min(backoff * 2, self.max_backoff)
 
 
-def parse_notice(payload: str) -> list[tuple[str, int]]:
-    """``job_a:3,job_b:7`` → [(job_a, 3), (job_b, 7)]; malformed parts are skipped."""
+# Payloads: ``job_a:3,job_b:7`` (versions), ``job_a:3+`` (version 3's JSON moved: same_version),
+# or ``job_a:3,{...}``: one change with its JSON (a reader that knows only the first form still
+# reads job_a:3 from it and skips the rest).
+
+
+def read_notice(payload: str) -> list[Change]:
+    """A payload of ``notices`` read back; malformed parts are skipped."""
+    head, brace, body = payload.partition(",{")
     out = []
-    for part in payload.split(","):
-        job_id, _, version = part.rpartition(":")
+    for part in head.split(","):
+        same = part.endswith("+")
+        job_id, _, version = (part[:-1] if same else part).rpartition(":")
         if job_id and version.isdigit():
-            out.append((job_id, int(version)))
+            out.append(Change(job_id, int(version), same_version=same))
+    if brace and len(out) == 1 and not out[0].same_version:
+        out[0] = Change(out[0].job_id, out[0].version, snapshot="{" + body)
     return out
 
 
+def parse_notice(payload: str) -> list[tuple[str, int]]:
+    """``job_a:3,job_b:7`` → [(job_a, 3), (job_b, 7)]: the versions a payload announces."""
+    return [(c.job_id, c.version) for c in read_notice(payload) if not c.same_version]
+
+
 def notices(changes: Sequence[Change], limit: int = 7900) -> list[str]:
-    """Changes packed into as few payloads as fit under ``limit`` bytes (NOTIFY's is 8000)."""
+    """Changes packed into as few payloads as fit under ``limit`` bytes (NOTIFY's is 8000): a
+    change with its snapshot alone in its payload when it fits, the rest as ids and versions."""
     payloads: list[str] = []
     current = ""
     for c in changes:
-        part = f"{c.job_id}:{c.version}"
+        if c.snapshot is not None and len(c.job_id) + len(c.snapshot) + 12 <= limit:  # ASCII: chars are bytes
+            payloads.append(f"{c.job_id}:{c.version},{c.snapshot}")
+            continue
+        part = f"{c.job_id}:{c.version}{'+' if c.same_version else ''}"
         if current and len(current) + 1 + len(part) > limit:
             payloads.append(current)
             current = part

@@ -2,8 +2,9 @@
 
 The writer's transaction runs ``pg_notify('gateway_jobs', 'job_id:version,…')``, so the notice
 is sent if and only if the change commits. Each process keeps one listener thread (a greenlet
-under gevent) on its own autocommit psycopg connection, outside the SQLAlchemy pool. Payloads
-carry ids and versions only; the hub reads each changed job once per process.
+under gevent) on its own autocommit psycopg connection, outside the SQLAlchemy pool. A payload
+carries the job's JSON with its id and version when it fits in NOTIFY's 8,000 bytes (polls are
+then answered from memory, relay/fresh.py), else ids and versions only.
 
 NOTIFY is not durable: while the listener is disconnected, notices are lost. After every
 (re)connect the listener asks the hub to resync, and the periodic resync catches the rest.
@@ -80,7 +81,7 @@ class PostgresBus(ListeningBus):
 
     def _announce_later(self, changes: list[Change]) -> None:
         """The trailing announcement of held progress: committed versions, to everyone."""
-        self.hub.notify((c.job_id, c.version) for c in changes)
+        self.hub.heard(changes)
         self._notify_outside("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (CHANNEL, notices(changes)))
 
     def publish_in_transaction(self, writer: Unit, changes: Sequence[Change]) -> None:

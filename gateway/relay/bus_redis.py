@@ -2,7 +2,8 @@
 
 PostgreSQL serialises every committing transaction that issued NOTIFY on one global lock
 (the notification queue), so at high write rates NOTIFY becomes the ceiling. With
-``[gateway] bus = "redis"`` the database only commits; the change notices travel over Redis.
+``[gateway] bus = "redis"`` the database only commits; the change notices travel over Redis,
+each with the job's JSON (polls are then answered from memory, relay/fresh.py).
 
 Redis is not transactional with the database, so a notice is published in ``published`` —
 after the commit, never before (a watcher must never read a version that is not there yet).
@@ -32,6 +33,7 @@ log = logging.getLogger("gateway.relay")
 
 CHANNEL_PREFIX = "gateway_jobs"
 SUBSCRIBER_NAME = "gateway-relay-subscriber"  # CLIENT SETNAME: operators (and tests) can find it
+MESSAGE_LIMIT = 512 * 1024  # bytes per message: a job's JSON travels with its notice up to this size
 
 
 def channel_for(engine: Engine) -> str:
@@ -82,9 +84,10 @@ class RedisBus(ListeningBus):
             return
         super().published(changes)
         try:
-            client = self._publisher()
-            for payload in notices(changes):
-                client.publish(self.channel, payload)
+            pipe = self._publisher().pipeline(transaction=False)  # one round trip, in order
+            for payload in notices(changes, limit=MESSAGE_LIMIT):
+                pipe.publish(self.channel, payload)
+            pipe.execute()
         except redis.RedisError as exc:
             log.warning("relay: could not publish to Redis; the resync will catch up", extra={"error": type(exc).__name__})
 

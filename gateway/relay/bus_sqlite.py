@@ -106,7 +106,9 @@ class SqliteBus(LocalBus):
                 self.hub.resync()  # anything committed before the follower started
             return 0
         self.last_seq = rows[-1][0]
-        self.hub.notify((job_id, version) for _, job_id, version in rows)
+        # a row cannot say whether the version is new or only its JSON moved (same_version): the
+        # hub takes it as both, so no JSON held for a poll outlives it
+        self.hub.heard([Change(job_id, version, same_version=True) for _, job_id, version in rows])
         return len(rows)
 
     def prune(self) -> int:

@@ -43,6 +43,9 @@ class Coalescer:
         out = []
         with self._lock:
             for c in changes:
+                if c.same_version:  # not a version: nothing to coalesce
+                    out.append(c)
+                    continue
                 last = self._last.get(c.job_id)
                 if c.progress_only and last is not None and now - last < self.interval:
                     held = self._pending.get(c.job_id)
@@ -65,7 +68,7 @@ class Coalescer:
     def is_held(self, change: Change) -> bool:
         """Whether ``change`` waits for the trailing announcement."""
         held = self._pending.get(change.job_id)
-        return held is not None and held.version >= change.version
+        return held is not None and held.version >= change.version and not change.same_version
 
     def _ensure_started(self) -> None:
         if self._thread is None or not self._thread.is_alive():

@@ -17,6 +17,17 @@ rules make the 304 sound:
   marker is back, every change acknowledged before the poll arrived is in the cache. One
   marker serves every poll that was waiting for it, so under load many polls share one
   round trip. If the marker does not come back in time, the poll reads the database.
+
+A poll that cannot be a 304 is answered from memory too when the process holds the job's JSON
+at that version (``VersionCache.body_at``): kept for jobs polled here recently, filled by the
+poll's own database read and replaced by the JSON a notice carries (bus.py ``notices``). Every
+notice of the job replaces or drops it — a new version without its JSON, and JSON that moved
+at the same version (``same_version``: ``updated_at``, ``queue.total``) — so what a poll
+answers from memory is always what a database read would give once the barrier is passed:
+
+* a notice's JSON is taken only for a version newer than the one held, so a late copy of an
+  old version (our own commit's, handed over after a later notice) never replaces anything;
+* a database read's JSON is taken only if no notice of the job arrived while it ran (a tick).
 """
 
 from __future__ import annotations
@@ -27,28 +38,82 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
 log = logging.getLogger("gateway.relay")
 
 SYNC_PREFIX = "sync:"  # bus payloads that are barrier markers, not changes
 
 
-class VersionCache:
-    """Latest known version per job id, bounded (least recently updated out first)."""
+class _Body(NamedTuple):
+    """The JSON held for one job: of ``version`` (None: only the database knows it), and the
+    tick of the last notice or read that set it. Replaced whole, so a reader sees one of them."""
 
-    def __init__(self, size: int = 100_000):
+    version: int
+    text: str | None
+    tick: int
+
+
+class VersionCache:
+    """Latest known version per job id, bounded (least recently updated out first), and the JSON
+    of the jobs polled here recently (``bodies`` of them at most)."""
+
+    def __init__(self, size: int = 100_000, bodies: int = 10_000):
         self.size = size
+        self.bodies = bodies
         self.epoch = 0
         self.live = False
         self._versions: OrderedDict[str, int] = OrderedDict()
+        self._bodies: OrderedDict[str, _Body] = OrderedDict()
+        self._tick = 0
         self._lock = threading.Lock()
 
     def reset(self, live: bool) -> None:
         """The subscriber (re)connected (``live``) or dropped: forget everything, new epoch."""
         with self._lock:
             self._versions.clear()
+            self._bodies.clear()
             self.epoch += 1
             self.live = live
+
+    def heard(self, job_id: str, version: int, text: str | None, same_version: bool) -> None:
+        """A notice of ``job_id`` at ``version``, with its JSON (``text``) if the bus carried it:
+        replaces or drops the JSON held for the job, if any (see the module docstring)."""
+        held = self._bodies.get(job_id)
+        if held is None or version < held.version:
+            return  # not polled here lately (most notices), or older than what is held
+        with self._lock:
+            held = self._bodies.get(job_id)
+            if held is not None and (version > held.version or (same_version and version == held.version)):
+                self._tick += 1
+                self._bodies[job_id] = _Body(version, None if same_version else text, self._tick)
+
+    def before_read(self, job_id: str) -> tuple[int, int]:
+        """Call before reading the job from the database; hand the result to ``read``."""
+        with self._lock:
+            held = self._bodies.get(job_id)
+            if held is None and self.bodies > 0:
+                self._tick += 1
+                held = self._bodies[job_id] = _Body(-1, None, self._tick)
+                while len(self._bodies) > self.bodies:
+                    self._bodies.popitem(last=False)
+            elif held is not None:
+                self._bodies.move_to_end(job_id)
+            return self.epoch, held.tick if held is not None else -1
+
+    def read(self, job_id: str, version: int, text: str, token: tuple[int, int]) -> None:
+        """The job's JSON as a database read found it: kept if the subscriber stayed connected and
+        no notice of the job arrived since ``before_read`` gave ``token``."""
+        with self._lock:
+            held = self._bodies.get(job_id)
+            if self.live and token[0] == self.epoch and held is not None and held.tick == token[1] and version >= held.version:
+                self._tick += 1
+                self._bodies[job_id] = _Body(version, text, self._tick)
+
+    def body_at(self, job_id: str, version: int) -> str | None:
+        """The job's JSON at ``version``, if held."""
+        held = self._bodies.get(job_id) if self.live else None
+        return held.text if held is not None and held.version == version else None
 
     def saw(self, job_id: str, version: int, epoch: int | None = None) -> None:
         """A version of ``job_id`` exists; kept if it is the newest known (and, for a database

@@ -3,8 +3,10 @@ watch which job, and the latest snapshot of each watched job.
 
 A change notice (job id, version) from any bus lands in ``notify``; one dispatcher thread
 (a greenlet under gevent) coalesces the notices, reads every changed job in one query, encodes
-each snapshot once and hands the same bytes to every watcher of that job. Watchers hold no
-database session; a notice for a job nobody here watches costs one dict lookup.
+each snapshot once and hands the same bytes to every watcher of that job. A notice that carries
+the job's JSON (``heard``: the writer's own commit, Redis, PostgreSQL under 8,000 bytes) costs
+no read at all. Watchers hold no database session; a notice for a job nobody here watches
+costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+from gateway.jobjson import encode
 from gateway.relay.fresh import VersionCache
+from gateway.store import Change
 
 log = logging.getLogger("gateway.relay")
 
@@ -54,6 +58,13 @@ class Snapshot:
 
     job: dict[str, Any]
 
+    @classmethod
+    def of_text(cls, text: str) -> Snapshot:
+        """The snapshot of a job's JSON as encoded (``jobjson.encode``), kept as it came."""
+        snap = cls(json.loads(text))
+        snap.__dict__["text"] = text  # the cached ``text``: the bytes the writer encoded, not encoded again
+        return snap
+
     @property
     def job_id(self) -> str:
         return str(self.job["id"])
@@ -68,8 +79,8 @@ class Snapshot:
 
     @cached_property
     def text(self) -> str:
-        """The job JSON, encoded once for every transport."""
-        return json.dumps(self.job, separators=(",", ":"))
+        """The job JSON, encoded once for every transport (as a poll answers it)."""
+        return encode(self.job)
 
     @cached_property
     def ws_message(self) -> str:
@@ -135,6 +146,7 @@ class Hub:
     watchers: dict[str, set[Watcher]] = field(default_factory=dict)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     _pending: dict[str, int] = field(default_factory=dict)
+    _carried: dict[str, tuple[int, str]] = field(default_factory=dict)  # watched job -> (version, JSON) a notice carried
     _reads: dict[str, _Read] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
@@ -194,6 +206,17 @@ class Hub:
 
     # -- change notices --------------------------------------------------------------------------
 
+    def heard(self, changes: Sequence[Change]) -> None:
+        """Changes from a bus, with what they carry: first the JSON of the jobs polled here
+        (``seen.heard``), then the versions (``notify``)."""
+        for c in changes:
+            self.seen.heard(c.job_id, c.version, c.snapshot, c.same_version)
+            if c.snapshot is not None and c.job_id in self.watchers:
+                with self._lock:
+                    if self._carried.get(c.job_id, (-1, ""))[0] < c.version:
+                        self._carried[c.job_id] = (c.version, c.snapshot)
+        self.notify((c.job_id, c.version) for c in changes)
+
     def notify(self, changes: Iterable[tuple[str, int]]) -> None:
         """Change notices from any bus; only newer versions of watched jobs are queued."""
         woke = False
@@ -246,20 +269,29 @@ class Hub:
             self._wake.clear()
             with self._lock:
                 batch, self._pending = self._pending, {}
+                carried, self._carried = self._carried, {}
             if not batch:
                 continue
             try:
-                self.dispatch(batch)
+                self.dispatch(batch, carried)
             except Exception:  # a failed read (database restarting) is caught up by the resync
                 log.exception("relay dispatch failed; the resync will catch up")
 
-    def dispatch(self, batch: dict[str, int]) -> None:
-        """Read the batch's jobs in one query and hand each snapshot to its watchers."""
-        ids = [job_id for job_id in batch if job_id in self.watchers]
-        if not ids:
-            return
-        for data in self.load(ids).values():
-            self.publish(Snapshot(data))
+    def dispatch(self, batch: dict[str, int], carried: dict[str, tuple[int, str]] | None = None) -> None:
+        """Hand each job's snapshot to its watchers: the JSON its notice carried when that is the
+        version asked for, else read (the rest of the batch in one query)."""
+        ids = []
+        for job_id, version in batch.items():
+            if job_id not in self.watchers:
+                continue
+            got = (carried or {}).get(job_id)
+            if got is not None and got[0] >= version:
+                self.publish(Snapshot.of_text(got[1]))
+            else:
+                ids.append(job_id)
+        if ids:
+            for data in self.load(ids).values():
+                self.publish(Snapshot(data))
 
     def publish(self, snap: Snapshot) -> None:
         """Deliver one snapshot to every local watcher of its job, if it is newer than the last."""

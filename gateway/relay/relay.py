@@ -15,11 +15,12 @@ from sqlalchemy import select
 
 from gateway.config import Config
 from gateway.errors import ConfigError
-from gateway.http import etag, job_matches
-from gateway.jobjson import job_json
+from gateway.http import job_matches
+from gateway.jobjson import job_json, job_text
 from gateway.models import Job
 from gateway.relay.bus import LocalBus, RelayBus
 from gateway.relay.expiry import Expiries
+from gateway.relay.fresh import VersionCache
 from gateway.relay.hub import Hub, Mailbox, Watcher
 from gateway.services import Services
 from gateway.store import Store
@@ -43,7 +44,8 @@ class Relay:
             "gateway_relay_polls_from_memory", "Conditional polls answered 304 from the version cache, with no database read",
             registry=gw.metrics.registry,
         )
-        self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe)
+        self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe,
+                       seen=VersionCache(bodies=gw.config.poll_memory_jobs))
         self.bus: RelayBus = make_bus(
             bus_name, self.hub, self.store, gw.config.redis_url, progress_interval=gw.config.progress_interval_ms / 1000
         )
@@ -133,19 +135,24 @@ class Relay:
         """Catch up with anything the bus missed; see ``Hub.resync``."""
         return self.hub.resync()
 
-    # -- polls answered from memory (see fresh.py) ---------------------------------------------------
+    # -- polls answered from memory (see fresh.py; gateway/polls.py decides) -------------------------
 
-    def fresh_etag(self, job_id: str) -> str | None:
-        """The job's current ETag if this process knows it without reading the database: the
-        version is in the cache and a barrier proved no acknowledged change is still on its way.
-        None means "read the database"."""
+    def remembered(self, job_id: str) -> int | None:
+        """The job's latest version this process has heard of, if it may answer polls from memory
+        at all (its bus has a barrier and the app is serving); not yet proved current."""
+        if getattr(self.bus, "barrier", None) is None or not self._serving():
+            return None
+        return self.hub.seen.get(job_id)
+
+    def settle(self) -> bool:
+        """Wait until every change acknowledged before the call has reached this process (the
+        bus's barrier); False when it could not be proved in time."""
         barrier = getattr(self.bus, "barrier", None)
-        if barrier is None or not self._serving():
-            return None
-        if self.hub.seen.get(job_id) is None or not barrier.wait():
-            return None
-        version = self.hub.seen.get(job_id)
-        return etag(job_id, version) if version is not None else None
+        return barrier is not None and bool(barrier.wait())
+
+    def body_at(self, job_id: str, version: int) -> str | None:
+        """The job's JSON at ``version`` if this process holds it (fresh.py)."""
+        return self.hub.seen.body_at(job_id, version)
 
     def _serving(self) -> bool:
         return bool(getattr(self.gw.background, "running", False))
@@ -159,15 +166,21 @@ class Relay:
         """Count a 304 that cost no database read."""
         self.polls_from_memory.inc()
 
-    def read_job(self, job_id: str) -> Job | None:
-        """The job from the database; its version is remembered if the bus listened throughout."""
+    def read_job(self, job_id: str) -> tuple[Job, str] | None:
+        """The job from the database, and its JSON as a poll answers it (``jobjson.job_text``);
+        both are remembered if the bus listened throughout and no notice of the job came meanwhile."""
         if self._serving():
             self.start()
-        epoch = self.hub.seen.epoch
+        seen = self.hub.seen
+        epoch = seen.epoch
+        token = seen.before_read(job_id)
         job = self.store.get_job(job_id)
-        if job is not None:
-            self.hub.seen.saw(job.id, job.version, epoch)
-        return job
+        if job is None:
+            return None
+        text = job_text(job)
+        seen.saw(job.id, job.version, epoch)
+        seen.read(job.id, job.version, text, token)
+        return job, text
 
     # -- long-poll ---------------------------------------------------------------------------------
 

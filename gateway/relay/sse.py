@@ -25,8 +25,9 @@ from werkzeug.http import http_date
 
 from gateway.context import gateway
 from gateway.errors import NotFound
+from gateway.http import API_PREFIX
 from gateway.ids import JOB_ID_RE
-from gateway.limits import hand_over_connection_slot
+from gateway.limits import STREAM, hand_over_connection_slot, long_lived, public
 from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Mailbox, Snapshot, http_chunk
 from gateway.relay.relay import Relay, heartbeat_seconds
@@ -51,7 +52,9 @@ def _last_event_id() -> int:
     return int(raw) if raw.isdigit() and len(raw) < 12 else -1
 
 
-@bp.get("/api/jobs/<job_id>/stream")
+@bp.get(API_PREFIX + "/jobs/<job_id>/stream")
+@public
+@long_lived(STREAM)
 def stream(job_id: str) -> Response:
     """The job's changes as Server-Sent Events, from whichever process commits them."""
     gw = gateway()

@@ -29,7 +29,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from gateway.errors import Forbidden, GatewayError
 from gateway.http import error_response, origin_allowed_for
 from gateway.ids import JOB_ID_RE
-from gateway.limits import hand_over_connection_slot
+from gateway.limits import SOCKET, hand_over_connection_slot, long_lived, public
 from gateway.relay.detached import Detached, take_socket
 from gateway.relay.hub import Snapshot, ws_text_frame
 
@@ -369,6 +369,8 @@ def init_ws(app: Flask, relay: Relay) -> None:
         return error_response(400, "invalid_upgrade", f"not a valid WebSocket upgrade request: {exc}")
 
     @sock.route("/ws", bp=bp)  # type: ignore[untyped-decorator]  # flask-sock ships no type hints
+    @public  # flask-sock's wrapper copies these marks (functools.wraps)
+    @long_lived(SOCKET)
     def ws_route(ws: Any) -> None:
         """One browser's WebSocket: detached from the request under gevent, else served here."""
         conn = Connection(relay, ws.ws.connection, ws.sock)

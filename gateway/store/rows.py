@@ -39,6 +39,12 @@ def public(job: Any) -> tuple[Any, ...]:
     return (job.state, job.attempt, job.label, job.progress, job.error, job.result, queue_pos)
 
 
+def unversioned(job: Any) -> tuple[Any, ...]:
+    """What else the job's JSON shows that moves without a new version (CONTRACT §1): the rest of
+    the queue object (``total``), ``updated_at``, ``state_changed_at``."""
+    return (job.queue if job.state == State.QUEUED.value else None, job.updated_at, job.state_changed_at)
+
+
 def queue_name_of(queue: dict[str, Any] | None) -> str | None:
     """The queue an event's ``queue`` object names, if any."""
     return str(queue["name"]) if queue and queue.get("name") else None

@@ -44,8 +44,8 @@ class Store:
                     writer.close(self.bus, self.owing)
             finally:
                 writer.release()  # after the commit or the rollback
-        if writer.changes:
-            self.bus.published(writer.changes)
+        if notices := writer.notices:
+            self.bus.published(notices)
         for fn in writer.committed:
             fn()
 

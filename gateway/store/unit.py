@@ -8,7 +8,7 @@ add their notice to it (``closing_sql``, ``session``) inside the transaction.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -17,21 +17,29 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from gateway.ids import utcnow
+from gateway.jobjson import job_text
 from gateway.models import Job, TraceEntry
 from gateway.states import Decision
 from gateway.store import fastpath
 from gateway.store import statements as sql
-from gateway.store.rows import progress_only, public
+from gateway.store.rows import progress_only, public, unversioned
 
 
 @dataclass(frozen=True)
 class Change:
-    """A job whose JSON changed, and its new version: what watchers are told."""
+    """A job whose JSON changed, and its new version: what watchers are told.
+
+    ``same_version``: the JSON moved without a new version (``updated_at``, ``queue.total``):
+    no watcher is told, but a poll answered from memory must not show the old JSON (relay/fresh.py).
+    ``snapshot``: the job's JSON at ``version`` as a poll answers it (``jobjson.job_text``), on the
+    transaction's last change of each job, for buses that can carry it."""
 
     job_id: str
     version: int
     progress_only: bool = False  # only the progress moved: the relay may coalesce it (relay/coalesce.py)
     state_changed: bool = True  # the state differs from the previous version's (forwarding: job.<state>)
+    same_version: bool = False
+    snapshot: str | None = field(default=None, compare=False, repr=False)
 
 
 class Bus(Protocol):
@@ -65,7 +73,9 @@ class Unit:
         self._session: Session | None = None
         self.postgres = postgres
         self.changes: list[Change] = []
+        self.moved: list[Change] = []  # jobs whose JSON moved without a new version (same_version)
         self._before: dict[str, tuple[Any, ...]] = {}
+        self._unversioned: dict[str, tuple[Any, ...]] = {}
         self._touched: dict[str, Job] = {}
         self._traces: list[TraceEntry] = []  # stamped with the job's version by finish_changes
         self._rows: list[tuple[Table, dict[str, Any]]] = []  # (table, values): inserted with the closing writes
@@ -119,22 +129,45 @@ class Unit:
         if job.id not in self._touched:
             self._touched[job.id] = job
             self._before.setdefault(job.id, public(job))
+            self._unversioned.setdefault(job.id, unversioned(job))
 
-    def _bump(self, job: Any, before: tuple[Any, ...] | None) -> None:
-        """The one versioning rule: a job whose JSON changed gets version + 1, and watchers a Change."""
+    def _bump(self, job: Any, before: tuple[Any, ...] | None, unversioned_before: tuple[Any, ...] | None = None) -> None:
+        """The one versioning rule: a job whose JSON changed gets version + 1, and watchers a Change;
+        a JSON that moved only where no version is raised is noted too (``moved``)."""
         after = public(job)
         if after != before:
             job.version += 1
             self.changes.append(Change(job.id, job.version, progress_only(before, after), not before or before[0] != after[0]))
+        elif unversioned_before is not None and unversioned(job) != unversioned_before:
+            self.moved.append(Change(job.id, job.version, state_changed=False, same_version=True))
+
+    @property
+    def notices(self) -> list[Change]:
+        """What the bus carries for this transaction: its changes, then the jobs that moved
+        without a new version (none of which also changed: their snapshot covers it)."""
+        if not self.moved:
+            return self.changes
+        changed = {c.job_id for c in self.changes}
+        return self.changes + [m for m in self.moved if m.job_id not in changed]
+
+    def _encode_snapshots(self) -> None:
+        """Each changed job's JSON, encoded once, on the transaction's last change of the job (its
+        final state: the rows hold it now, and the commit writes exactly that)."""
+        last = {c.job_id: i for i, c in enumerate(self.changes)}
+        for job_id, i in last.items():
+            job = self._known(job_id)
+            if job is not None:
+                self.changes[i] = replace(self.changes[i], snapshot=job_text(job))
 
     def finish_changes(self) -> None:
         """Raise each touched job's version once if its JSON changed, and collect the changes.
 
         Compared in memory, so each job gets one UPDATE with its new version."""
         for job_id, job in self._touched.items():
-            self._bump(job, self._before.get(job_id))
+            self._bump(job, self._before.get(job_id), self._unversioned.get(job_id))
         self._touched.clear()
         self._before.clear()
+        self._unversioned.clear()
         for entry in self._traces:
             job = self._known(entry.job_id)
             detail = entry.detail or {}
@@ -168,6 +201,7 @@ class Unit:
         if self.changes:
             for owe in owing:
                 owe(self)
+            self._encode_snapshots()
         conn = self.conn
         for job in self._held.values():
             state = inspect(job)
@@ -188,8 +222,8 @@ class Unit:
             if update := fastpath.update_job(job):
                 self.closing_sql(*update)
         self._raw_jobs.clear()
-        if self.changes:
-            bus.publish_in_transaction(self, self.changes)
+        if notices := self.notices:
+            bus.publish_in_transaction(self, notices)
         if self.postgres:
             with fastpath.driver_errors(self.conn):
                 fastpath.run_and_commit(self._driver_connection(), self._closing_sql)

@@ -28,7 +28,7 @@ from gateway.states import Decision, Kind, State
 from gateway.store import fastpath
 from gateway.store import statements as sql
 from gateway.store.queues import Queues, may_move_a_queue, takes_queue_lock
-from gateway.store.rows import event_of, fold_event, job_columns, links_of, public, queue_name_of, view_of
+from gateway.store.rows import event_of, fold_event, job_columns, links_of, public, queue_name_of, unversioned, view_of
 from gateway.store.unit import RetryTransaction
 
 GATEWAY_SOURCE = "gateway"  # events the gateway itself records: retries, links, watchdog
@@ -137,10 +137,10 @@ class Writer(Queues):
 
     def _write_by_key(self, job: Any, view: states.JobView, links: list[states.Link], decision: Decision) -> Outcome:
         """The new view into the raw row; its UPDATE goes with the closing writes."""
-        state_before, before = job.state, public(job)
+        state_before, before, shown = job.state, public(job), unversioned(job)
         for key, value in job_columns(job, view, links).items():
             setattr(job, key, value)
-        self._bump(job, before)
+        self._bump(job, before, shown)
         self._raw_jobs[job.id] = job
         return Outcome(decision, job.id, state_before, job.state, None)
 
