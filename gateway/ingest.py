@@ -7,6 +7,10 @@ unknown source 404 (counted, never stored), too large 413, bad signature or stal
 rate 429 (charged only now, once verified), verified but unreadable or unstorable 400, no job
 state 200 ignored, accepted or duplicate 200 only after commit, database down 503 with
 Retry-After.
+
+A verified delivery is recorded with its body and headers (replay, gateway/replay.py) and, in
+the same transaction, owes its ``delivery.<source>`` messages (gateway/forward_delivery.py).
+The parsing and recording a replay repeats live in gateway/recording.py.
 """
 
 from __future__ import annotations

@@ -195,6 +195,9 @@ def test_gateway_replay_on_the_command_line(client: Any, db_url: str, tmp_path: 
     body = stripe_event("payment_intent.processing", {"id": pi, "object": "payment_intent", "status": "processing"})
     assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(STRIPE_SECRET, body)).get_json() == {"status": "accepted"}
     (row,) = [d for d in deliveries(client, job=job["id"])]
+    with gw_of(client.application).store.reading() as session:  # on PostgreSQL, bound by the fast path's script
+        stored = session.get(Delivery, row["id"])
+        assert stored is not None and stored.body == body.encode() and stored.headers["Stripe-Signature"]
     out = cli(db_url, tmp_path, "replay", "--json", f"dlv_{row['id']}")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"status": "duplicate", "events": [{"event_id": json.loads(body)["id"], "decision": "duplicate"}], "by": "cli"}
