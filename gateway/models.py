@@ -131,7 +131,7 @@ class Delivery(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     # deferred: listings and the trace never load them (read on access, by replay and forwarding)
     body: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)  # the exact bytes received, verified ones only
-    headers: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)  # as received, minus credentials and hop-by-hop
+    headers: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), deferred=True)  # as received, minus credentials and hop-by-hop
 
     __table_args__ = (Index("ix_deliveries_key", "source", "external_id"),)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, null, or_, select, update
 
 from gateway import states
 from gateway.ids import utcnow
@@ -261,7 +261,7 @@ def _clear_bodies(store: Store, cutoff: datetime, dry_run: bool, size: int) -> i
         with store.transaction() as w:
             ids = list(w.session.scalars(select(Delivery.id).where(where).limit(size)))
             if ids:
-                w.session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(body=None, headers=None)
+                w.session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(body=None, headers=null())
                                   .execution_options(synchronize_session=False))
         total += len(ids)
         if len(ids) < size:

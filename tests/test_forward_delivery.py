@@ -104,9 +104,10 @@ def test_a_stripe_delivery_reaches_the_backend_verbatim_through_gunicorn(db_url:
             assert name not in got.headers, name
         assert "provider-side-credential" not in str(got.headers) and "provider-cookie" not in str(got.headers)
 
-        # the job's own message follows through the job.* forwarding
-        wait_for(receiver, lambda q: q.headers.get("webhook-id", "").startswith(f"msg_{job['id']}_v")
-                 and json.loads(q.body)["type"] == "job.complete")
+        # the job's own message follows through the job.* forwarding, after the delivery that caused it
+        complete = wait_for(receiver, lambda q: q.headers.get("webhook-id", "").startswith(f"msg_{job['id']}_v")
+                            and json.loads(q.body)["type"] == "job.complete")
+        assert receiver.requests.index(got) < receiver.requests.index(complete)
 
         # the provider's retry of the same event is a duplicate and owes no second message
         again = requests.post(f"{srv.url}/webhooks/stripe", data=body.encode(), headers=stripe_headers(STRIPE_SECRET, body), timeout=10)

@@ -206,3 +206,6 @@ def test_gateway_replay_on_the_command_line(client: Any, db_url: str, tmp_path: 
     out = cli(db_url, tmp_path, "replay", "999999999")
     assert out.returncode == 1 and "no stored delivery 999999999" in out.stderr
     assert "ID" in cli(db_url, tmp_path, "deliveries", "--job", job["id"]).stdout.splitlines()[0]
+    dry = json.loads(cli(db_url, tmp_path, "prune", "--json", "--dry-run", "--body-days", "1").stdout)
+    assert dry["bodies"] == 0 and dry["bodies_cutoff"]  # nothing is a day old yet
+    assert "--body-days" in cli(db_url, tmp_path, "prune", "--help").stdout
