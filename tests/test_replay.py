@@ -203,6 +203,8 @@ def test_gateway_replay_on_the_command_line(client: Any, db_url: str, tmp_path: 
     assert json.loads(out.stdout) == {"status": "duplicate", "events": [{"event_id": json.loads(body)["id"], "decision": "duplicate"}], "by": "cli"}
     trace = client.get(f"/api/jobs/{job['id']}/trace", headers=api()).get_json()
     assert [e["by"] for e in trace["timeline"] if e["what"] == "replay"] == ["cli"]
+    text = cli(db_url, tmp_path, "trace", job["id"]).stdout
+    assert f"delivery dlv_{row['id']}" in text and "by cli:" in text and "duplicate" in text
     out = cli(db_url, tmp_path, "replay", "999999999")
     assert out.returncode == 1 and "no stored delivery 999999999" in out.stderr
     assert "ID" in cli(db_url, tmp_path, "deliveries", "--job", job["id"]).stdout.splitlines()[0]
