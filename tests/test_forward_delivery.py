@@ -25,7 +25,7 @@ from tests.conftest import ARTIFACTS, register, server_env, write_config
 from tests.gwapp import api, gw_of, make_app
 from tests.receiver import Received, Receiver
 from tests.servers import Server
-from tests.signing import STANDARD_SECRET, STRIPE_SECRET, standard_body, standard_headers, stripe_event, stripe_headers
+from tests.signing import STANDARD_SECRET, STRIPE_SECRET, iso_now, standard_body, standard_headers, stripe_event, stripe_headers
 
 ENDPOINT_SECRET = "whsec_" + "ZGVsaXZlcnktZm9yd2FyZC1zZWNyZXQtZm9yLXRlc3Rz"
 
@@ -150,9 +150,18 @@ def test_a_standard_webhooks_provider_keeps_its_signature_under_gateway_original
         assert original["webhook-id"] == provider["webhook-id"]
         assert Webhook(STANDARD_SECRET).verify(got.body, original)["external_id"] == ext  # the provider's own signature
         assert Webhook(ENDPOINT_SECRET).verify(got.body, got.headers)["external_id"] == ext  # the gateway's
+        # a progress report for a job already processing: on PostgreSQL the writer's fast path,
+        # with the delivery's id asked for in the middle of its transaction
+        progress = standard_body(ext, "processing", occurred_at=iso_now(5), progress={"current": 2, "total": 4})
+        assert client.post("/webhooks/worker", data=progress, headers=standard_headers(STANDARD_SECRET, progress)).get_json() == {"status": "accepted"}
+        app.extensions["forward_senders"]["backend"].drain()
+        second = wait_for(receiver, lambda q: q.body == progress.encode())
+        assert Webhook(ENDPOINT_SECRET).verify(second.body, second.headers)["progress"]["current"] == 2
+        assert client.get(f"/api/jobs/{job['id']}", headers=api()).get_json()["progress"]["current"] == 2
         with gw_of(app).store.reading() as session:  # this endpoint wants deliveries only: no job.* message
-            keys = session.scalars(select(OutboxItem.key).where(OutboxItem.job_id == job["id"], OutboxItem.kind == "forward")).all()
-        assert keys == [f"fwd:backend:dlv_{stored.id}"]
+            keys = session.scalars(select(OutboxItem.key).where(OutboxItem.job_id == job["id"], OutboxItem.kind == "forward")
+                                   .order_by(OutboxItem.id)).all()
+        assert keys == [f"fwd:backend:dlv_{stored.id}", f"fwd:backend:{second.headers['webhook-id']}"]
     finally:
         receiver.stop()
 
