@@ -133,7 +133,7 @@ class Adapter(ABC):
     def check_timestamp(self, timestamp: str | int | float | None, now: float | None = None) -> float:
         """Parse a unix-seconds timestamp and enforce the tolerance both ways (replays and skew)."""
         try:
-            ts = float(timestamp)  # type: ignore[arg-type]
+            ts = float(timestamp)  # type: ignore[arg-type]  # None is caught below as TypeError, with the rest
         except (TypeError, ValueError, OverflowError):
             raise SignatureError("missing or malformed signature timestamp") from None
         if ts != ts or ts in (float("inf"), float("-inf")):

@@ -340,7 +340,7 @@ def check_event(event: ProviderEvent) -> None:
     assert isinstance(event.event_id, str) and 0 < len(event.event_id) <= 255
     assert isinstance(event.external_id, str) and 0 < len(event.external_id) <= 255
     assert isinstance(event.occurred_at, datetime) and event.occurred_at.utcoffset() is not None
-    assert event.occurred_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert event.occurred_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]  # a naive time fails here, as it should
     assert event.state is None or isinstance(event.state, State)
     for name in ("progress", "queue", "error", "result"):
         value = getattr(event, name)

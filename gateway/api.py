@@ -211,7 +211,7 @@ def retry(job_id: str) -> Any:
         job = w.retry(_job_id(job_id), by=who.name)
         gw.outbox.enqueue_callback(w, job)  # durable with the retry itself
     log.info("retry requested", extra={"job_id": job.id, "attempt": job.attempt, "request_id": g.request_id})
-    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
+    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]  # current_app is typed as Flask, not as its proxy
     return job_response(job, 202)
 
 

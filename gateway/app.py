@@ -49,7 +49,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     # "/api/jobs/%2F/trace" is a 404 for an id that cannot exist, not a 308 to another URL
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body_bytes, 64 * 1024)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # typed as JSONProvider; the default provider has sort_keys
     store = Store(engine)
     gw = Gateway(
         config=config,
@@ -73,7 +73,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     gw.watchdog = watchdog.init_app(app, gw)
     _install_request_hooks(app)
     _install_error_handlers(app)
-    app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]  # WSGI middleware replaces the method, as Flask's docs do
     fastpoll.init_app(app, gw)
     if background:
         gw.background.start()
@@ -99,7 +99,7 @@ def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
         code = (exc.name or "error").lower().replace(" ", "_")
-        headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None  # type: ignore[attr-defined]
+        headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None  # type: ignore[attr-defined]  # only MethodNotAllowed has it, checked first
         return error_response(exc.code or 500, code, exc.description or exc.name, headers)
 
     @app.errorhandler(DataError)

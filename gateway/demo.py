@@ -53,7 +53,7 @@ def demo_base_url(gw: Gateway) -> str | None:
 
 
 def _base_url() -> str:
-    base = gateway().simulator.base_url  # type: ignore[union-attr]
+    base = gateway().simulator.base_url  # type: ignore[union-attr]  # the demo blueprint is registered only with a simulator
     if not base:
         raise Conflict("the demo needs GATEWAY_DEMO_URL (or a public_url for [sources.demo]) to know where to send its webhooks", code="demo_url_missing")
     return base

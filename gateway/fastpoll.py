@@ -80,4 +80,4 @@ class FastPolls:
 
 def init_app(app: Flask, gw: Gateway) -> None:
     """Put the fast path in front of the app (outermost, so nothing of Flask runs for it)."""
-    app.wsgi_app = FastPolls(gw, app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = FastPolls(gw, app.wsgi_app)  # type: ignore[method-assign]  # WSGI middleware replaces the method, as Flask's docs do

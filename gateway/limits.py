@@ -259,7 +259,7 @@ def init_app(app: Flask, gw: Services) -> Limits:
                 environ["wsgi.input"] = _DeadlineInput(environ["wsgi.input"], time.monotonic() + seconds)
             return inner(environ, start_response)
 
-        app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+        app.wsgi_app = wsgi_app  # type: ignore[method-assign]  # WSGI middleware replaces the method, as Flask's docs do
     return limits
 
 

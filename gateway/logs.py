@@ -165,7 +165,7 @@ def setup_logging(level: str | None = None) -> None:
     if any(getattr(h, "_gateway", False) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler._gateway = True  # type: ignore[attr-defined]
+    handler._gateway = True  # type: ignore[attr-defined]  # our mark on a stdlib handler, to find it again
     handler.setFormatter(TextFormatter() if wants_text() else JsonFormatter())
     handler.addFilter(RequestContext())
     root.addHandler(handler)

@@ -43,7 +43,7 @@ def _csrf_of(session_id: str) -> str:
 def current() -> dict[str, str] | None:
     """The signed-in session of this request ({id, label, csrf}), or None."""
     if "console_session" in g:
-        return g.console_session  # type: ignore[no-any-return]
+        return g.console_session  # type: ignore[no-any-return]  # flask.g is untyped
     found = None
     raw = request.cookies.get(COOKIE, "")
     if raw and len(raw) < 1024:

@@ -99,7 +99,7 @@ def retry(job_id: str) -> Any:
         job = w.retry(job_id[:64], by=by())
         gw.outbox.enqueue_callback(w, job)
     log.info("retry requested from the console", extra={"job_id": job.id, "attempt": job.attempt})
-    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
+    job_retried.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]  # current_app is typed as Flask, not as its proxy
     return redirect(url_for("console.job", job_id=job.id), 303)
 
 

@@ -92,7 +92,7 @@ class ListeningBus(LocalBus):
     def _deliver(self, payload: str) -> None:
         """One received notice: a barrier marker, or (job id, version) pairs for the hub."""
         if payload.startswith(SYNC_PREFIX):
-            self.barrier.received(payload)  # type: ignore[attr-defined]
+            self.barrier.received(payload)  # type: ignore[attr-defined]  # every listening bus sets a barrier before it listens
         else:
             self.hub.notify(parse_notice(payload))
 

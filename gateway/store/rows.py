@@ -30,7 +30,7 @@ def fold_event(source: str, pe: ProviderEvent, kind: Kind) -> states.Event:
 
 def progress_only(before: tuple[Any, ...] | None, after: tuple[Any, ...]) -> bool:
     """Only the progress moved: the relay may coalesce it (relay/coalesce.py)."""
-    return bool(before) and before[:3] == after[:3] and before[4:] == after[4:]  # type: ignore[index]
+    return before is not None and len(before) > 0 and before[:3] == after[:3] and before[4:] == after[4:]
 
 
 def public(job: Any) -> tuple[Any, ...]:

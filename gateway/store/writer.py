@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -23,7 +23,7 @@ from adapters.base import ProviderEvent
 from gateway import states
 from gateway.errors import BadRequest, Conflict
 from gateway.ids import JOB_ID_RE, new_job_id, utcnow
-from gateway.models import Delivery, Event, Job, JobKey
+from gateway.models import Base, Delivery, Event, Job, JobKey
 from gateway.states import Decision, Kind, State
 from gateway.store import fastpath
 from gateway.store import statements as sql
@@ -311,7 +311,9 @@ class Writer(Queues):
         """Insert an event unless (source, event_id) is taken; its id, or None for a duplicate."""
         return self.session.execute(_INSERT_EVENT["postgresql" if self.postgres else "sqlite"], values).scalar()
 
-    def _insert_ignore(self, model: type, values: dict[str, Any], *, conflict: tuple[str, ...]) -> int | None:
+    def _insert_ignore(self, model: type[Base], values: dict[str, Any], *, conflict: tuple[str, ...]) -> int | None:
+        """Insert a row unless ``conflict``'s columns are taken; its id, or None."""
+        table = cast(Table, model.__table__)
         dialect = postgresql if self.postgres else sqlite
-        stmt = dialect.insert(model).values(**values).on_conflict_do_nothing(index_elements=list(conflict)).returning(model.id)  # type: ignore[attr-defined]
+        stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=list(conflict)).returning(table.c.id)
         return self.session.execute(stmt).scalar()
