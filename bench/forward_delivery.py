@@ -4,8 +4,10 @@ Two gateways on their own PostgreSQL databases under the same gunicorn settings 
 2 workers) and the same ``wrk`` load as bench/ingest.py (distinct signed Standard Webhooks
 events, pre-made): the baseline has no endpoint; the other forwards every delivery of the
 source (``events = ["delivery.worker"]``) to a local receiver, so each request also inserts its
-delivery with its id answered, owes an outbox row, and the sender posts the body. Rounds are
-interleaved and medians reported. Options as bench/ingest.py (BENCH_INGEST_SECONDS,
+delivery with its id answered, owes an outbox row, and the sender posts the body. A third
+forwards to a port that refuses connections: every message is still claimed, tried once
+(refused at once) and recorded, so it separates the HTTP exchange from the rest. Rounds are interleaved and
+medians reported. Options as bench/ingest.py (BENCH_INGEST_SECONDS,
 BENCH_ROUNDS_HTTP, BENCH_CONNECTIONS, BENCH_JOBS, BENCH_POOL).
 """
 
@@ -37,9 +39,10 @@ def gateway(url: str, workdir: Path, name: str, endpoint_url: str | None) -> Ser
 
 def run(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs: int) -> dict[str, Any]:
     receiver = Receiver(respond=lambda n, req: (204, b"")).start()
-    dbs = {name: make_database("postgres", workdir) for name in ("off", "on")}
+    dbs = {name: make_database("postgres", workdir) for name in ("off", "on", "owed")}
     servers = {"forwarding_off": gateway(dbs["off"][0], workdir, "fwd-off", None),
-               "forwarding_on": gateway(dbs["on"][0], workdir, "fwd-on", receiver.url + "/hooks")}
+               "forwarding_on": gateway(dbs["on"][0], workdir, "fwd-on", receiver.url + "/hooks"),
+               "refusing_endpoint": gateway(dbs["owed"][0], workdir, "fwd-owed", "http://127.0.0.1:9/refused")}
     try:
         jobs = {name: [register(srv.port) for _ in range(n_jobs)] for name, srv in servers.items()}
         for name, srv in servers.items():
@@ -56,9 +59,11 @@ def run(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs: in
                 runs[name].append(measured(srv, seconds=seconds, connections=connections, pool=pool, workdir=workdir))
             clock += size / 1000 + 1
         out: dict[str, Any] = {name: median_of(rs) for name, rs in runs.items()}
-        on, off = out["forwarding_on"], out["forwarding_off"]
+        on, off, owed = out["forwarding_on"], out["forwarding_off"], out["refusing_endpoint"]
         out["ingest_cost_of_forwarding"] = round(1 - on["requests_per_s"] / off["requests_per_s"], 3)
         out["cpu_cost_of_forwarding"] = round(on["worker_cpu_ms_per_request"] / off["worker_cpu_ms_per_request"] - 1, 3)
+        out["ingest_cost_refusing_endpoint"] = round(1 - owed["requests_per_s"] / off["requests_per_s"], 3)
+        out["cpu_cost_refusing_endpoint"] = round(owed["worker_cpu_ms_per_request"] / off["worker_cpu_ms_per_request"] - 1, 3)
         out["messages_received"] = len(receiver.requests)
         out["setup"] = (f"gunicorn -k gevent -w {WORKERS}; wrk -t2 -c{connections} -d{seconds}s, {rounds} interleaved rounds, medians; "
                         f"PostgreSQL; {n_jobs} jobs in processing; on: every delivery forwarded to a local receiver")

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from sqlalchemy import select
+
 from gateway.errors import NotFound
 from gateway.forward import FORWARD
 from gateway.ids import utcnow
@@ -91,9 +93,9 @@ def forwarded_headers(headers: Mapping[str, str], *, source: str, job_id: str | 
 def delivery_request(store: Store, delivery_id: int, job_id: str | None) -> tuple[bytes, dict[str, str]]:
     """The exact body bytes and the headers of a delivery's message, read from the delivery row;
     NotFound when the row or its body is gone (pruned)."""
-    with store.reading() as session:
-        d = session.get(Delivery, delivery_id)
-        if d is None or d.body is None:
-            raise NotFound(f"delivery {delivery_id}'s body was pruned (delivery_retention_days) before it could be forwarded",
-                           code="delivery_pruned")
-        return bytes(d.body), forwarded_headers(d.headers or {}, source=d.source, job_id=job_id or d.job_id)
+    with store.reading() as session:  # one query: the deferred columns named
+        d = session.execute(select(Delivery.body, Delivery.headers, Delivery.source, Delivery.job_id).where(Delivery.id == delivery_id)).first()
+    if d is None or d.body is None:
+        raise NotFound(f"delivery {delivery_id}'s body was pruned (delivery_retention_days) before it could be forwarded",
+                       code="delivery_pruned")
+    return bytes(d.body), forwarded_headers(d.headers or {}, source=d.source, job_id=job_id or d.job_id)

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from sqlalchemy import select
 from werkzeug.datastructures import Headers
 
 from adapters.base import WebhookRequest
@@ -49,10 +50,11 @@ def replay(gw: Gateway, delivery_id: int, *, by: str) -> dict[str, Any]:
     whose body was pruned; Conflict (409) when its source is no longer configured; the adapter's
     PayloadError (400) when it still cannot read the body."""
     with gw.store.reading() as session:
-        d = session.get(Delivery, delivery_id)
-        if d is None or d.outcome == "rejected" or d.body is None:
-            raise NotFound(f"no stored delivery {delivery_id}: unknown, rejected (never kept) or pruned", code="delivery_not_found")
-        body, headers, source_name, received_at = bytes(d.body), Headers(list((d.headers or {}).items())), d.source, d.received_at
+        d = session.execute(select(Delivery.outcome, Delivery.body, Delivery.headers, Delivery.source, Delivery.received_at)
+                            .where(Delivery.id == delivery_id)).first()
+    if d is None or d.outcome == "rejected" or d.body is None:
+        raise NotFound(f"no stored delivery {delivery_id}: unknown, rejected (never kept) or pruned", code="delivery_not_found")
+    body, headers, source_name, received_at = bytes(d.body), Headers(list((d.headers or {}).items())), d.source, d.received_at
     source = gw.sources.get(source_name)
     if source is None:
         raise Conflict(f"delivery {delivery_id}'s source {source_name!r} is no longer configured", code="source_not_configured")
