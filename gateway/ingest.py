@@ -166,7 +166,7 @@ def receive(source_name: str) -> Any:
         log.exception("adapter verify raised an undeclared error", extra={"source": source.name})
         return _reject(source, 401, f"signature check failed ({type(exc).__name__})", len(body), "invalid_signature", wreq)
     charge_source(gw, gw.limits, source.name)
-    kept = {"body": body, "headers": stored_headers(request.headers.items())}  # verified: kept for replay (§10)
+    kept = {"body": body, "headers": stored_headers(request.headers.items(), source.config.secrets)}  # verified: kept for replay (§10)
     try:
         events = parse_verified(source, wreq)
     except GatewayError as exc:

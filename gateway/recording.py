@@ -12,6 +12,8 @@ deduplicated and folded exactly as it was when it arrived.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 import logging
@@ -40,13 +42,26 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "t
 CREDENTIALS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
-def stored_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+def stored_headers(headers: Iterable[tuple[str, str]], secrets: Sequence[str] = ()) -> dict[str, str]:
     """The request headers a verified delivery keeps for replay and forwarding: every header but
-    credentials (``Authorization``, ``Cookie``) and hop-by-hop ones (also those ``Connection`` names).
+    credentials (``Authorization``, ``Cookie``), hop-by-hop ones (also those ``Connection`` names)
+    and any that carries one of the source's ``secrets`` — a provider that sends a fixed token
+    instead of signing (``Adapter.signs_body = False``) must not have it stored or passed on.
     The provider's signature headers are kept: replay parses with them and forwarding passes them on."""
     pairs = list(headers)
     named = {n.strip().lower() for k, v in pairs if k.lower() == "connection" for n in v.split(",")}
-    return {k: v for k, v in pairs if (low := k.lower()) not in HOP_BY_HOP and low not in CREDENTIALS and low not in named}
+    return {k: v for k, v in pairs
+            if (low := k.lower()) not in HOP_BY_HOP and low not in CREDENTIALS and low not in named and not _carries(v, secrets)}
+
+
+def _carries(value: str, secrets: Sequence[str]) -> bool:
+    """Whether a header value holds a secret, as given or base64-encoded after a scheme (Basic)."""
+    decoded = ""
+    try:
+        decoded = base64.b64decode(value.split()[-1], validate=True).decode("utf-8", "replace") if value.split() else ""
+    except (binascii.Error, ValueError):
+        pass
+    return any(secret and (secret in value or secret in decoded) for secret in secrets)
 
 
 def parse_verified(source: Source, wreq: WebhookRequest) -> list[ProviderEvent]:

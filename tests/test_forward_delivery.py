@@ -4,6 +4,7 @@ the provider's own signature left to verify (SQLite and PostgreSQL through db_ur
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -180,3 +181,17 @@ def test_a_delivery_pruned_before_it_was_sent_is_dead_and_says_why(db_url: str, 
     assert row.status == "dead" and "pruned" in (row.last_error or "")
     listed = client.get("/api/endpoints", headers=api()).get_json()["endpoints"]
     assert listed[0]["dead"] >= 1
+
+
+def test_stored_headers_keep_signatures_and_drop_credentials_hop_by_hop_and_secrets() -> None:
+    from gateway.recording import stored_headers
+
+    secret = "tok_live_provider_secret_0123456789"
+    basic = base64.b64encode(f"beacon:{secret}".encode()).decode()
+    kept = stored_headers([
+        ("Stripe-Signature", "t=1,v1=abc"), ("Webhook-Signature", "v1,xyz"), ("Content-Type", "application/json"),
+        ("Authorization", "Bearer x"), ("Proxy-Authorization", "Basic y"), ("Cookie", "s=1"), ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "1"), ("Transfer-Encoding", "chunked"), ("Keep-Alive", "timeout=5"), ("X-Beacon-Token", secret),
+        ("X-Relay-Auth", f"Basic {basic}"), ("User-Agent", "Stripe/1.0"),
+    ], [secret])
+    assert kept == {"Stripe-Signature": "t=1,v1=abc", "Webhook-Signature": "v1,xyz", "Content-Type": "application/json", "User-Agent": "Stripe/1.0"}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from adapters.base import Adapter, ProviderEvent, WebhookRequest, json_body, utc_from_iso
+from adapters.base import Adapter, ProviderEvent, WebhookRequest, check_header_token, json_body, utc_from_iso
 from adapters.standard import verify_standard
 from gateway.auth import fingerprint
 from gateway.errors import PayloadError
@@ -28,6 +28,8 @@ from tests.gwapp import api, gw_of, make_app
 from tests.signing import STANDARD_SECRET, STANDARD_SECRET_2, STRIPE_SECRET, iso_now, standard_headers, stripe_event, stripe_headers
 from tests.test_cli import cli
 from tests.test_forward_delivery import ENDPOINT_SECRET
+
+PROVIDER_TOKEN = "provider-fixed-token-0123456789abcdef"
 
 
 class BatchAdapter(Adapter):
@@ -52,6 +54,16 @@ class BatchAdapter(Adapter):
         return events
 
 
+class TokenAdapter(BatchAdapter):
+    """The same bodies, authenticated by a fixed token in a header instead of a signature."""
+
+    name = "tokenbatch"
+    signs_body = False
+
+    def verify(self, request: WebhookRequest, secrets: Sequence[str]) -> None:
+        check_header_token(request, secrets, "X-Provider-Token")
+
+
 @pytest.fixture
 def batch_app(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``batch_app(states)``: an app on the same database whose batch source knows these types."""
@@ -61,6 +73,7 @@ def batch_app(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     def registry_with_batch() -> Any:
         reg = load_registry()
         reg.adapters["batch"] = BatchAdapter
+        reg.adapters["tokenbatch"] = TokenAdapter
         return reg
 
     monkeypatch.setattr(gateway.app, "load_registry", registry_with_batch)
@@ -73,12 +86,17 @@ adapter = "batch"
 secrets_env = "WORKER_SECRETS"
 states = {{ {table} }}
 
+[sources.tokenbatch]
+adapter = "tokenbatch"
+secrets_env = "PROVIDER_TOKENS"
+states = {{ {table} }}
+
 [endpoints.backend]
 url = "http://127.0.0.1:9/hooks"
 secret_env = "BACKEND_SECRET"
 events = ["job.*", "delivery.batch"]
 """
-        return make_app(db_url, tmp_path, extra, BACKEND_SECRET=ENDPOINT_SECRET)
+        return make_app(db_url, tmp_path, extra, BACKEND_SECRET=ENDPOINT_SECRET, PROVIDER_TOKENS=PROVIDER_TOKEN)
 
     return build
 
@@ -211,3 +229,20 @@ def test_gateway_replay_on_the_command_line(client: Any, db_url: str, tmp_path: 
     dry = json.loads(cli(db_url, tmp_path, "prune", "--json", "--dry-run", "--body-days", "1").stdout)
     assert dry["bodies"] == 0 and dry["bodies_cutoff"]  # nothing is a day old yet
     assert "--body-days" in cli(db_url, tmp_path, "prune", "--help").stdout
+
+
+def test_a_providers_fixed_token_is_neither_stored_nor_forwarded_and_replay_needs_none(batch_app: Any) -> None:
+    app = batch_app({"thing.started": "processing"})
+    client = app.test_client()
+    ext = "tok-" + uuid.uuid4().hex[:10]
+    job = register(client, "tokenbatch", ext)["job"]
+    body = json.dumps({"external_id": ext, "events": [{"id": "evt_t_" + uuid.uuid4().hex[:8], "type": "thing.started", "at": iso_now()}]})
+    r = client.post("/webhooks/tokenbatch", data=body, headers={"X-Provider-Token": PROVIDER_TOKEN, "Content-Type": "application/json"})
+    assert r.get_json() == {"status": "accepted"}
+    (row,) = deliveries(client, job=job["id"])
+    with gw_of(app).store.reading() as session:
+        stored = session.get(Delivery, row["id"])
+        assert stored is not None and stored.body == body.encode()
+        assert PROVIDER_TOKEN not in json.dumps(stored.headers) and stored.headers["Content-Type"] == "application/json"
+    r = client.post(f"/api/deliveries/{row['id']}/replay", headers=api())  # parsed again, never verified again
+    assert r.status_code == 200 and r.get_json()["status"] == "duplicate"
