@@ -269,6 +269,17 @@ def deliveries() -> Any:
             raise NotFound("no such job", code="job_not_found")
     rows = list_deliveries(gw.store, outcome=outcome, source=source, job_id=job_id, limit=int(limit))
     return jsonify({"deliveries": rows})
+@bp.post("/deliveries/<delivery_id>/replay")
+def replay_delivery(delivery_id: str) -> Any:
+    """Run a stored delivery through its source's adapter again (CONTRACT §10); ``by`` is the
+    API key's label. 404 for an unknown, rejected or pruned delivery."""
+    gw = gateway()
+    who = gw.auth.require_api_key(request)
+    from gateway.replay import delivery_id_of, replay
+
+    return jsonify(replay(gw, delivery_id_of(delivery_id), by=who.name))
+
+
 @bp.get("/endpoints")
 def endpoints() -> Any:
     """Every forwarding endpoint's health (CONTRACT §9)."""

@@ -6,16 +6,25 @@ A job's new version owes ``job.<state>`` when its state differs from the previou
 ``job.progress`` otherwise; the ``webhook-id`` is ``msg_<job id>_v<version>``, the same on every
 try. The outbox row's key adds the endpoint's name (one row per message and endpoint), its
 ``target`` is the endpoint's name (never its URL, which may carry credentials).
+``delivery.<source>`` messages (the provider's own request, passed on) are owed by
+gateway/forward_delivery.py into the same outbox; ``request_of`` gives the sender either kind's
+bytes and headers, and ``sign`` signs whatever bytes are sent.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 from collections.abc import Callable
+from datetime import datetime
 
 from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
+from gateway.models import OutboxItem
 from gateway.services import Services
-from gateway.store import Writer
+from gateway.store import Store, Writer
 
 Enqueue = Callable[..., bool]  # Outbox.enqueue: a row in the writer's transaction, once per key
 
@@ -50,6 +59,28 @@ def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer) -> None:
         for endpoint in wanting:
             enqueue(w, kind=FORWARD, key=f"fwd:{endpoint.name}:{msg_id}", source=job.source, job_id=job.id,
                            payload=payload, target=endpoint.name)
+
+
+def request_of(store: Store, row: OutboxItem) -> tuple[bytes, dict[str, str]]:
+    """The exact bytes a forwarded message sends and its headers besides the gateway's signature:
+    a ``job.*`` message's JSON, or a delivery's own body and headers (gateway/forward_delivery.py,
+    NotFound once that body was pruned)."""
+    from gateway.forward_delivery import delivery_request, is_delivery_message
+
+    payload = row.payload
+    if is_delivery_message(payload):
+        return delivery_request(store, int(payload["delivery_id"]), row.job_id)
+    body = json.dumps({k: payload[k] for k in ("type", "timestamp", "data")}, separators=(",", ":"), ensure_ascii=False)
+    return body.encode("utf-8"), {"content-type": "application/json"}
+
+
+def sign(secret: str, msg_id: str, signed_at: datetime, body: bytes) -> str:
+    """The Standard Webhooks ``webhook-signature`` (``v1,<base64 HMAC-SHA256>``) of ``msg_id``,
+    the timestamp and the exact ``body`` bytes, keyed with a ``whsec_`` secret. The same as the
+    standardwebhooks library's for UTF-8 bodies, and defined for any bytes a provider sent."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{int(signed_at.timestamp())}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 def install(gw: Services, enqueue: Enqueue) -> None:

@@ -9,7 +9,6 @@ short connect timeout; failures are retried with exponential backoff and jitter
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
@@ -18,10 +17,10 @@ from typing import Any
 import requests
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import aliased
-from standardwebhooks.webhooks import Webhook
 
 from gateway.endpoints import EndpointConfig
-from gateway.forward import FORWARD
+from gateway.errors import GatewayError
+from gateway.forward import FORWARD, request_of, sign
 from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import OutboxItem
@@ -83,21 +82,23 @@ class EndpointSender:
         return rows
 
     def send(self, row: OutboxItem) -> Result:
-        """One signed POST of the row's message to the endpoint."""
-        payload = row.payload
-        body = json.dumps({k: payload[k] for k in ("type", "timestamp", "data")}, separators=(",", ":"), ensure_ascii=False)
-        msg_id = payload["webhook_id"]
+        """One signed POST of the row's message (gateway.forward.request_of) to the endpoint."""
+        try:
+            body, extra = request_of(self.gw.store, row)
+        except GatewayError as exc:  # a delivery's body pruned before it could be sent
+            return Result(give_up=True, error=exc.message)
+        msg_id = row.payload["webhook_id"]
         signed_at = datetime.now(UTC).replace(microsecond=0)
         headers = {
+            "user-agent": USER_AGENT,
+            **extra,
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(signed_at.timestamp())),
-            "webhook-signature": Webhook(self.endpoint.secrets[0]).sign(msg_id=msg_id, timestamp=signed_at, data=body),
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
+            "webhook-signature": sign(self.endpoint.secrets[0], msg_id, signed_at, body),
         }
         timeout = (CONNECT_TIMEOUT, float(max(self.gw.config.outbox_timeout, 1)))
         try:
-            response = requests.post(self.endpoint.url, data=body.encode("utf-8"), headers=headers, timeout=timeout, allow_redirects=False)
+            response = requests.post(self.endpoint.url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
         except requests.RequestException as exc:
             return Result(error=type(exc).__name__)
         with response:

@@ -7,32 +7,34 @@ unknown source 404 (counted, never stored), too large 413, bad signature or stal
 rate 429 (charged only now, once verified), verified but unreadable or unstorable 400, no job
 state 200 ignored, accepted or duplicate 200 only after commit, database down 503 with
 Retry-After.
+
+A verified delivery is recorded with its body and headers (replay, gateway/replay.py) and, in
+the same transaction, owes its ``delivery.<source>`` messages (gateway/forward_delivery.py).
+The parsing and recording a replay repeats live in gateway/recording.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from adapters.base import ProviderEvent, WebhookRequest
+from gateway import forward_delivery
 from gateway.context import gateway
 from gateway.errors import GatewayError, PayloadError, PayloadTooLarge, SignatureError
 from gateway.http import error_response
 from gateway.ids import utcnow
 from gateway.limits import charge_source, webhook
+from gateway.recording import Recorded, answer_status, any_new, outcome_name, parse_verified, record_events, stored_headers
 from gateway.services import Source
-from gateway.states import Decision
-from gateway.storable import MESSAGE as STORABLE_MESSAGE
 from gateway.storable import is_storable
-from gateway.store import Outcome, Writer
+from gateway.store import Writer
 
 bp = Blueprint("ingest", __name__)
 log = logging.getLogger("gateway.ingest")
@@ -165,81 +167,62 @@ def receive(source_name: str) -> Any:
         log.exception("adapter verify raised an undeclared error", extra={"source": source.name})
         return _reject(source, 401, f"signature check failed ({type(exc).__name__})", len(body), "invalid_signature", wreq)
     charge_source(gw, gw.limits, source.name)
+    kept = {"body": body, "headers": stored_headers(request.headers.items(), source.config.secrets)}  # verified: kept for replay (§10)
     try:
-        events = source.adapter.parse(wreq)
+        events = parse_verified(source, wreq)
     except GatewayError as exc:
-        return _invalid(source, exc, len(body), received_at)
-    except Exception as exc:
-        log.exception("adapter parse raised an undeclared error", extra={"source": source.name})
-        return _invalid(source, PayloadError(f"unreadable body ({type(exc).__name__})"), len(body), received_at)
-    if not all(is_storable(dataclasses.astuple(pe)) for pe in events):
-        return _invalid(source, PayloadError(STORABLE_MESSAGE, code="unstorable_value"), len(body), received_at)
+        return _invalid(source, exc, len(body), received_at, kept)
 
-    digest = None if source.adapter.event_id_signed else hashlib.sha256(body).hexdigest()
-
-    def record(w: Writer) -> list[tuple[ProviderEvent, Outcome]]:
-        outcomes = []
-        for i, pe in enumerate(events):
-            outcome = w.record_event(source.name, pe, auto_register=source.config.auto_register, received_at=received_at,
-                                     digest=digest and _event_digest(digest, i))
-            w.finish_changes()
-            if pe.needs_details and outcome.decision is not Decision.DUPLICATE:
-                gw.outbox.enqueue_details(w, source.name, pe, outcome.job_id)
-            outcomes.append((pe, outcome))
-            w.add_delivery(
-                received_at=received_at, source=source.name, status=200,
-                outcome=_outcome_name(outcome.decision, pe.state is None and not pe.needs_details), event_id=pe.event_id[:255],
-                event_type=(pe.type or "")[:255] or None, external_id=pe.external_id[:255], job_id=outcome.job_id,
-                decision=outcome.decision.value, state_before=outcome.state_before, state_after=outcome.state_after,
-                version=w.version_of(outcome.job_id), size=len(body), remote_addr=request.remote_addr, request_id=g.request_id,
-            )
-        return outcomes
+    def record(w: Writer) -> list[Recorded]:
+        recorded = record_events(gw, w, source, events, body=body, received_at=received_at)
+        rows = [dict(
+            outcome=outcome_name(r), event_id=r.event.event_id[:255], event_type=(r.event.type or "")[:255] or None,
+            external_id=r.event.external_id[:255], job_id=r.outcome.job_id, decision=r.outcome.decision.value,
+            state_before=r.outcome.state_before, state_after=r.outcome.state_after, version=r.version,
+        ) for r in recorded] or [dict(outcome="ignored")]  # no event at all: the delivery is still recorded
+        common = dict(received_at=received_at, source=source.name, status=200, size=len(body),
+                      remote_addr=request.remote_addr, request_id=g.request_id, **kept)
+        if forward_delivery.wanted(gw, source.name) and any_new(recorded):
+            delivery_id = w.insert_delivery(**common, **rows[0])  # the message's webhook-id is dlv_<this id>
+            job_id = next((r.outcome.job_id for r in recorded if r.outcome.job_id), None)
+            forward_delivery.owe_delivery_message(gw, gw.outbox.enqueue, w, source=source.name, delivery_id=delivery_id, job_id=job_id)
+            w.after_commit(_wake_senders)
+            rows = rows[1:]
+        for row in rows:
+            w.add_delivery(**common, **row)
+        return recorded
 
     try:
-        outcomes, changes = gw.store.write(record)
+        recorded, changes = gw.store.write(record)
     except DataError:  # e.g. a NUL character, which PostgreSQL text and jsonb cannot hold
-        return _invalid(source, PayloadError("the body holds a value the database cannot store (such as a NUL character)", code="unstorable_value"), len(body), received_at)
+        unstorable = PayloadError("the body holds a value the database cannot store (such as a NUL character)", code="unstorable_value")
+        return _invalid(source, unstorable, len(body), received_at, kept)
     versions = {c.job_id: c.version for c in changes}
-    for pe, outcome in outcomes:
+    for r in recorded:
         log.info(
-            "webhook %s", outcome.decision.value,
-            extra={"job_id": outcome.job_id, "source": source.name, "event_id": pe.event_id, "event_type": pe.type,
-                   "state": outcome.state_after, "version": versions.get(outcome.job_id or ""), "request_id": g.request_id},
+            "webhook %s", r.outcome.decision.value,
+            extra={"job_id": r.outcome.job_id, "source": source.name, "event_id": r.event.event_id, "event_type": r.event.type,
+                   "state": r.outcome.state_after, "version": versions.get(r.outcome.job_id or ""), "request_id": g.request_id},
         )
-    status = _status(outcomes)
+    status = answer_status(recorded)
     gw.metrics.webhooks.labels(source=source.name, outcome=status).inc()
     gw.metrics.ingest_seconds.labels(source=source.name).observe(time.perf_counter() - started)
     return Response(_ACKS[status], 200, mimetype="application/json")
+
+
+def _wake_senders() -> None:
+    """After a commit that owed a delivery message: the endpoints' senders in this process send at once."""
+    for sender in current_app.extensions.get("forward_senders", {}).values():
+        sender.wake.set()
 
 
 # the acknowledgement bodies, encoded once
 _ACKS = {status: json.dumps({"status": status}).encode() for status in ("accepted", "duplicate", "ignored")}
 
 
-def _event_digest(body_digest: str, index: int) -> str:
-    """The dedup digest of the ``index``-th event of a signed body (64 characters, as stored)."""
-    return body_digest if index == 0 else hashlib.sha256(f"{body_digest}:{index}".encode()).hexdigest()
-
-
-def _outcome_name(decision: Decision, no_state: bool) -> str:
-    if decision is Decision.DUPLICATE:
-        return "duplicate"
-    return "ignored" if no_state else "accepted"
-
-
-def _status(outcomes: list[Any]) -> str:
-    if not outcomes:
-        return "ignored"
-    decisions = [o.decision for _, o in outcomes]
-    if all(d is Decision.DUPLICATE for d in decisions):
-        return "duplicate"
-    if all((pe.state is None and not pe.needs_details) or o.decision is Decision.DUPLICATE for pe, o in outcomes):
-        return "ignored"
-    return "accepted"
-
-
-def _invalid(source: Source, exc: GatewayError, size: int, received_at: Any) -> Any:
-    """A verified body we cannot read: 400, recorded so the trace shows why."""
+def _invalid(source: Source, exc: GatewayError, size: int, received_at: Any, kept: dict[str, Any] | None) -> Any:
+    """A verified body we cannot read: 400, recorded so the trace shows why, with the body and
+    headers (``kept``) so that it can be replayed once the adapter reads it (CONTRACT §10)."""
     gw = gateway()
     gw.metrics.webhooks.labels(source=source.name, outcome="invalid").inc()
     log.info("webhook unparseable", extra={"source": source.name, "reason": exc.message, "request_id": g.request_id})
@@ -247,6 +230,6 @@ def _invalid(source: Source, exc: GatewayError, size: int, received_at: Any) -> 
         w.add_delivery(
             received_at=received_at, source=source.name, status=400, outcome="invalid", reason=exc.message[:500],
             event_id=(request.headers.get("webhook-id") or "")[:255] or None, size=size,
-            remote_addr=request.remote_addr, request_id=g.request_id,
+            remote_addr=request.remote_addr, request_id=g.request_id, **(kept or {}),
         )
     return error_response(400, exc.code, exc.message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -111,7 +111,11 @@ class Event(Base):
 
 
 class Delivery(Base):
-    """One HTTP delivery to a webhook endpoint, accepted or not. Never holds a rejected body."""
+    """One HTTP delivery to a webhook endpoint, accepted or not (one row per event it carried).
+
+    A verified delivery keeps its raw body and request headers (``gateway.recording.stored_headers``:
+    no credentials, no hop-by-hop headers) for replay and forwarding (CONTRACT §9, §10) until
+    ``gateway prune`` clears them after ``delivery_retention_days``; a rejected one never has them."""
 
     __tablename__ = "deliveries"
 
@@ -132,6 +136,9 @@ class Delivery(Base):
     size: Mapped[int] = mapped_column(Integer, default=0)
     remote_addr: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # deferred: listings and the trace never load them (read on access, by replay and forwarding)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)  # the exact bytes received, verified ones only
+    headers: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), deferred=True)  # as received, minus credentials and hop-by-hop
 
     __table_args__ = (Index("ix_deliveries_key", "source", "external_id"), Index("ix_deliveries_request_id", "request_id"))
 

@@ -13,6 +13,10 @@ Pruning rule (``prune``), for rows older than the retention (``retention_days``)
   A ``pruned`` trace entry says how many went; a job pruned since its last change is skipped.
 * a job's row, its keys, and the events of queued / processing / failed jobs are never
   deleted: they are the current state and what a later re-fold starts from.
+
+Separately, verified deliveries older than ``delivery_retention_days`` (default 7) lose their
+raw body and headers (CONTRACT §10): the delivery row stays (until ``retention_days``), but it
+can no longer be replayed, nor its ``delivery.<source>`` message sent.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, null, or_, select, update
 
 from gateway import states
 from gateway.ids import utcnow
@@ -154,7 +158,8 @@ def list_deliveries(
     """Recent deliveries, newest first; ``rejected`` keeps those answered 4xx (bad signature,
     too large, unreadable); ``outcome`` keeps one outcome (``rejected``: refused before it was
     verified, its event and external ids only claimed); ``since`` / ``until`` bound the receipt
-    time (until excluded). Bodies are never stored, so never shown."""
+    time (until excluded). A verified delivery's stored body and headers (for replay,
+    gateway/replay.py) are never shown."""
     stmt = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit).offset(offset)
     if rejected:
         stmt = stmt.where(Delivery.status >= 400)
@@ -170,7 +175,7 @@ def list_deliveries(
         stmt = stmt.where(Delivery.received_at < until)
     with store.reading() as session:
         return [
-            {"received_at": iso(d.received_at), "source": d.source, "status": d.status, "outcome": d.outcome,
+            {"id": d.id, "received_at": iso(d.received_at), "source": d.source, "status": d.status, "outcome": d.outcome,
              "reason": d.reason, "size": d.size, "remote_addr": d.remote_addr, "request_id": d.request_id,
              "event_id": d.event_id, "event_type": d.event_type, "external_id": d.external_id, "job_id": d.job_id,
              "decision": d.decision, "verified": d.outcome != "rejected"}
@@ -186,6 +191,8 @@ class Pruned:
     """How many rows ``prune`` deleted (or would delete, on a dry run)."""
 
     cutoff: str
+    bodies_cutoff: str | None = None
+    bodies: int = 0  # deliveries whose raw body and headers were cleared
     deliveries: int = 0
     trace: int = 0
     held_events: int = 0
@@ -198,12 +205,18 @@ class Pruned:
         return dict(self.__dict__)
 
 
-def prune(store: Store, retention_days: int, *, now: datetime | None = None, dry_run: bool = False, batch: int = 200) -> Pruned:
-    """Delete history older than ``retention_days`` by the module's rule; never a job's state."""
-    if retention_days < 1:
-        raise ValueError("retention_days must be at least 1")
+def prune(store: Store, retention_days: int, *, body_days: int | None = None, now: datetime | None = None, dry_run: bool = False,
+          batch: int = 200) -> Pruned:
+    """Delete history older than ``retention_days`` by the module's rule, and clear the raw bodies
+    and headers of deliveries older than ``body_days`` (``delivery_retention_days``); never a job's state."""
+    if retention_days < 1 or (body_days is not None and body_days < 1):
+        raise ValueError("retention_days and delivery_retention_days must be at least 1")
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     report = Pruned(cutoff=iso(cutoff) or "")
+    if body_days is not None:
+        bodies_cutoff = (now or utcnow()) - timedelta(days=body_days)
+        report.bodies_cutoff = iso(bodies_cutoff)
+        report.bodies = _clear_bodies(store, bodies_cutoff, dry_run, batch * 5)
     report.deliveries = _delete_in_batches(store, Delivery, Delivery.received_at < cutoff, dry_run, batch * 25)
     kept_entries = TraceEntry.what.in_(("registered", "pruned"))
     report.trace = _delete_in_batches(store, TraceEntry, and_(TraceEntry.at < cutoff, ~kept_entries), dry_run, batch * 25)
@@ -242,6 +255,25 @@ def _delete_in_batches(store: Store, model: Any, where: Any, dry_run: bool, size
             ids = list(w.session.scalars(select(model.id).where(where).limit(size)))
             if ids:
                 w.session.execute(delete(model).where(model.id.in_(ids)))
+        total += len(ids)
+        if len(ids) < size:
+            return total
+
+
+def _clear_bodies(store: Store, cutoff: datetime, dry_run: bool, size: int) -> int:
+    """Clear the stored body and headers of deliveries received before ``cutoff``, a batch per
+    transaction (bodies are up to ``max_body_bytes`` each); the count."""
+    where = and_(Delivery.received_at < cutoff, Delivery.body.is_not(None))
+    if dry_run:
+        with store.reading() as session:
+            return session.scalar(select(func.count()).select_from(Delivery).where(where)) or 0
+    total = 0
+    while True:
+        with store.transaction() as w:
+            ids = list(w.session.scalars(select(Delivery.id).where(where).limit(size)))
+            if ids:
+                w.session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(body=None, headers=null())
+                                  .execution_options(synchronize_session=False))
         total += len(ids)
         if len(ids) < size:
             return total

@@ -223,6 +223,10 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
     elif what == "attempt_linked":
         row.update(source=e.get("source") or "", event=f"external id {_short(e.get('external_id'))}", decision="linked")
         row["extra"] = f"by {e.get('by')}" if e.get("by") else ""
+    elif what == "replay":  # gateway/replay.py: a stored delivery run through its adapter again
+        row.update(source=e.get("source") or "", event=f"delivery dlv_{e.get('delivery_id')}", decision=str(e.get("outcome") or ""))
+        said = ", ".join(f"{_short(x.get('event_id'))} {x.get('decision')}" for x in e.get("events") or [])
+        row["extra"] = f"by {e.get('by')}" + (f": {said}" if said else "")
     else:  # written by other modules (outbound callbacks, watchdog…): show what it says
         detail = {k: v for k, v in e.items() if k not in ("at", "what") and v is not None}
         said = next((detail.pop(k) for k in ("decision", "outcome", "result") if k in detail), "")

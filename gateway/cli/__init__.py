@@ -1,4 +1,4 @@
-"""The ``gateway`` command line: serve, migrate, trace, find, deliveries, sources, token,
+"""The ``gateway`` command line: serve, migrate, trace, find, deliveries, replay, sources, token,
 adapters, prune, outbox. Every command reads the same configuration as the server (GATEWAY_CONFIG and
 the environment); listings print aligned text for people and ``--json`` for scripts."""
 
@@ -251,7 +251,7 @@ def find(text: str, as_json: bool, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 @_database_errors
 def deliveries(rejected: bool, source: str | None, job_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
-    """List recent webhook deliveries, newest first (bodies are never kept)."""
+    """List recent webhook deliveries, newest first, with the ids `gateway replay` takes (bodies are never shown)."""
     from gateway.support import list_deliveries, resolve_job
 
     store = _store()
@@ -274,33 +274,66 @@ def deliveries(rejected: bool, source: str | None, job_id: str | None, since: st
                   r["remote_addr"] or "", r["request_id"] or ""] for r in rows]
         click.echo(_table(table, ["RECEIVED", "SOURCE", "STATUS", "REASON", "BYTES", "FROM", "REQUEST ID"]))
         return
-    table = [[r["received_at"], r["source"], str(r["status"]), r["decision"] or r["outcome"], (r["event_id"] or "")[:32],
+    table = [[str(r["id"]), r["received_at"], r["source"], str(r["status"]), r["decision"] or r["outcome"], (r["event_id"] or "")[:32],
               r["job_id"] or (r["reason"] or "")[:40]] for r in rows]
-    click.echo(_table(table, ["RECEIVED", "SOURCE", "STATUS", "DECISION", "EVENT", "JOB / REASON"]))
+    click.echo(_table(table, ["ID", "RECEIVED", "SOURCE", "STATUS", "DECISION", "EVENT", "JOB / REASON"]))
 
 
 @main.command()
 @click.option("--days", type=click.IntRange(1, None), default=None, help="retention in days (default: gateway.retention_days)")
+@click.option("--body-days", type=click.IntRange(1, None), default=None,
+              help="keep deliveries' raw bodies and headers this many days (default: gateway.delivery_retention_days)")
 @click.option("--dry-run", is_flag=True, help="count what would go, delete nothing")
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
 @_database_errors
-def prune(days: int | None, dry_run: bool, as_json: bool) -> None:
+def prune(days: int | None, body_days: int | None, dry_run: bool, as_json: bool) -> None:
     """Delete deliveries, trace rows and events older than the retention; never a job's state.
+    Clear the raw bodies and headers kept for replay from deliveries older than
+    delivery_retention_days (such a delivery can no longer be replayed).
 
     See gateway/support.py for the exact rule."""
     from gateway.support import prune as do_prune
 
     config = _config(strict=False)
-    report = do_prune(_store(), days or config.retention_days, dry_run=dry_run)
+    report = do_prune(_store(), days or config.retention_days, body_days=body_days or config.delivery_retention_days, dry_run=dry_run)
     if as_json:
         _echo_json({**report.as_dict(), "dry_run": dry_run})
         return
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} history older than {report.cutoff}: {report.deliveries} deliveries, {report.trace} trace rows, "
                f"{report.held_events} held events, {report.job_events} events of {report.jobs_thinned} complete jobs")
+    click.echo(f"{'would clear' if dry_run else 'cleared'} the raw body and headers of {report.bodies} deliveries older than {report.bodies_cutoff}")
     if report.jobs_kept_whole:
         click.echo(f"kept every event of {report.jobs_kept_whole} complete job(s) whose history could not be thinned safely, "
                    f"e.g. {', '.join(report.kept_whole_sample[:3])}")
+
+
+@main.command()
+@click.argument("delivery_id")
+@click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
+@_database_errors
+def replay(delivery_id: str, as_json: bool) -> None:
+    """Run a stored delivery (its id, or dlv_<id>) through its source's adapter again, as
+    configured now: parsed again, not verified again. New events are recorded and folded, the
+    rest are duplicates; the jobs' traces say so, by "cli". The delivery is not forwarded again;
+    the job versions it causes are (by a running server). Rejected and pruned deliveries have no
+    body to replay (`gateway deliveries` lists ids)."""
+    from gateway.app import create_app
+    from gateway.errors import GatewayError
+    from gateway.replay import delivery_id_of
+    from gateway.replay import replay as do_replay
+
+    app = create_app(_config(strict=False), background=False)  # the server's sources, bus and forwarding
+    try:
+        answer = do_replay(app.extensions["gateway"], delivery_id_of(delivery_id), by="cli")
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        _echo_json(answer)
+        return
+    click.echo(f"{answer['status']}: {len(answer['events'])} event(s)")
+    for event in answer["events"]:
+        click.echo(f"  {event['event_id']}  {event['decision']}")
 
 
 @main.command()

@@ -93,6 +93,13 @@ def insert_delivery(columns: frozenset[str]) -> Insert:
     return DELIVERIES.insert().values({c: _param(DELIVERIES, c) for c in sorted(columns)}).inline()
 
 
+@lru_cache(maxsize=64)
+def insert_delivery_returning_id(columns: frozenset[str]) -> Insert:
+    """A delivery's INSERT of the given columns that answers its id: for a delivery whose id the
+    transaction needs (the ``dlv_<id>`` of a forwarded delivery message, gateway/forward_delivery.py)."""
+    return DELIVERIES.insert().values({c: _param(DELIVERIES, c) for c in sorted(columns)}).returning(DELIVERIES.c.id)
+
+
 INSERT_TRACE = TRACE.insert().inline()
 
 _PSYCOPG = psycopg.dialect(paramstyle="format")  # type: ignore[no-untyped-call]  # SQLAlchemy leaves the dialect constructors untyped

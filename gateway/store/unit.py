@@ -42,6 +42,13 @@ class Change:
     snapshot: str | None = field(default=None, compare=False, repr=False)
 
 
+def _delivery_row(values: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(sql.DELIVERY_COLUMNS)
+    row.update(size=0, received_at=utcnow())
+    row.update(values)
+    return row
+
+
 class Bus(Protocol):
     """Carries changes to watchers in every process; see gateway.relay."""
 
@@ -117,10 +124,14 @@ class Unit:
 
     def add_delivery(self, **values: Any) -> None:
         """Record one HTTP delivery; written with the transaction's closing writes."""
-        row: dict[str, Any] = dict.fromkeys(sql.DELIVERY_COLUMNS)
-        row.update(size=0, received_at=utcnow())
-        row.update(values)
-        self._rows.append((sql.DELIVERIES, row))
+        self._rows.append((sql.DELIVERIES, _delivery_row(values)))
+
+    def insert_delivery(self, **values: Any) -> int:
+        """Record one HTTP delivery now and answer its id (one more round trip than
+        ``add_delivery``): for what this transaction must key by it, e.g. a forwarded delivery message."""
+        row = _delivery_row(values)
+        columns = frozenset(c for c in sql.DELIVERY_COLUMNS if row.get(c) is not None)
+        return int(self.conn.execute(sql.insert_delivery_returning_id(columns), row).scalar_one())
 
     # -- versions ---------------------------------------------------------------------------------
 
