@@ -20,15 +20,16 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 
+from gateway.forward_delivery import delivery_request, is_delivery_message
 from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.models import OutboxItem
+from gateway.owed import FORWARD
 from gateway.services import Services
 from gateway.store import Store, Writer
 
 Enqueue = Callable[..., bool]  # Outbox.enqueue: a row in the writer's transaction, once per key
 
-FORWARD = "forward"
 
 
 def webhook_id(job_id: str, version: int) -> str:
@@ -65,8 +66,6 @@ def request_of(store: Store, row: OutboxItem) -> tuple[bytes, dict[str, str]]:
     """The exact bytes a forwarded message sends and its headers besides the gateway's signature:
     a ``job.*`` message's JSON, or a delivery's own body and headers (gateway/forward_delivery.py,
     NotFound once that body was pruned)."""
-    from gateway.forward_delivery import delivery_request, is_delivery_message
-
     payload = row.payload
     if is_delivery_message(payload):
         return delivery_request(store, int(payload["delivery_id"]), row.job_id)

@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping
 from sqlalchemy import select
 
 from gateway.errors import NotFound
-from gateway.forward import FORWARD
 from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import Delivery
+from gateway.owed import FORWARD
 from gateway.services import Services
 from gateway.store import Store, Writer
 

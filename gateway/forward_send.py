@@ -20,12 +20,12 @@ from sqlalchemy.orm import aliased
 
 from gateway.endpoints import EndpointConfig
 from gateway.errors import GatewayError
-from gateway.forward import FORWARD, request_of, sign
+from gateway.forward import request_of, sign
 from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import OutboxItem
 from gateway.outbox import USER_AGENT, Result, _retry_after, backoff
-from gateway.owed import DEAD, DELIVERED, PENDING
+from gateway.owed import DEAD, DELIVERED, FORWARD, PENDING
 from gateway.services import Services
 
 log = logging.getLogger("gateway.forward")

@@ -11,11 +11,10 @@ from sqlalchemy import func, select
 
 from gateway.endpoints import EndpointConfig
 from gateway.errors import NotFound
-from gateway.forward import FORWARD
 from gateway.ids import utcnow
 from gateway.jobjson import iso
 from gateway.models import OutboxItem
-from gateway.owed import DEAD, DELIVERED, PENDING
+from gateway.owed import DEAD, DELIVERED, FORWARD, PENDING
 from gateway.store import Store
 
 

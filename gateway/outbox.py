@@ -57,12 +57,11 @@ from gateway.callback_secret import CALLBACK_SECRET_LABEL as CALLBACK_SECRET_LAB
 from gateway.callback_secret import callback_secret, check_callback_secrets
 from gateway.callback_secret import derive_callback_secret as derive_callback_secret
 from gateway.errors import Conflict, GatewayError, NotFound
-from gateway.forward import FORWARD
 from gateway.forward import install as install_forwarding
 from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
-from gateway.owed import DEAD, DELIVERED, PENDING, enqueue_row
+from gateway.owed import DEAD, DELIVERED, FORWARD, PENDING, enqueue_row
 from gateway.services import Services
 from gateway.states import Kind, State
 from gateway.store import Store, Writer

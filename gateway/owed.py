@@ -12,6 +12,7 @@ from gateway.models import OutboxItem
 from gateway.store import Writer
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+FORWARD = "forward"  # the kind of a forwarded message's row (gateway/forward.py, forward_delivery.py)
 
 
 def enqueue_row(w: Writer, *, kind: str, key: str, source: str, job_id: str | None, payload: dict[str, Any],

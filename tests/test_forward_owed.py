@@ -7,8 +7,8 @@ import uuid
 
 from sqlalchemy import select
 
-from gateway.forward import FORWARD
 from gateway.models import OutboxItem
+from gateway.owed import FORWARD
 from tests.conftest import API_KEY, register
 from tests.gwapp import gw_of, make_app, post_standard
 from tests.signing import STANDARD_SECRET, iso_now
