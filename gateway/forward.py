@@ -6,19 +6,32 @@ A job's new version owes ``job.<state>`` when its state differs from the previou
 ``job.progress`` otherwise; the ``webhook-id`` is ``msg_<job id>_v<version>``, the same on every
 try. The outbox row's key adds the endpoint's name (one row per message and endpoint), its
 ``target`` is the endpoint's name (never its URL, which may carry credentials).
+
+Progress coalesces: a ``job.progress`` row of the version just before, not tried yet, is marked
+``coalesced`` by the newer ``job.progress`` in the same transaction that owes it, so a storming
+job leaves one message to send, not a backlog. A state message never replaces anything, so the
+last progress before a state change is always sent. With the sender's per-job pace
+(gateway/forward_send.py) this bounds a job's progress messages to one per ``progress_interval_ms``
+per endpoint and process, like the relay's announcements (gateway/relay/coalesce.py);
+``progress_interval_ms = 0`` sends every one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from sqlalchemy import update
+
 from gateway.jobjson import iso, job_json
+from gateway.models import OutboxItem
 from gateway.services import Services
 from gateway.store import Writer, utcnow
+from gateway.tries import COALESCED, PENDING
 
 Enqueue = Callable[..., bool]  # Outbox.enqueue: a row in the writer's transaction, once per key
 
 FORWARD = "forward"
+PROGRESS = "job.progress"
 
 
 def webhook_id(job_id: str, version: int) -> str:
@@ -28,13 +41,20 @@ def webhook_id(job_id: str, version: int) -> str:
 
 def message_type(state: str, state_changed: bool) -> str:
     """``job.<state>`` for a version whose state changed, else ``job.progress``."""
-    return f"job.{state}" if state_changed else "job.progress"
+    return f"job.{state}" if state_changed else PROGRESS
+
+
+def row_key(endpoint: str, msg_id: str) -> str:
+    """The outbox key of one message to one endpoint."""
+    return f"fwd:{endpoint}:{msg_id}"
 
 
 def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer) -> None:
     """In ``w``'s transaction, before its commit: one outbox row per changed job version and
     endpoint that wants it (events patterns, sources)."""
     now = utcnow()
+    replaced: list[str] = []  # keys of the previous version's job.progress rows a newer one replaces
+    coalesce = gw.config.progress_interval_ms > 0
     for change in w.changes:
         job = w._known(change.job_id)
         if job is None:
@@ -47,8 +67,18 @@ def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer) -> None:
         payload = {"type": kind, "timestamp": iso(now), "data": job_json(job), "version": change.version,
                    "webhook_id": msg_id}
         for endpoint in wanting:
-            enqueue(w, kind=FORWARD, key=f"fwd:{endpoint.name}:{msg_id}", source=job.source, job_id=job.id,
-                           payload=payload, target=endpoint.name)
+            enqueue(w, kind=FORWARD, key=row_key(endpoint.name, msg_id), source=job.source, job_id=job.id,
+                    payload=payload, target=endpoint.name)
+            if coalesce and kind == PROGRESS and change.version > 1:
+                replaced.append(row_key(endpoint.name, webhook_id(job.id, change.version - 1)))
+    if replaced:
+        w.session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.key.in_(replaced), OutboxItem.status == PENDING, OutboxItem.attempts == 0,
+                   OutboxItem.payload["type"].as_string() == PROGRESS)
+            .values(status=COALESCED)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def install(gw: Services, enqueue: Enqueue) -> None:

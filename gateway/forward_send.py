@@ -1,32 +1,39 @@
 """Sending forwarded messages (CONTRACT §9): one sender loop per endpoint, so a slow or failing
 endpoint only ever waits for itself, and in order per (job, endpoint): a row is claimed only when
-no earlier pending row of the same job and endpoint is left (delivered and dead ones do not hold
-it back). Each message is a Standard Webhooks–signed POST of exactly the bytes signed, with a
-short connect timeout; failures are retried with exponential backoff and jitter
-(``outbox_backoff`` .. ``outbox_backoff_max``, ``Retry-After`` honoured) until
-``forward_retry_for`` seconds after the message was owed, after which it is ``dead``.
+no earlier pending row of the same job and endpoint is left (delivered, dead and coalesced ones
+do not hold it back). Claiming, signing, recording and the retry schedule are the outbox's
+(gateway/tries.py); what is particular here:
+
+- At once, in every process: a sender wakes on every committed change its process's relay bus
+  hears (``Hub.on_notice``), from whichever process committed it, not only on the outbox interval;
+  a retry wakes it when due.
+- Tries are bounded by time, ``forward_retry_for`` seconds after the message was owed, after
+  which it is ``dead`` (``outbox_max_attempts`` does not apply).
+- ``410 Gone`` disables the endpoint (``endpoint_states``, read by every process): its senders
+  stop, its messages stay pending, and flow again in order once an operator enables it.
+- Progress is paced: a job's ``job.progress`` goes out at most once per ``progress_interval_ms``
+  per endpoint and process; meanwhile newer progress replaces it (gateway/forward.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from datetime import UTC, datetime, timedelta
+import time
+from datetime import timedelta
 from typing import Any
 
-import requests
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import aliased
-from standardwebhooks.webhooks import Webhook
 
 from gateway.endpoints import EndpointConfig
-from gateway.forward import FORWARD
-from gateway.jobjson import iso
+from gateway.forward import FORWARD, PROGRESS
+from gateway.messages import disable_endpoint, endpoint_enabled
 from gateway.models import OutboxItem
-from gateway.outbox import DEAD, DELIVERED, PENDING, USER_AGENT, Result, _retry_after, backoff
+from gateway.relay.relay import Relay
 from gateway.services import Services
 from gateway.store import utcnow
+from gateway.tries import PENDING, Result, claim, lease, post_signed, recording, settle
 
 log = logging.getLogger("gateway.forward")
 CONNECT_TIMEOUT = 3.0
@@ -40,105 +47,142 @@ class EndpointSender:
         self.endpoint = endpoint
         self.batch = batch
         self.wake = threading.Event()
-
-    @property
-    def lease(self) -> timedelta:
-        return timedelta(seconds=3 * max(self.gw.config.outbox_timeout, 1) + 5)
+        self.pace = max(gw.config.progress_interval_ms, 0) / 1000
+        self._progress_sent: dict[str, float] = {}  # job id → time.monotonic() of its last progress claimed here
+        self._held_until: float | None = None  # the earliest a paced progress row may go
+        self._timer: threading.Timer | None = None
+        self._timer_at = float("inf")
+        self._lock = threading.Lock()
 
     def drain(self) -> int:
-        """Send until no due message of this endpoint is left; how many tries were made."""
+        """Send until no due message of this endpoint is left (or it is disabled); how many tries
+        were made. Then arrange to wake when the next retry or paced progress is due."""
         total = 0
-        while rows := self._claim():
-            for row in rows:
+        while endpoint_enabled(self.gw.store, self.endpoint.name) and (rows := self._claim()):
+            for i, row in enumerate(rows):
                 try:
                     result = self.send(row)
                 except Exception as exc:  # one broken row must not stop the others
                     log.exception("forward try failed", extra={"job_id": row.job_id})
                     result = Result(error=f"internal error ({type(exc).__name__})")
-                self._record(row, result)
+                if self._record(row, result) == "disabled":
+                    self._release(rows[i + 1:])
+                    return total + i + 1
             total += len(rows)
+        if endpoint_enabled(self.gw.store, self.endpoint.name):
+            self._wake_when_due()
         return total
 
-    def _claim(self) -> list[OutboxItem]:
-        now = utcnow()
+    def _heads(self) -> Any:
+        """This endpoint's pending rows with no earlier pending row of the same job: the next of each job."""
         earlier = aliased(OutboxItem)
         held_back = exists().where(and_(earlier.kind == FORWARD, earlier.target == OutboxItem.target,
                                         earlier.job_id == OutboxItem.job_id, earlier.status == PENDING,
                                         earlier.id < OutboxItem.id))
-        with self.gw.store.transaction() as w:
-            stmt = (
-                select(OutboxItem)
-                .where(OutboxItem.kind == FORWARD, OutboxItem.target == self.endpoint.name, OutboxItem.status == PENDING,
-                       OutboxItem.next_attempt_at <= now, ~held_back)
-                .order_by(OutboxItem.id)
-                .limit(self.batch)
-            )
-            if w.postgres:
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = list(w.session.scalars(stmt).all())
-            for row in rows:
-                row.attempts += 1
-                row.next_attempt_at = now + self.lease
-        return rows
+        return and_(OutboxItem.kind == FORWARD, OutboxItem.target == self.endpoint.name, OutboxItem.status == PENDING, ~held_back)
+
+    def _claim(self) -> list[OutboxItem]:
+        stmt = (
+            select(OutboxItem)
+            .where(self._heads(), OutboxItem.next_attempt_at <= utcnow())
+            .order_by(OutboxItem.id)
+            .limit(self.batch)
+        )
+        self._held_until = None
+        return claim(self.gw.store, stmt, lease(self.gw.config), keep=self._paced)
+
+    def _paced(self, row: OutboxItem) -> bool:
+        """Whether ``row`` may go now: a job's progress at most once per ``pace`` from here."""
+        if not self.pace or row.payload.get("type") != PROGRESS or not row.job_id:
+            return True
+        now = time.monotonic()
+        last = self._progress_sent.get(row.job_id)
+        if last is not None and now - last < self.pace:
+            due = last + self.pace
+            self._held_until = due if self._held_until is None else min(self._held_until, due)
+            return False
+        self._progress_sent[row.job_id] = now
+        if len(self._progress_sent) > 10_000:  # forget jobs quiet for longer than the pace
+            self._progress_sent = {j: t for j, t in self._progress_sent.items() if now - t < self.pace}
+        return True
 
     def send(self, row: OutboxItem) -> Result:
         """One signed POST of the row's message to the endpoint."""
-        payload = row.payload
-        body = json.dumps({k: payload[k] for k in ("type", "timestamp", "data")}, separators=(",", ":"), ensure_ascii=False)
-        msg_id = payload["webhook_id"]
-        signed_at = datetime.now(UTC).replace(microsecond=0)
-        headers = {
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(signed_at.timestamp())),
-            "webhook-signature": Webhook(self.endpoint.secrets[0]).sign(msg_id=msg_id, timestamp=signed_at, data=body),
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-        }
+        payload = {k: row.payload[k] for k in ("type", "timestamp", "data")}
         timeout = (CONNECT_TIMEOUT, float(max(self.gw.config.outbox_timeout, 1)))
-        try:
-            response = requests.post(self.endpoint.url, data=body.encode("utf-8"), headers=headers, timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            return Result(error=type(exc).__name__)
-        with response:
-            status = response.status_code
-            if 200 <= status < 300:
-                return Result(ok=True, status=status)
-            if status == 410:
-                return Result(status=status, give_up=True, error="410 Gone: the receiver disabled this endpoint")
-            return Result(status=status, error=f"HTTP {status}", retry_after=_retry_after(response.headers.get("Retry-After")))
+        return post_signed(self.endpoint.url, msg_id=row.payload["webhook_id"], payload=payload,
+                           secret=self.endpoint.secrets[0], timeout=timeout)
 
-    def _record(self, row: OutboxItem, result: Result) -> None:
+    def _record(self, row: OutboxItem, result: Result) -> str | None:
+        """Write down one try (gateway.tries.settle), or disable the endpoint on ``410 Gone``; the
+        trace line names the endpoint, never its URL. Returns the outcome (None: not ours to record)."""
         config = self.gw.config
+        name = self.endpoint.name
         now = utcnow()
-        with self.gw.store.transaction() as w:
-            item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
-            if item is None or item.status != PENDING or item.attempts != row.attempts:
-                return  # settled meanwhile, or another process took the lease over
-            detail: dict[str, Any] = {"endpoint": self.endpoint.name, "webhook_id": item.payload["webhook_id"],
-                                      "type": item.payload["type"], "try": item.attempts, "status": result.status}
-            if result.ok:
-                item.status, item.delivered_at, item.last_error = DELIVERED, now, None
-                detail["outcome"] = "delivered"
-                self.gw.metrics.forward_latency.labels(endpoint=self.endpoint.name).observe((now - item.created_at).total_seconds())
-            elif result.give_up or now - item.created_at >= timedelta(seconds=config.forward_retry_for):
-                item.status, item.last_error = DEAD, result.error
-                detail.update(outcome="dead", error=result.error)
+        with recording(self.gw.store, row) as held:
+            if held is None:
+                return None  # settled meanwhile, or another process took the lease over
+            w, item = held
+            if result.status == 410:
+                disable_endpoint(w, name, result.error or "410 Gone")
+                item.next_attempt_at, item.last_error = now, result.error  # pending: it goes once enabled again
+                detail: dict[str, Any] = {"try": item.attempts, "status": 410, "duration_ms": result.duration_ms,
+                                          "outcome": "disabled", "error": result.error, "enabled": False}
             else:
-                delay = backoff(item.attempts, config.outbox_backoff, config.outbox_backoff_max)
-                if result.retry_after is not None:
-                    delay = min(max(delay, result.retry_after), float(config.outbox_backoff_max))
-                item.next_attempt_at = now + timedelta(seconds=delay)
-                item.last_error = result.error
-                detail.update(outcome="retry", error=result.error, next_try_at=iso(item.next_attempt_at))
+                expired = now - item.created_at >= timedelta(seconds=config.forward_retry_for)
+                detail = settle(item, result, config, out_of_tries=expired, dead="dead")
+            detail.update(endpoint=name, webhook_id=item.payload["webhook_id"], type=item.payload["type"])
             if item.job_id:
                 w.trace(item.job_id, "forward", detail, at=now)
-        self.gw.metrics.forward_total.labels(endpoint=self.endpoint.name, outcome=detail["outcome"]).inc()
-        log.info("forward %s %s", self.endpoint.name, detail["outcome"],
+        outcome = str(detail["outcome"])
+        if result.ok:
+            self.gw.metrics.forward_latency.labels(endpoint=name).observe((now - item.created_at).total_seconds())
+        self.gw.metrics.forward_total.labels(endpoint=name, outcome=outcome).inc()
+        log.info("forward %s %s", name, outcome,
                  extra={"job_id": item.job_id, "try": detail["try"], "status": result.status, "error": result.error})
+        if outcome == "disabled":
+            log.warning("forwarding endpoint %s answered 410 Gone and is disabled until an operator enables it", name)
+        return outcome
+
+    def _release(self, rows: list[OutboxItem]) -> None:
+        """Hand back claimed rows not tried (the endpoint was disabled): due again, the claim uncounted."""
+        if not rows:
+            return
+        with self.gw.store.transaction() as w:
+            for row in rows:
+                w.session.execute(update(OutboxItem).where(OutboxItem.id == row.id, OutboxItem.status == PENDING,
+                                                           OutboxItem.attempts == row.attempts)
+                                  .values(attempts=row.attempts - 1, next_attempt_at=utcnow()))
+
+    def _wake_when_due(self) -> None:
+        """Wake this sender when its next retry or paced progress is due, if that comes before
+        the outbox interval would (a commit that owes a message wakes it anyway)."""
+        interval = float(max(self.gw.config.outbox_interval, 1))
+        due_in: list[float] = []
+        if self._held_until is not None:
+            due_in.append(self._held_until - time.monotonic())
+        now = utcnow()
+        with self.gw.store.reading() as session:
+            at = session.scalar(select(func.min(OutboxItem.next_attempt_at)).where(self._heads(), OutboxItem.next_attempt_at > now))
+        if at is not None:
+            due_in.append((at - now).total_seconds())
+        delay = max(0.0, min(due_in, default=interval))
+        if delay >= interval:
+            return
+        at_mono = time.monotonic() + delay
+        with self._lock:
+            if self._timer is not None and self._timer.is_alive() and self._timer_at <= at_mono:
+                return  # an earlier wake-up is already set
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = threading.Timer(delay, self.wake.set), at_mono
+            self._timer.daemon = True
+            self._timer.start()
 
 
-def install(gw: Services) -> dict[str, EndpointSender]:
-    """One sender loop per endpoint, on the outbox's interval and woken by commits that owe."""
+def install(gw: Services, relay: Relay) -> dict[str, EndpointSender]:
+    """One sender loop per endpoint, on the outbox's interval and woken by every committed change
+    the relay's bus tells this process about (from any process); the bus listens from start-up."""
     senders = {name: EndpointSender(gw, endpoint) for name, endpoint in gw.config.endpoints.items()}
     for name, sender in senders.items():
         gw.background.every(max(gw.config.outbox_interval, 1), f"forward-{name}", wake=sender.wake)(sender.drain)
@@ -147,5 +191,6 @@ def install(gw: Services) -> dict[str, EndpointSender]:
             for sender in senders.values():
                 sender.wake.set()
 
-        gw.store.owing.append(lambda w: w.after_commit(wake_all))
+        relay.hub.on_notice.append(wake_all)
+        gw.background.on_start.append(relay.start)
     return senders

@@ -7,7 +7,8 @@ made for a change that rolled back. Any worker process claims due rows — Postg
 leases them by pushing ``next_attempt_at`` past the call's worst-case duration, so a process
 that dies mid-call leaves the row to another one after the lease. The HTTP call runs outside
 any transaction; its result is recorded in a new one, with a line in the job's trace for every
-try. Failed tries are retried with exponential backoff and equal jitter (``outbox_backoff``
+try (claim, sign, record and schedule are gateway/tries.py, shared with the forwarding
+senders). Failed tries are retried with exponential backoff and equal jitter (``outbox_backoff``
 seconds doubling to ``outbox_backoff_max``, a ``Retry-After`` header is honoured) until a 2xx
 or ``outbox_max_attempts``, after which the row is ``dead`` and the trace says so; ``410 Gone``
 gives up at once (Standard Webhooks: the endpoint is disabled). Delivery is at least once: a
@@ -35,19 +36,15 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
-import random
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from sqlalchemy import delete, select
-from standardwebhooks.webhooks import Webhook
 
 from adapters.base import ProviderEvent
 from gateway.config import SourceConfig
@@ -59,6 +56,14 @@ from gateway.models import Job, OutboxItem
 from gateway.services import Services
 from gateway.states import State
 from gateway.store import Store, Writer, utcnow
+from gateway.tries import COALESCED, claim, lease, post_signed, recording, settle
+from gateway.tries import DEAD as DEAD  # re-exported: the shared try machinery lives in gateway.tries
+from gateway.tries import DELIVERED as DELIVERED
+from gateway.tries import PENDING as PENDING
+from gateway.tries import USER_AGENT as USER_AGENT
+from gateway.tries import Result as Result
+from gateway.tries import backoff as backoff
+from gateway.tries import retry_after as _retry_after
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -68,17 +73,8 @@ log = logging.getLogger("gateway.outbox")
 
 CALLBACK = "callback"
 DETAILS = "details"
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 RETRY_REQUESTED = "job.retry_requested"
 MAX_DETAILS_BYTES = 1024 * 1024
-USER_AGENT = "job-webhook-gateway (outbox)"
-
-
-def backoff(attempts: int, base: float, cap: float, rnd: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after ``attempts`` failed tries: ``base·2^(attempts-1)`` capped at ``cap``,
-    half of it fixed and half random (equal jitter), so retries spread out but never bunch at 0."""
-    ceiling = min(float(cap), float(base) * 2.0 ** min(max(attempts - 1, 0), 40))
-    return ceiling / 2 + rnd() * ceiling / 2
 
 
 #: the label a derived callback secret is an HMAC of (keyed with the source's first webhook secret)
@@ -131,18 +127,6 @@ def event_from_json(data: Mapping[str, Any]) -> ProviderEvent:
     )
 
 
-@dataclass(frozen=True)
-class Result:
-    """What one try came to."""
-
-    ok: bool = False
-    status: int | None = None
-    error: str | None = None
-    give_up: bool = False
-    retry_after: float | None = None
-    events: list[ProviderEvent] = field(default_factory=list)
-
-
 class Outbox:
     """Enqueues outbound calls inside writers' transactions and delivers them in the background."""
 
@@ -154,7 +138,7 @@ class Outbox:
     @property
     def lease(self) -> timedelta:
         """How long a claimed row stays out of other claimers' reach: longer than any one call."""
-        return timedelta(seconds=3 * max(self.gw.config.outbox_timeout, 1) + 5)
+        return lease(self.gw.config)
 
     # -- enqueue (inside the caller's transaction) ----------------------------------------------
 
@@ -223,21 +207,14 @@ class Outbox:
         known = sorted(self.gw.sources)
         if not known:
             return []
-        with self.gw.store.transaction() as w:
-            stmt = (
-                select(OutboxItem)
-                .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now, OutboxItem.source.in_(known),
-                       OutboxItem.kind != FORWARD)  # forwarded messages have their own sender (gateway.forward)
-                .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
-                .limit(self.batch)
-            )
-            if w.postgres:
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = list(w.session.scalars(stmt).all())
-            for row in rows:
-                row.attempts += 1
-                row.next_attempt_at = now + self.lease
-        return rows  # detached copies (expire_on_commit=False), safe to read outside the session
+        stmt = (
+            select(OutboxItem)
+            .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now, OutboxItem.source.in_(known),
+                   OutboxItem.kind != FORWARD)  # forwarded messages have their own senders (gateway.forward_send)
+            .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
+            .limit(self.batch)
+        )
+        return claim(self.gw.store, stmt, self.lease)
 
     def _try(self, row: OutboxItem) -> Result:
         if row.kind == CALLBACK:
@@ -257,26 +234,7 @@ class Outbox:
         secret = callback_secret(source.config, self.gw.config.env)
         if not secret:
             return Result(give_up=True, error="no callback secret configured")
-        body = json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False)
-        signed_at = datetime.now(UTC).replace(microsecond=0)
-        headers = {
-            "webhook-id": row.key,
-            "webhook-timestamp": str(int(signed_at.timestamp())),
-            "webhook-signature": Webhook(secret).sign(msg_id=row.key, timestamp=signed_at, data=body),
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-        }
-        try:
-            response = requests.post(row.target, data=body.encode("utf-8"), headers=headers, timeout=self._timeouts(), allow_redirects=False)
-        except requests.RequestException as exc:
-            return Result(error=f"{type(exc).__name__}")
-        with response:
-            status = response.status_code
-            if 200 <= status < 300:
-                return Result(ok=True, status=status)
-            if status == 410:
-                return Result(status=status, give_up=True, error="410 Gone: the receiver disabled this endpoint")
-            return Result(status=status, error=f"HTTP {status}", retry_after=_retry_after(response.headers.get("Retry-After")))
+        return post_signed(row.target, msg_id=row.key, payload=row.payload, secret=secret, timeout=self._timeouts())
 
     def _fetch_details(self, row: OutboxItem) -> Result:
         source = self.gw.sources.get(row.source)
@@ -309,31 +267,18 @@ class Outbox:
 
     def _record(self, row: OutboxItem, result: Result) -> None:
         """Write down one try in a new transaction: delivered, rescheduled or given up, and the trace line."""
-        config = self.gw.config
         now = utcnow()
-        with self.gw.store.transaction() as w:
-            item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
-            if item is None or item.status != PENDING or item.attempts != row.attempts:
+        with recording(self.gw.store, row) as held:
+            if held is None:
                 return  # settled meanwhile, or our lease ran out and another process claimed it: its word wins
-            detail: dict[str, Any] = {"try": item.attempts, "status": result.status}
+            w, item = held
             recorded: list[tuple[str | None, dict[str, Any]]] = []
             if result.ok:
                 for pe in result.events:
                     outcome = w.record_event(item.source, pe, received_at=now)
                     w.finish_changes()
                     recorded.append((outcome.job_id, {"event_id": pe.event_id, "state": pe.state.value if pe.state else None, "decision": outcome.decision.value}))
-                item.status, item.delivered_at, item.last_error = DELIVERED, now, None
-                detail["outcome"] = "delivered"
-            elif result.give_up or item.attempts >= config.outbox_max_attempts:
-                item.status, item.last_error = DEAD, result.error
-                detail.update(outcome="gave_up", error=result.error)
-            else:
-                delay = backoff(item.attempts, config.outbox_backoff, config.outbox_backoff_max)
-                if result.retry_after is not None:
-                    delay = min(max(delay, result.retry_after), float(config.outbox_backoff_max))
-                item.next_attempt_at = now + timedelta(seconds=delay)
-                item.last_error = result.error
-                detail.update(outcome="retry", error=result.error, next_try_at=iso(item.next_attempt_at))
+            detail = settle(item, result, self.gw.config, out_of_tries=item.attempts >= self.gw.config.outbox_max_attempts)
             if item.kind == CALLBACK:
                 detail.update(webhook_id=item.key, url=redact_url(item.target))
             else:
@@ -346,13 +291,6 @@ class Outbox:
             "outbox %s %s", item.kind, detail["outcome"],
             extra={"job_id": item.job_id, "kind": item.kind, "try": detail["try"], "status": result.status, "error": result.error},
         )
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header given in seconds (an HTTP date is ignored)."""
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
 
 
 def _read_limited(response: requests.Response, limit: int) -> bytes | None:
@@ -401,7 +339,7 @@ def purge(store: Store, before: datetime) -> int:
     """Delete rows settled (delivered or given up) before ``before``; the trace keeps their story."""
     with store.transaction() as w:
         result = w.session.execute(
-            delete(OutboxItem).where(OutboxItem.status.in_([DELIVERED, DEAD]), OutboxItem.created_at < before)
+            delete(OutboxItem).where(OutboxItem.status.in_([DELIVERED, DEAD, COALESCED]), OutboxItem.created_at < before)
         )
     return int(getattr(result, "rowcount", 0) or 0)  # a DELETE's CursorResult
 
