@@ -34,6 +34,7 @@ class Receiver:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _count: int = 0
     _server: ThreadingHTTPServer | None = None
+    port: int = 0  # a fixed port, to stop the receiver (connections refused) and start it again there
 
     @property
     def url(self) -> str:
@@ -73,7 +74,8 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
