@@ -52,7 +52,7 @@ class Receiver:
                 with receiver._cond:
                     receiver._count += 1
                     n = receiver._count
-                    answer = receiver.respond(n, req)
+                answer = receiver.respond(n, req)  # outside the lock: a responder may block (a slow receiver)
                 status, body, *rest = answer
                 headers = rest[0] if rest else {}
                 data = body if isinstance(body, bytes) else str(body).encode()
@@ -88,6 +88,17 @@ class Receiver:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"expected {count} requests, got {len(self.requests)} in {timeout}s")
+                self._cond.wait(left)
+            return list(self.requests)
+
+    def wait_until(self, done: Callable[[list[Received]], bool], timeout: float = 30) -> list[Received]:
+        """Block until ``done(requests answered so far)`` holds, or fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not done(list(self.requests)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"the receiver's condition did not hold in {timeout}s ({len(self.requests)} requests)")
                 self._cond.wait(left)
             return list(self.requests)
 
