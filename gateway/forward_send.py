@@ -11,6 +11,8 @@ do not hold it back). Claiming, signing, recording and the retry schedule are th
   which it is ``dead`` (``outbox_max_attempts`` does not apply).
 - ``410 Gone`` disables the endpoint (``endpoint_states``, read by every process): its senders
   stop, its messages stay pending, and flow again in order once an operator enables it.
+- Up to ``PARALLEL`` messages of different jobs are in flight at once per endpoint and process
+  (never two of one job), and a group's tries are recorded in one transaction.
 - Progress is paced: a job's ``job.progress`` goes out at most once per ``progress_interval_ms``
   per endpoint and process; meanwhile newer progress replaces it (gateway/forward.py).
 """
@@ -29,23 +31,25 @@ from sqlalchemy.orm import aliased
 from gateway.endpoints import EndpointConfig
 from gateway.forward import FORWARD, PROGRESS
 from gateway.messages import disable_endpoint, endpoint_enabled
-from gateway.models import OutboxItem
+from gateway.models import Job, OutboxItem
 from gateway.relay.relay import Relay
 from gateway.services import Services
 from gateway.store import utcnow
-from gateway.tries import PENDING, Result, claim, lease, post_signed, recording, settle
+from gateway.tries import PENDING, Result, claim, lease, post_signed, settle, still_ours
 
 log = logging.getLogger("gateway.forward")
 CONNECT_TIMEOUT = 3.0
+PARALLEL = 8  # messages of different jobs in flight at once, per endpoint and process
 
 
 class EndpointSender:
     """Claims and sends one endpoint's due messages; woken at once after a commit that owes one."""
 
-    def __init__(self, gw: Services, endpoint: EndpointConfig, *, batch: int = 50):
+    def __init__(self, gw: Services, endpoint: EndpointConfig, *, batch: int = 50, parallel: int = PARALLEL):
         self.gw = gw
         self.endpoint = endpoint
         self.batch = batch
+        self.parallel = max(parallel, 1)
         self.wake = threading.Event()
         self.pace = max(gw.config.progress_interval_ms, 0) / 1000
         self._progress_sent: dict[str, float] = {}  # job id → time.monotonic() of its last progress claimed here
@@ -59,19 +63,37 @@ class EndpointSender:
         were made. Then arrange to wake when the next retry or paced progress is due."""
         total = 0
         while endpoint_enabled(self.gw.store, self.endpoint.name) and (rows := self._claim()):
-            for i, row in enumerate(rows):
-                try:
-                    result = self.send(row)
-                except Exception as exc:  # one broken row must not stop the others
-                    log.exception("forward try failed", extra={"job_id": row.job_id})
-                    result = Result(error=f"internal error ({type(exc).__name__})")
-                if self._record(row, result) == "disabled":
-                    self._release(rows[i + 1:])
-                    return total + i + 1
+            for start in range(0, len(rows), self.parallel):
+                chunk = rows[start:start + self.parallel]
+                if "disabled" in self._record(chunk, self._send_all(chunk)):
+                    self._release(rows[start + len(chunk):])
+                    return total + start + len(chunk)
             total += len(rows)
         if endpoint_enabled(self.gw.store, self.endpoint.name):
             self._wake_when_due()
         return total
+
+    def _send_all(self, rows: list[OutboxItem]) -> list[Result]:
+        """Send ``rows`` at once (one job each: a claim holds one message per job), one thread
+        (a greenlet under gevent) per row; their results in order."""
+        results: list[Result] = [Result() for _ in rows]
+
+        def one(i: int) -> None:
+            try:
+                results[i] = self.send(rows[i])
+            except Exception as exc:  # one broken row must not stop the others
+                log.exception("forward try failed", extra={"job_id": rows[i].job_id})
+                results[i] = Result(error=f"internal error ({type(exc).__name__})")
+
+        if len(rows) == 1:
+            one(0)
+            return results
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(rows))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
 
     def _heads(self) -> Any:
         """This endpoint's pending rows with no earlier pending row of the same job: the next of each job."""
@@ -113,36 +135,47 @@ class EndpointSender:
         return post_signed(self.endpoint.url, msg_id=row.payload["webhook_id"], payload=payload,
                            secret=self.endpoint.secrets[0], timeout=timeout)
 
-    def _record(self, row: OutboxItem, result: Result) -> str | None:
-        """Write down one try (gateway.tries.settle), or disable the endpoint on ``410 Gone``; the
-        trace line names the endpoint, never its URL. Returns the outcome (None: not ours to record)."""
+    def _record(self, rows: list[OutboxItem], results: list[Result]) -> list[str]:
+        """Write down the tries in one transaction (gateway.tries.settle), or disable the endpoint
+        on ``410 Gone``; each trace line names the endpoint, never its URL. Returns the outcomes
+        of the tries that were still ours to record."""
         config = self.gw.config
         name = self.endpoint.name
         now = utcnow()
-        with recording(self.gw.store, row) as held:
-            if held is None:
-                return None  # settled meanwhile, or another process took the lease over
-            w, item = held
-            if result.status == 410:
-                disable_endpoint(w, name, result.error or "410 Gone")
-                item.next_attempt_at, item.last_error = now, result.error  # pending: it goes once enabled again
-                detail: dict[str, Any] = {"try": item.attempts, "status": 410, "duration_ms": result.duration_ms,
-                                          "outcome": "disabled", "error": result.error, "enabled": False}
-            else:
-                expired = now - item.created_at >= timedelta(seconds=config.forward_retry_for)
-                detail = settle(item, result, config, out_of_tries=expired, dead="dead")
-            detail.update(endpoint=name, webhook_id=item.payload["webhook_id"], type=item.payload["type"])
-            if item.job_id:
-                w.trace(item.job_id, "forward", detail, at=now)
-        outcome = str(detail["outcome"])
-        if result.ok:
-            self.gw.metrics.forward_latency.labels(endpoint=name).observe((now - item.created_at).total_seconds())
-        self.gw.metrics.forward_total.labels(endpoint=name, outcome=outcome).inc()
-        log.info("forward %s %s", name, outcome,
-                 extra={"job_id": item.job_id, "try": detail["try"], "status": result.status, "error": result.error})
-        if outcome == "disabled":
-            log.warning("forwarding endpoint %s answered 410 Gone and is disabled until an operator enables it", name)
-        return outcome
+        done: list[tuple[OutboxItem, Result, dict[str, Any]]] = []
+        with self.gw.store.transaction() as w:
+            items = still_ours(w, rows)
+            # the trace stamps each line with its job's version: read the jobs in one query, held
+            # here so the session's (weak) identity map answers those reads
+            jobs = list(w.session.scalars(select(Job).where(Job.id.in_({i.job_id for i in items.values() if i.job_id}))))
+            for row, result in zip(rows, results, strict=True):
+                item = items.get(row.id)
+                if item is None:
+                    continue  # settled meanwhile, or another process took the lease over
+                if result.status == 410:
+                    disable_endpoint(w, name, result.error or "410 Gone")
+                    item.next_attempt_at, item.last_error = now, result.error  # pending: it goes once enabled again
+                    detail: dict[str, Any] = {"try": item.attempts, "status": 410, "duration_ms": result.duration_ms,
+                                              "outcome": "disabled", "error": result.error, "enabled": False}
+                else:
+                    expired = now - item.created_at >= timedelta(seconds=config.forward_retry_for)
+                    detail = settle(item, result, config, out_of_tries=expired, dead="dead")
+                detail.update(endpoint=name, webhook_id=item.payload["webhook_id"], type=item.payload["type"])
+                if item.job_id:
+                    w.trace(item.job_id, "forward", detail, at=now)
+                done.append((item, result, detail))
+            w.finish_changes()
+            del jobs
+        for item, result, detail in done:
+            outcome = str(detail["outcome"])
+            if result.ok:
+                self.gw.metrics.forward_latency.labels(endpoint=name).observe((now - item.created_at).total_seconds())
+            self.gw.metrics.forward_total.labels(endpoint=name, outcome=outcome).inc()
+            log.info("forward %s %s", name, outcome,
+                     extra={"job_id": item.job_id, "try": detail["try"], "status": result.status, "error": result.error})
+            if outcome == "disabled":
+                log.warning("forwarding endpoint %s answered 410 Gone and is disabled until an operator enables it", name)
+        return [str(d["outcome"]) for _, _, d in done]
 
     def _release(self, rows: list[OutboxItem]) -> None:
         """Hand back claimed rows not tried (the endpoint was disabled): due again, the claim uncounted."""

@@ -6,8 +6,8 @@ share, so both retry, lease and record the same way.
   ``BEGIN IMMEDIATE`` serializes claimers) by pushing ``next_attempt_at`` past the call's
   worst case, so a process that dies mid-call leaves the row to another one after the lease.
 - ``post_signed``: the Standard Webhooks–signed POST of exactly the bytes signed; what it answered.
-- ``recording``: the row again, locked, in a new transaction, unless it was settled meanwhile or
-  its lease ran out and another claim took it over (that claim's word wins).
+- ``recording`` / ``still_ours``: the row(s) again, locked, in a new transaction, unless settled
+  meanwhile or their lease ran out and another claim took them over (that claim's word wins).
 - ``settle``: a try's result applied to the row: delivered, dead, or rescheduled with
   exponential backoff and equal jitter (``outbox_backoff`` doubling to ``outbox_backoff_max``),
   a ``Retry-After`` honoured up to the cap.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -118,16 +118,22 @@ def post_signed(url: str, *, msg_id: str, payload: dict[str, Any], secret: str, 
                       duration_ms=took())
 
 
+def still_ours(w: Writer, rows: Sequence[OutboxItem]) -> dict[int, OutboxItem]:
+    """In ``w``'s transaction, the claimed ``rows`` as they are now, locked, by id; left out are
+    those whose try must not be recorded: settled meanwhile, or whose lease ran out and another
+    claim took them over (that claim's word wins)."""
+    tries = {row.id: row.attempts for row in rows}
+    items = w.session.scalars(select(OutboxItem).where(OutboxItem.id.in_(list(tries))).order_by(OutboxItem.id).with_for_update())
+    return {item.id: item for item in items if item.status == PENDING and item.attempts == tries[item.id]}
+
+
 @contextmanager
 def recording(store: Store, row: OutboxItem) -> Iterator[tuple[Writer, OutboxItem] | None]:
     """A transaction holding ``row`` locked as it is now, or None when the try must not be
-    recorded: the row was settled meanwhile, or its lease ran out and another claim took it."""
+    recorded (see ``still_ours``)."""
     with store.transaction() as w:
-        item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
-        if item is None or item.status != PENDING or item.attempts != row.attempts:
-            yield None
-        else:
-            yield w, item
+        item = still_ours(w, [row]).get(row.id)
+        yield None if item is None else (w, item)
 
 
 def settle(item: OutboxItem, result: Result, config: Config, *, out_of_tries: bool, dead: str = "gave_up") -> dict[str, Any]:
