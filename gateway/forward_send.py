@@ -62,6 +62,8 @@ class EndpointSender:
         """Send until no due message of this endpoint is left (or it is disabled); how many tries
         were made. Then arrange to wake when the next retry or paced progress is due."""
         total = 0
+        if not self._anything_due():
+            return 0  # most wake-ups are for changes that owe this endpoint nothing: no write transaction
         while endpoint_enabled(self.gw.store, self.endpoint.name) and (rows := self._claim()):
             for start in range(0, len(rows), self.parallel):
                 chunk = rows[start:start + self.parallel]
@@ -94,6 +96,16 @@ class EndpointSender:
         for t in threads:
             t.join()
         return results
+
+    def _anything_due(self) -> bool:
+        """A read (never the write lock on SQLite): is any message of this endpoint due, or a
+        paced progress row waiting?"""
+        if self._held_until is not None:
+            return True
+        with self.gw.store.reading() as session:
+            return session.scalar(select(OutboxItem.id).where(
+                OutboxItem.kind == FORWARD, OutboxItem.target == self.endpoint.name, OutboxItem.status == PENDING,
+                OutboxItem.next_attempt_at <= utcnow()).limit(1)) is not None
 
     def _heads(self) -> Any:
         """This endpoint's pending rows with no earlier pending row of the same job: the next of each job."""

@@ -148,7 +148,7 @@ class Outbox:
         row = dict(key=key, kind=kind, job_id=job_id, source=source, target=target, payload=payload, status=PENDING,
                    attempts=0, next_attempt_at=now, created_at=now)
         inserted = w._insert_ignore(OutboxItem, row, conflict=("key",))
-        if inserted:
+        if inserted and kind != FORWARD:  # forwarded messages wake their endpoint's senders (gateway.forward_send)
             w.after_commit(self.wake.set)
         return bool(inserted)
 
