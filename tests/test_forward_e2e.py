@@ -176,11 +176,12 @@ def _rows(app: Any, name: str, job_ids: list[str]) -> list[OutboxItem]:
 
 
 def _post_retrying(base: str, ext: str, state: str, fields: dict[str, Any]) -> requests.Response:
-    """A provider retries while gunicorn replaces the killed workers (a refused or reset connection)."""
+    """A provider retries while gunicorn replaces the killed workers (a refused or reset
+    connection, or no answer while a new worker boots); the gateway drops the repeat as a duplicate."""
     for _ in range(50):
         try:
             return post_standard(base, "worker", STANDARD_SECRET, ext, state, **fields)
-        except requests.ConnectionError:
+        except requests.RequestException:
             threading.Event().wait(0.1)  # the provider's own retry pause, not a synchronisation
     raise AssertionError("the gateway did not come back")
 
