@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -206,13 +207,15 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-forward-"))
     which = os.environ.get("BENCH_SUITES", "delivery,ingest,latency").split(",")
     out: dict[str, Any] = {"bench": "forward"}
-    if "delivery" in which:
-        out["delivery"] = delivery(workdir, int(os.environ.get("BENCH_FORWARD_BACKLOG_JOBS", "300")))
-    if "ingest" in which:
-        out["ingest"] = ingest(workdir, float(os.environ.get("BENCH_INGEST_SECONDS", "5")), int(os.environ.get("BENCH_ROUNDS_HTTP", "3")),
-                               int(os.environ.get("BENCH_CONNECTIONS", "16")), int(os.environ.get("BENCH_JOBS", "400")))
-    if "latency" in which:
-        out["latency"] = latency(workdir, 100, float(os.environ.get("BENCH_LATENCY_SECONDS", "10")))
+    suites = {
+        "delivery": lambda: delivery(workdir, int(os.environ.get("BENCH_FORWARD_BACKLOG_JOBS", "300"))),
+        "ingest": lambda: ingest(workdir, float(os.environ.get("BENCH_INGEST_SECONDS", "5")), int(os.environ.get("BENCH_ROUNDS_HTTP", "3")),
+                                 int(os.environ.get("BENCH_CONNECTIONS", "16")), int(os.environ.get("BENCH_JOBS", "400"))),
+        "latency": lambda: latency(workdir, 100, float(os.environ.get("BENCH_LATENCY_SECONDS", "10"))),
+    }
+    for name in which:
+        out[name] = suites[name]()
+        print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)  # each figure as soon as it is measured
     print(json.dumps(out, indent=2))
 
 
