@@ -152,6 +152,7 @@ def ingest(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs:
         cpu_on, cpu_off = out["forwarding_on"]["worker_cpu_ms_per_request"], out["forwarding_off"]["worker_cpu_ms_per_request"]
         out["cpu_cost_of_forwarding_pct"] = round(100 * (cpu_on / cpu_off - 1), 1)
         out["messages_received_during_ingest"] = sum(1 for r in receiver.requests if r.status == 200)
+        out["distinct_webhook_ids_received"] = len({r.headers["webhook-id"] for r in receiver.requests if r.status == 200})
         out["setup"] = (f"gunicorn -k gevent -w {WORKERS}; wrk -t2 -c{connections} -d{seconds}s, {rounds} interleaved rounds, "
                         f"medians; PostgreSQL; {n_jobs} jobs in processing, one distinct progress event per request")
         return out
@@ -165,12 +166,14 @@ def ingest(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs:
 
 def latency(workdir: Path, rate: int, seconds: float) -> dict[str, Any]:
     """Commit → receiver milliseconds at a steady ``rate`` of state changes per second."""
-    arrived: dict[str, float] = {}
+    arrived: dict[tuple[str, str], float] = {}  # (job id, message type) → when the receiver had it
     cond = threading.Condition()
 
     def respond(n: int, req: Received) -> tuple[int, bytes]:
+        at = time.perf_counter()
+        message = json.loads(req.body)
         with cond:
-            arrived[req.headers["webhook-id"]] = time.perf_counter()
+            arrived.setdefault((message["data"]["id"], message["type"]), at)
             cond.notify_all()
         return 200, b""
 
@@ -179,16 +182,21 @@ def latency(workdir: Path, rate: int, seconds: float) -> dict[str, Any]:
     srv = server(url, workdir, "latency", receiver)
     try:
         n = int(rate * seconds)
-        regs = [register(srv.port) for _ in range(n)]
+        regs: list[dict[str, Any]] = []
+        registering = [threading.Thread(target=lambda: regs.extend(register(srv.port) for _ in range(n // 4))) for _ in range(4)]
+        for t in registering:
+            t.start()
+        for t in registering:
+            t.join()
         http = Http(srv.port)
-        committed: dict[str, float] = {}
+        committed: dict[tuple[str, str], float] = {}
         t_start = time.perf_counter()
         for i, reg in enumerate(regs):
             due = t_start + i / rate
             if (pause := due - time.perf_counter()) > 0:
                 time.sleep(pause)  # the load's pace, not a synchronisation
             post(http, reg["job"]["external_id"], "processing", time.time())
-            committed[f"msg_{reg['job']['id']}_v2"] = time.perf_counter()  # the 200 follows the commit
+            committed[(reg["job"]["id"], "job.processing")] = time.perf_counter()  # the 200 follows the commit
         deadline = time.monotonic() + 60
         with cond:
             while not all(k in arrived for k in committed) and time.monotonic() < deadline:
