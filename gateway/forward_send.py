@@ -60,18 +60,21 @@ class EndpointSender:
 
     def drain(self) -> int:
         """Send until no due message of this endpoint is left (or it is disabled); how many tries
-        were made. Then arrange to wake when the next retry or paced progress is due."""
-        total = 0
-        if not self._anything_due():
+        were made. Then, if a try failed or progress is paced, arrange to wake when that is due."""
+        if not self._anything_due() or not endpoint_enabled(self.gw.store, self.endpoint.name):
             return 0  # most wake-ups are for changes that owe this endpoint nothing: no write transaction
-        while endpoint_enabled(self.gw.store, self.endpoint.name) and (rows := self._claim()):
+        total, later = 0, self._held_until is not None
+        while rows := self._claim():
+            later = later or self._held_until is not None
             for start in range(0, len(rows), self.parallel):
                 chunk = rows[start:start + self.parallel]
-                if "disabled" in self._record(chunk, self._send_all(chunk)):
+                outcomes = self._record(chunk, self._send_all(chunk))
+                if "disabled" in outcomes:
                     self._release(rows[start + len(chunk):])
                     return total + start + len(chunk)
+                later = later or "retry" in outcomes
             total += len(rows)
-        if endpoint_enabled(self.gw.store, self.endpoint.name):
+        if later or self._held_until is not None:  # the last claim may have held a paced progress row
             self._wake_when_due()
         return total
 
