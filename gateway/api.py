@@ -290,6 +290,20 @@ def endpoints() -> Any:
     return jsonify({"endpoints": endpoint_status(gw.store, gw.config.endpoints)})
 
 
+@bp.post("/endpoints/<name>/enable")
+def enable_endpoint(name: str) -> Any:
+    """Enable an endpoint a ``410 Gone`` disabled (CONTRACT §9): its pending messages flow again,
+    in order; this process's senders are woken at once, the others' within the outbox interval."""
+    gw = gateway()
+    who = gw.auth.require_api_key(request)
+    from gateway.messages import enable_endpoint as enable
+
+    endpoint = enable(gw.store, gw.config.endpoints, name, by=who.name)
+    for sender in current_app.extensions.get("forward_senders", {}).values():
+        sender.wake.set()
+    return jsonify({"endpoint": endpoint})
+
+
 @bp.post("/messages/<message_id>/resend")
 def resend_message(message_id: str) -> Any:
     """Send a forwarded message again; the sender loops are woken at once."""

@@ -69,7 +69,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     gw.relay = relay.init_app(app, gw)
     demo.init_app(app, gw)
     gw.outbox = outbox.init_app(app, gw)
-    app.extensions["forward_senders"] = forward_send.install(gw)
+    app.extensions["forward_senders"] = forward_send.install(gw, gw.relay)
     gw.watchdog = watchdog.init_app(app, gw, gw.outbox.wake.set)
     _install_request_hooks(app)
     _install_error_handlers(app)

@@ -31,6 +31,7 @@ class Background:
     _stop: threading.Event = field(default_factory=threading.Event)
     _started_pid: int | None = None
     on_stop: list[Callable[[], object]] = field(default_factory=list)  # e.g. the relay's listener
+    on_start: list[Callable[[], object]] = field(default_factory=list)  # e.g. the relay's listener, for the forwarding senders
 
     def every(
         self, seconds: float, name: str, *, wake: threading.Event | None = None
@@ -53,6 +54,8 @@ class Background:
         self._stop.clear()
         for task in self.tasks:
             self._spawn(task)
+        for fn in self.on_start:
+            fn()
 
     @property
     def running(self) -> bool:

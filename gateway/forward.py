@@ -8,28 +8,35 @@ try. The outbox row's key adds the endpoint's name (one row per message and endp
 ``target`` is the endpoint's name (never its URL, which may carry credentials).
 ``delivery.<source>`` messages (the provider's own request, passed on) are owed by
 gateway/forward_delivery.py into the same outbox; ``request_of`` gives the sender either kind's
-bytes and headers, and ``sign`` signs whatever bytes are sent.
+bytes and headers, and ``tries.post_signed`` signs whatever bytes are sent.
+
+Progress coalesces: a ``job.progress`` row of the version just before, not tried yet, is marked
+``coalesced`` by the newer ``job.progress`` in the same transaction that owes it, so a storming
+job leaves one message to send, not a backlog. A state message never replaces anything, so the
+last progress before a state change is always sent. With the sender's per-job pace
+(gateway/forward_send.py) this bounds a job's progress messages to one per ``progress_interval_ms``
+per endpoint and process, like the relay's announcements (gateway/relay/coalesce.py);
+``progress_interval_ms = 0`` sends every one.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 from collections.abc import Callable
-from datetime import datetime
+
+from sqlalchemy import update
 
 from gateway.forward_delivery import delivery_request, is_delivery_message
 from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.models import OutboxItem
-from gateway.owed import FORWARD
+from gateway.owed import COALESCED, FORWARD, PENDING
 from gateway.services import Services
 from gateway.store import Store, Writer
+from gateway.tries import compact_json
 
 Enqueue = Callable[..., bool]  # Outbox.enqueue: a row in the writer's transaction, once per key
 
+PROGRESS = "job.progress"
 
 
 def webhook_id(job_id: str, version: int) -> str:
@@ -39,13 +46,20 @@ def webhook_id(job_id: str, version: int) -> str:
 
 def message_type(state: str, state_changed: bool) -> str:
     """``job.<state>`` for a version whose state changed, else ``job.progress``."""
-    return f"job.{state}" if state_changed else "job.progress"
+    return f"job.{state}" if state_changed else PROGRESS
+
+
+def row_key(endpoint: str, msg_id: str) -> str:
+    """The outbox key of one message to one endpoint."""
+    return f"fwd:{endpoint}:{msg_id}"
 
 
 def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer) -> None:
     """In ``w``'s transaction, before its commit: one outbox row per changed job version and
     endpoint that wants it (events patterns, sources)."""
     now = utcnow()
+    replaced: list[str] = []  # keys of the previous version's job.progress rows a newer one replaces
+    coalesce = gw.config.progress_interval_ms > 0
     for change in w.changes:
         job = w._known(change.job_id)
         if job is None:
@@ -58,8 +72,18 @@ def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer) -> None:
         payload = {"type": kind, "timestamp": iso(now), "data": job_json(job), "version": change.version,
                    "webhook_id": msg_id}
         for endpoint in wanting:
-            enqueue(w, kind=FORWARD, key=f"fwd:{endpoint.name}:{msg_id}", source=job.source, job_id=job.id,
-                           payload=payload, target=endpoint.name)
+            enqueue(w, kind=FORWARD, key=row_key(endpoint.name, msg_id), source=job.source, job_id=job.id,
+                    payload=payload, target=endpoint.name)
+            if coalesce and kind == PROGRESS and change.version > 1:
+                replaced.append(row_key(endpoint.name, webhook_id(job.id, change.version - 1)))
+    if replaced:
+        w.session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.key.in_(replaced), OutboxItem.status == PENDING, OutboxItem.attempts == 0,
+                   OutboxItem.payload["type"].as_string() == PROGRESS)
+            .values(status=COALESCED)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def request_of(store: Store, row: OutboxItem) -> tuple[bytes, dict[str, str]]:
@@ -69,17 +93,7 @@ def request_of(store: Store, row: OutboxItem) -> tuple[bytes, dict[str, str]]:
     payload = row.payload
     if is_delivery_message(payload):
         return delivery_request(store, int(payload["delivery_id"]), row.job_id)
-    body = json.dumps({k: payload[k] for k in ("type", "timestamp", "data")}, separators=(",", ":"), ensure_ascii=False)
-    return body.encode("utf-8"), {"content-type": "application/json"}
-
-
-def sign(secret: str, msg_id: str, signed_at: datetime, body: bytes) -> str:
-    """The Standard Webhooks ``webhook-signature`` (``v1,<base64 HMAC-SHA256>``) of ``msg_id``,
-    the timestamp and the exact ``body`` bytes, keyed with a ``whsec_`` secret. The same as the
-    standardwebhooks library's for UTF-8 bodies, and defined for any bytes a provider sent."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{msg_id}.{int(signed_at.timestamp())}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return compact_json({k: payload[k] for k in ("type", "timestamp", "data")}), {"content-type": "application/json"}
 
 
 def install(gw: Services, enqueue: Enqueue) -> None:

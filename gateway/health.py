@@ -73,7 +73,8 @@ def readyz() -> Any:
 def metrics() -> Any:
     """Prometheus text: this process's metrics, merged over every worker under gunicorn. With
     ``GATEWAY_METRICS_TOKEN`` set, only for ``Authorization: Bearer <that token>``. Jobs by state
-    are counted (a GROUP BY over all jobs) at most once per ``metrics_cache_seconds`` per worker,
+    (and each forwarding endpoint's oldest pending message) are counted (a GROUP BY over all jobs)
+    at most once per ``metrics_cache_seconds`` per worker,
     so a fast scraper cannot turn into database load."""
     gw = gateway()
     if gw.config.metrics_token:
@@ -88,6 +89,10 @@ def metrics() -> Any:
                 counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
             for state in _STATES:
                 gw.metrics.jobs_by_state.labels(state=state).set(counts.get(state, 0))
+            if gw.config.endpoints:
+                from gateway.messages import sample_oldest_pending
+
+                sample_oldest_pending(gw.store, gw.config.endpoints, gw.metrics.forward_oldest_pending)
             gw.metrics.jobs_sampled_at = now
         except SQLAlchemyError:
             pass  # metrics still answer while the database is down

@@ -33,6 +33,9 @@ class Metrics:
                                      ["endpoint", "outcome"], registry=r)
         self.forward_latency = Histogram("gateway_forward_ack_seconds", "Seconds from the commit that owed a message to its 2xx",
                                          ["endpoint"], registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 300, 3600, 86400))
+        self.forward_oldest_pending = Gauge(
+            "gateway_forward_oldest_pending_seconds", "Age of each endpoint's oldest pending forwarded message (sampled at scrape)",
+            ["endpoint"], registry=r, multiprocess_mode="mostrecent")
         self.stalls = Counter("gateway_jobs_stalled", "Jobs the watchdog failed as stalled", ["source"], registry=r)
         self.poll_reads = Counter("gateway_poll_reads", "Polls answered (200 or 304) by where the job came from: memory or database",
                                   ["from"], registry=r)

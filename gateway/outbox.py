@@ -7,7 +7,8 @@ made for a change that rolled back. Any worker process claims due rows — Postg
 leases them by pushing ``next_attempt_at`` past the call's worst-case duration, so a process
 that dies mid-call leaves the row to another one after the lease. The HTTP call runs outside
 any transaction; its result is recorded in a new one, with a line in the job's trace for every
-try. Failed tries are retried with exponential backoff and equal jitter (``outbox_backoff``
+try (claim, sign, record and schedule are gateway/tries.py, shared with the forwarding
+senders). Failed tries are retried with exponential backoff and equal jitter (``outbox_backoff``
 seconds doubling to ``outbox_backoff_max``, a ``Retry-After`` header is honoured) until a 2xx
 or ``outbox_max_attempts``, after which the row is ``dead`` and the trace says so; ``410 Gone``
 gives up at once (Standard Webhooks: the endpoint is disabled). Delivery is at least once: a
@@ -37,19 +38,15 @@ Kinds:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import random
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from sqlalchemy import delete, select
-from standardwebhooks.webhooks import Webhook
 
 from adapters.base import DetailsRequest, ProviderEvent
 from gateway import reconcile
@@ -61,10 +58,15 @@ from gateway.forward import install as install_forwarding
 from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.models import Job, OutboxItem
-from gateway.owed import DEAD, DELIVERED, FORWARD, PENDING, enqueue_row
+from gateway.owed import COALESCED, DEAD, DELIVERED, FORWARD, PENDING, enqueue_row
 from gateway.services import Services
 from gateway.states import Kind, State
 from gateway.store import Store, Writer
+from gateway.tries import USER_AGENT as USER_AGENT  # re-exported: the shared try machinery lives in gateway.tries
+from gateway.tries import Result as Result
+from gateway.tries import backoff as backoff
+from gateway.tries import claim, compact_json, lease, post_signed, recording, settle
+from gateway.tries import retry_after as _retry_after
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -77,14 +79,6 @@ DETAILS = "details"
 RECONCILE = reconcile.RECONCILE
 RETRY_REQUESTED = "job.retry_requested"
 MAX_DETAILS_BYTES = 1024 * 1024
-USER_AGENT = "job-webhook-gateway (outbox)"
-
-
-def backoff(attempts: int, base: float, cap: float, rnd: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after ``attempts`` failed tries: ``base·2^(attempts-1)`` capped at ``cap``,
-    half of it fixed and half random (equal jitter), so retries spread out but never bunch at 0."""
-    ceiling = min(float(cap), float(base) * 2.0 ** min(max(attempts - 1, 0), 40))
-    return ceiling / 2 + rnd() * ceiling / 2
 
 
 def redact_url(url: str | None) -> str | None:
@@ -117,18 +111,6 @@ def event_from_json(data: Mapping[str, Any]) -> ProviderEvent:
     )
 
 
-@dataclass(frozen=True)
-class Result:
-    """What one try came to."""
-
-    ok: bool = False
-    status: int | None = None
-    error: str | None = None
-    give_up: bool = False
-    retry_after: float | None = None
-    events: list[ProviderEvent] = field(default_factory=list)
-
-
 class Outbox:
     """Enqueues outbound calls inside writers' transactions and delivers them in the background."""
 
@@ -141,14 +123,14 @@ class Outbox:
     @property
     def lease(self) -> timedelta:
         """How long a claimed row stays out of other claimers' reach: longer than any one call."""
-        return timedelta(seconds=3 * max(self.gw.config.outbox_timeout, 1) + 5)
+        return lease(self.gw.config)
 
     # -- enqueue (inside the caller's transaction) ----------------------------------------------
 
     def enqueue(self, w: Writer, *, kind: str, key: str, source: str, job_id: str | None, payload: dict[str, Any], target: str | None = None) -> bool:
         """Add a row in ``w``'s transaction (once per key); the dispatcher wakes after the commit."""
         inserted = enqueue_row(w, kind=kind, key=key, source=source, job_id=job_id, payload=payload, target=target)
-        if inserted:
+        if inserted and kind != FORWARD:  # forwarded messages wake their endpoint's senders (gateway.forward_send)
             w.after_commit(self.wake.set)
         return inserted
 
@@ -215,21 +197,14 @@ class Outbox:
         known = sorted(self.gw.sources)
         if not known:
             return []
-        with self.gw.store.transaction() as w:
-            stmt = (
-                select(OutboxItem)
-                .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now, OutboxItem.source.in_(known),
-                       OutboxItem.kind != FORWARD)  # forwarded messages have their own sender (gateway.forward)
-                .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
-                .limit(self.batch)
-            )
-            if w.postgres:
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = list(w.session.scalars(stmt).all())
-            for row in rows:
-                row.attempts += 1
-                row.next_attempt_at = now + self.lease
-        return rows  # detached copies (expire_on_commit=False), safe to read outside the session
+        stmt = (
+            select(OutboxItem)
+            .where(OutboxItem.status == PENDING, OutboxItem.next_attempt_at <= now, OutboxItem.source.in_(known),
+                   OutboxItem.kind != FORWARD)  # forwarded messages have their own senders (gateway.forward_send)
+            .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
+            .limit(self.batch)
+        )
+        return claim(self.gw.store, stmt, self.lease)
 
     def _try(self, row: OutboxItem) -> Result:
         if row.kind == CALLBACK:
@@ -251,26 +226,7 @@ class Outbox:
         secret = callback_secret(source.config, self.gw.config.env)
         if not secret:
             return Result(give_up=True, error="no callback secret configured")
-        body = json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False)
-        signed_at = datetime.now(UTC).replace(microsecond=0)
-        headers = {
-            "webhook-id": row.key,
-            "webhook-timestamp": str(int(signed_at.timestamp())),
-            "webhook-signature": Webhook(secret).sign(msg_id=row.key, timestamp=signed_at, data=body),
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-        }
-        try:
-            response = requests.post(row.target, data=body.encode("utf-8"), headers=headers, timeout=self._timeouts(), allow_redirects=False)
-        except requests.RequestException as exc:
-            return Result(error=f"{type(exc).__name__}")
-        with response:
-            status = response.status_code
-            if 200 <= status < 300:
-                return Result(ok=True, status=status)
-            if status == 410:
-                return Result(status=status, give_up=True, error="410 Gone: the receiver disabled this endpoint")
-            return Result(status=status, error=f"HTTP {status}", retry_after=_retry_after(response.headers.get("Retry-After")))
+        return post_signed(row.target, msg_id=row.key, body=compact_json(row.payload), secret=secret, timeout=self._timeouts())
 
     def _fetch_details(self, row: OutboxItem) -> Result:
         source = self.gw.sources.get(row.source)
@@ -322,13 +278,11 @@ class Outbox:
     def _record(self, row: OutboxItem, result: Result) -> datetime | None:
         """Write down one try in a new transaction: delivered, rescheduled or given up, and the
         trace line. When the row is retried, its next try's time."""
-        config = self.gw.config
         now = utcnow()
-        with self.gw.store.transaction() as w:
-            item = w.session.scalars(select(OutboxItem).where(OutboxItem.id == row.id).with_for_update()).first()
-            if item is None or item.status != PENDING or item.attempts != row.attempts:
+        with recording(self.gw.store, row) as held:
+            if held is None:
                 return None  # settled meanwhile, or our lease ran out and another process claimed it: its word wins
-            detail: dict[str, Any] = {"try": item.attempts, "status": result.status}
+            w, item = held
             recorded: list[tuple[str | None, dict[str, Any]]] = []
             if result.ok:
                 for pe in result.events:
@@ -338,20 +292,9 @@ class Outbox:
                         outcome = w.record_event(item.source, pe, received_at=now)
                     w.finish_changes()
                     recorded.append((outcome.job_id, {"event_id": pe.event_id, "state": pe.state.value if pe.state else None, "decision": outcome.decision.value}))
-                item.status, item.delivered_at, item.last_error = DELIVERED, now, None
-                detail["outcome"] = "delivered"
-            elif result.give_up or item.attempts >= config.outbox_max_attempts:
-                item.status, item.last_error = DEAD, result.error
-                detail.update(outcome="gave_up", error=result.error)
-            else:
-                delay = backoff(item.attempts, config.outbox_backoff, config.outbox_backoff_max)
-                if result.retry_after is not None:
-                    delay = min(max(delay, result.retry_after), float(config.outbox_backoff_max))
-                item.next_attempt_at = now + timedelta(seconds=delay)
-                item.last_error = result.error
-                detail.update(outcome="retry", error=result.error, next_try_at=iso(item.next_attempt_at))
-                if item.kind == RECONCILE:  # 429, 5xx or no answer: the source's other reads wait as long
-                    reconcile.hold_source(w, item.source, item.next_attempt_at, item.id, result.error)
+            detail = settle(item, result, self.gw.config, out_of_tries=item.attempts >= self.gw.config.outbox_max_attempts)
+            if item.kind == RECONCILE and detail["outcome"] == "retry":  # 429, 5xx or no answer: the source's other reads wait as long
+                reconcile.hold_source(w, item.source, item.next_attempt_at, item.id, result.error)
             if item.kind == CALLBACK:
                 detail.update(webhook_id=item.key, url=redact_url(item.target))
             else:
@@ -367,13 +310,6 @@ class Outbox:
             extra={"job_id": item.job_id, "kind": item.kind, "try": detail["try"], "status": result.status, "error": result.error},
         )
         return item.next_attempt_at if detail["outcome"] == "retry" else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header given in seconds (an HTTP date is ignored)."""
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
 
 
 def _read_limited(response: requests.Response, limit: int) -> bytes | None:
@@ -411,7 +347,7 @@ def purge(store: Store, before: datetime) -> int:
     """Delete rows settled (delivered or given up) before ``before``; the trace keeps their story."""
     with store.transaction() as w:
         result = w.session.execute(
-            delete(OutboxItem).where(OutboxItem.status.in_([DELIVERED, DEAD]), OutboxItem.created_at < before)
+            delete(OutboxItem).where(OutboxItem.status.in_([DELIVERED, DEAD, COALESCED]), OutboxItem.created_at < before)
         )
     return int(getattr(result, "rowcount", 0) or 0)  # a DELETE's CursorResult
 

@@ -12,6 +12,7 @@ from gateway.models import OutboxItem
 from gateway.store import Writer
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+COALESCED = "coalesced"  # a forwarded job.progress a newer one replaced before it was sent
 FORWARD = "forward"  # the kind of a forwarded message's row (gateway/forward.py, forward_delivery.py)
 
 

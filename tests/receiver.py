@@ -15,6 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # a real server's listen backlog: concurrent senders must not see dropped SYNs (a 1 s retransmit)
+
+
 @dataclass
 class Received:
     method: str
@@ -34,6 +38,7 @@ class Receiver:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _count: int = 0
     _server: ThreadingHTTPServer | None = None
+    port: int = 0  # a fixed port, to stop the receiver (connections refused) and start it again there
 
     @property
     def url(self) -> str:
@@ -51,7 +56,7 @@ class Receiver:
                 with receiver._cond:
                     receiver._count += 1
                     n = receiver._count
-                    answer = receiver.respond(n, req)
+                answer = receiver.respond(n, req)  # outside the lock: a responder may block (a slow receiver)
                 status, body, *rest = answer
                 headers = rest[0] if rest else {}
                 data = body if isinstance(body, bytes) else str(body).encode()
@@ -73,7 +78,8 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -86,6 +92,17 @@ class Receiver:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"expected {count} requests, got {len(self.requests)} in {timeout}s")
+                self._cond.wait(left)
+            return list(self.requests)
+
+    def wait_until(self, done: Callable[[list[Received]], bool], timeout: float = 30) -> list[Received]:
+        """Block until ``done(requests answered so far)`` holds, or fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not done(list(self.requests)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"the receiver's condition did not hold in {timeout}s ({len(self.requests)} requests)")
                 self._cond.wait(left)
             return list(self.requests)
 

@@ -53,7 +53,7 @@ def test_the_description_is_valid_openapi_3_1() -> None:
     from tests.conftest import make_config
 
     app = create_app(make_config("sqlite://", Path(os.environ.get("TMPDIR", "/tmp"))), background=False)
-    routes = {(r.rule.replace("<source_name>", "{source}").replace("<job_id>", "{id}").replace("<message_id>", "{id}").replace("<delivery_id>", "{id}"), m)
+    routes = {(r.rule.replace("<source_name>", "{source}").replace("<job_id>", "{id}").replace("<message_id>", "{id}").replace("<delivery_id>", "{id}").replace("<name>", "{name}"), m)
               for r in app.url_map.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"} if r.endpoint != "static"}
     pages = ("/demo/", "/console/")  # HTML pages for people, not the API: docs/console.md
     undocumented = {r for r in routes if r not in documented and r[0] not in ("/", "/ws", "/favicon.ico") and not r[0].startswith(pages)}

@@ -1,7 +1,7 @@
 """replay (CONTRACT §10): verified deliveries keep their raw body and request headers
 
 Revision ID: 0010_replay
-Revises: 0007_search
+Revises: 0008_endpoints
 Create Date: 2026-12-05
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_replay"
-down_revision = "0007_search"
+down_revision = "0008_endpoints"
 branch_labels = None
 depends_on = None
 

@@ -361,19 +361,38 @@ def outbox(requeue_id: int | None) -> None:
         click.echo(f"{r.id:<6} {r.status:<8} {r.kind:<9} {r.job_id or '-':<32} tries={r.attempts:<3} next={due}  {r.last_error or ''}".rstrip())
 
 
-@main.command()
+@main.group(invoke_without_command=True)
+@click.pass_context
 @_database_errors
-def endpoints() -> None:
-    """Forwarding endpoints (credentials removed from URLs): messages pending and dead, last success and failure."""
+def endpoints(ctx: click.Context) -> None:
+    """Forwarding endpoints (credentials removed from URLs): enabled, messages pending and dead, last success and failure."""
+    if ctx.invoked_subcommand is not None:
+        return
     from gateway.messages import endpoint_status
 
     rows = endpoint_status(_store(), _config(strict=False).endpoints)
     if not rows:
         click.echo("no endpoints configured ([endpoints.<name>] in the configuration file)")
         return
-    click.echo(_table([[r["name"], r["url"], str(r["pending"]), str(r["dead"]), r["last_success_at"] or "-",
-                        r["last_failure_at"] or "-"] for r in rows],
-                      ["endpoint", "url", "pending", "dead", "last success", "last failure"]))
+    click.echo(_table([[r["name"], r["url"], "yes" if r["enabled"] else "NO (410 Gone)", str(r["pending"]), str(r["dead"]),
+                        r["last_success_at"] or "-", r["last_failure_at"] or "-"] for r in rows],
+                      ["endpoint", "url", "enabled", "pending", "dead", "last success", "last failure"]))
+
+
+@endpoints.command("enable")
+@click.argument("name")
+@_database_errors
+def endpoints_enable(name: str) -> None:
+    """Enable an endpoint a 410 Gone disabled: its pending messages flow again, in order (a running
+    server picks them up within its outbox interval)."""
+    from gateway.errors import GatewayError
+    from gateway.messages import enable_endpoint
+
+    try:
+        row = enable_endpoint(_store(), _config(strict=False).endpoints, name, by="cli")
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"endpoint {row['name']} is enabled; {row['pending']} pending message(s) will be sent")
 
 
 @main.command()

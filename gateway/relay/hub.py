@@ -152,6 +152,7 @@ class Hub:
     _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _stopped: bool = False
+    on_notice: list[Callable[[], None]] = field(default_factory=list)  # told of every notice (wakes the forwarding senders)
 
     # -- watchers ------------------------------------------------------------------------------
 
@@ -218,9 +219,11 @@ class Hub:
         self.notify((c.job_id, c.version) for c in changes)
 
     def notify(self, changes: Iterable[tuple[str, int]]) -> None:
-        """Change notices from any bus; only newer versions of watched jobs are queued."""
-        woke = False
+        """Change notices from any bus; only newer versions of watched jobs are queued; every
+        ``on_notice`` hook is told that something committed."""
+        woke = noticed = False
         for job_id, version in changes:
+            noticed = True
             self.seen.saw(job_id, version)
             if job_id not in self.watchers:
                 continue
@@ -233,6 +236,9 @@ class Hub:
                     woke = True
         if woke:
             self._wake.set()
+        if noticed:
+            for fn in self.on_notice:
+                fn()
 
     def resync(self) -> int:
         """Compare every watched job with the database (one query per 500 ids) and queue what the
