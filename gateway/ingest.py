@@ -29,7 +29,7 @@ from gateway.http import error_response
 from gateway.ids import utcnow
 from gateway.limits import charge_source
 from gateway.services import Source
-from gateway.states import Decision
+from gateway.states import Decision, State
 from gateway.storable import MESSAGE as STORABLE_MESSAGE
 from gateway.storable import is_storable
 from gateway.store import Outcome, Writer
@@ -175,6 +175,8 @@ def receive(source_name: str) -> Any:
         return _invalid(source, PayloadError(STORABLE_MESSAGE, code="unstorable_value"), len(body), received_at)
 
     digest = None if source.adapter.event_id_signed else hashlib.sha256(body).hexdigest()
+    # read here, not in record: in a group commit another request's greenlet may run it
+    remote_addr, request_id = request.remote_addr, g.request_id
 
     def record(w: Writer) -> list[tuple[ProviderEvent, Outcome]]:
         outcomes = []
@@ -190,12 +192,13 @@ def receive(source_name: str) -> Any:
                 outcome=_outcome_name(outcome.decision, pe.state is None and not pe.needs_details), event_id=pe.event_id[:255],
                 event_type=(pe.type or "")[:255] or None, external_id=pe.external_id[:255], job_id=outcome.job_id,
                 decision=outcome.decision.value, state_before=outcome.state_before, state_after=outcome.state_after,
-                version=w.version_of(outcome.job_id), size=len(body), remote_addr=request.remote_addr, request_id=g.request_id,
+                version=w.version_of(outcome.job_id), size=len(body), remote_addr=remote_addr, request_id=request_id,
             )
         return outcomes
 
     try:
-        outcomes, changes = gw.store.write(record)
+        # one transaction per webhook, or shared with webhooks arriving together (store/batch.py)
+        outcomes, changes = gw.store.group.write(record, [(source.name, pe.external_id, pe.state in _QUEUE_STATES) for pe in events])
     except DataError:  # e.g. a NUL character, which PostgreSQL text and jsonb cannot hold
         return _invalid(source, PayloadError("the body holds a value the database cannot store (such as a NUL character)", code="unstorable_value"), len(body), received_at)
     versions = {c.job_id: c.version for c in changes}
@@ -210,6 +213,10 @@ def receive(source_name: str) -> Any:
     gw.metrics.ingest_seconds.labels(source=source.name).observe(time.perf_counter() - started)
     return Response(_ACKS[status], 200, mimetype="application/json")
 
+
+#: an event in one of these states may leave its job in a queue state (a failed job may be
+#: queued again): a group commit takes that queue's lock up front (gateway/store/batch.py)
+_QUEUE_STATES = (State.QUEUED, State.FAILED)
 
 # the acknowledgement bodies, encoded once
 _ACKS = {status: json.dumps({"status": status}).encode() for status in ("accepted", "duplicate", "ignored")}

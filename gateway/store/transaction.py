@@ -1,6 +1,6 @@
 """Transactions and their retries: ``Store`` hands out one ``Writer`` per webhook or API call,
 runs it again from the start on a transient conflict, and tells the bus about its changes with
-the commit, never before."""
+the commit, never before. Webhooks arriving together may share one (``Store.group``, batch.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db import READ_ONLY
 from gateway.models import Job
-from gateway.store.unit import Bus, Change, NullBus, RetryTransaction
+from gateway.store.batch import GroupCommit
+from gateway.store.unit import Bus, Change, NullBus, RetryTransaction, is_transient
 from gateway.store.writer import Writer
 
 T = TypeVar("T")
-TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 
 
 class Store:
     """Owns the session factory; hands out one transaction per webhook or API call."""
 
-    def __init__(self, engine: Engine, bus: Bus | None = None):
+    def __init__(self, engine: Engine, bus: Bus | None = None, *, group_window_ms: int = 0):
         self.engine = engine
         self.bus: Bus = bus or NullBus()
         self.sessions = sessionmaker(engine, expire_on_commit=False)
@@ -32,6 +32,8 @@ class Store:
         # called in every transaction once its changes are final, before the commit: what the
         # changes owe (forwarded messages, gateway.forward) is written in the same transaction
         self.owing: list[Callable[[Writer], None]] = []
+        # webhooks that arrive together share a transaction (batch.py); off when the window is 0
+        self.group = GroupCommit(self, group_window_ms)
 
     @contextmanager
     def transaction(self) -> Iterator[Writer]:
@@ -58,13 +60,8 @@ class Store:
                 with self.transaction() as writer:
                     result = fn(writer)
                 return result, writer.changes
-            except RetryTransaction:
-                if attempt + 1 < attempts:
-                    continue
-                raise
-            except DBAPIError as exc:
-                transient = getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES or exc.connection_invalidated
-                if attempt + 1 < attempts and transient:
+            except (RetryTransaction, DBAPIError) as exc:
+                if attempt + 1 < attempts and is_transient(exc):
                     continue
                 raise
         raise AssertionError("unreachable")

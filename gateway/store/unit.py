@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Table, inspect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -54,6 +55,19 @@ class NullBus:
 
 class RetryTransaction(Exception):
     """Another transaction changed what this one read between two statements: run it again."""
+
+
+TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same transaction again may succeed: a transient conflict (deadlock,
+    serialization failure, ``RetryTransaction``) or a pooled connection found dead."""
+    if isinstance(exc, RetryTransaction):
+        return True
+    if isinstance(exc, DBAPIError):
+        return getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES or bool(exc.connection_invalidated)
+    return False
 
 
 class Unit:
