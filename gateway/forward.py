@@ -10,12 +10,12 @@ try. The outbox row's key adds the endpoint's name (one row per message and endp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.ids import utcnow
 from gateway.jobjson import iso, job_json
 from gateway.services import Services
-from gateway.store import Writer
+from gateway.store import Change, Writer
 
 Enqueue = Callable[..., bool]  # Outbox.enqueue: a row in the writer's transaction, once per key
 
@@ -32,11 +32,12 @@ def message_type(state: str, state_changed: bool) -> str:
     return f"job.{state}" if state_changed else "job.progress"
 
 
-def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer) -> None:
-    """In ``w``'s transaction, before its commit: one outbox row per changed job version and
-    endpoint that wants it (events patterns, sources)."""
+def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer, changes: Sequence[Change]) -> None:
+    """In ``w``'s transaction, as its changes are collected (the job as the version shows it,
+    even when a later event of the transaction changes it again): one outbox row per changed
+    job version and endpoint that wants it (events patterns, sources)."""
     now = utcnow()
-    for change in w.changes:
+    for change in changes:
         job = w._known(change.job_id)
         if job is None:
             continue
@@ -55,4 +56,4 @@ def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer) -> None:
 def install(gw: Services, enqueue: Enqueue) -> None:
     """Make every transaction of ``gw.store`` owe forwarded messages, when endpoints are configured."""
     if gw.config.endpoints:
-        gw.store.owing.append(lambda w: owe_job_messages(gw, enqueue, w))
+        gw.store.owing.append(lambda w, changes: owe_job_messages(gw, enqueue, w, changes))

@@ -147,5 +147,5 @@ def install(gw: Services) -> dict[str, EndpointSender]:
             for sender in senders.values():
                 sender.wake.set()
 
-        gw.store.owing.append(lambda w: w.after_commit(wake_all))
+        gw.store.owing.append(lambda w, _changes: w.after_commit(wake_all))
     return senders

@@ -279,3 +279,26 @@ def test_a_batch_takes_its_queue_and_row_locks_before_its_webhooks_run(pg_url):
                         other.execute(text("SELECT id FROM jobs WHERE id = :id FOR NO KEY UPDATE"), {"id": job_id})
     finally:
         store.engine.dispose()
+
+
+def test_each_version_of_a_job_changed_twice_in_a_batch_is_forwarded_as_it_was(db_url, tmp_path):
+    """Forwarded messages are owed as each webhook's changes are collected: the message of the
+    version a failure made says job.failed and carries that version, though the next webhook
+    of the same batch moved the job on before the commit."""
+    from tests.gwapp import gw_of, make_app
+    from tests.test_forward_owed import ENDPOINT_SECRET, ENDPOINTS, forwarded
+
+    app = make_app(db_url, tmp_path, ENDPOINTS, BACKEND_SECRET=ENDPOINT_SECRET)
+    store = gw_of(app).store
+    job_id = own_queue(store)
+    ext = store.get_job(job_id).external_id
+    history = [(State.PROCESSING, 1), (State.FAILED, 2), (State.PROCESSING, 3)]
+    out = run_grouped(store.group, [webhook(event(ext, ms, state, **fields_for(state, ms))) for state, ms in history])
+    assert [kind for kind, _ in out] == ["ok"] * 3
+    versions = [result[1] for _, (result, _changes) in out]
+    backend = [r for r in forwarded(app, job_id) if r[0] == "backend"]
+    assert [(r[1], r[2]) for r in backend[-3:]] == list(zip(["job.processing", "job.failed", "job.processing"], versions, strict=True))
+    from gateway.models import OutboxItem
+    with store.reading() as session:
+        payloads = session.scalars(select(OutboxItem.payload).where(OutboxItem.job_id == job_id, OutboxItem.target == "backend").order_by(OutboxItem.id)).all()
+    assert [(p["data"]["state"], p["data"]["version"]) for p in payloads[-3:]] == [("processing", versions[0]), ("failed", versions[1]), ("processing", versions[2])]

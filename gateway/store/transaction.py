@@ -4,7 +4,7 @@ the commit, never before. Webhooks arriving together may share one (``Store.grou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -31,7 +31,7 @@ class Store:
         self.postgres = engine.dialect.name == "postgresql"
         # called in every transaction once its changes are final, before the commit: what the
         # changes owe (forwarded messages, gateway.forward) is written in the same transaction
-        self.owing: list[Callable[[Writer], None]] = []
+        self.owing: list[Callable[[Writer, Sequence[Change]], None]] = []
         # webhooks that arrive together share a transaction (batch.py); off when the window is 0
         self.group = GroupCommit(self, group_window_ms)
 
@@ -40,10 +40,11 @@ class Store:
         """One database transaction; changes reach the bus with the commit, never before."""
         with self.engine.connect() as conn:
             writer = Writer(conn, self.sessions, self.postgres)
+            writer.owing = self.owing
             try:
                 with conn.begin():
                     yield writer
-                    writer.close(self.bus, self.owing)
+                    writer.close(self.bus)
             finally:
                 writer.release()  # after the commit or the rollback
         if writer.changes:

@@ -91,6 +91,10 @@ class Unit:
         # and reading one again (version_of, traces) must not cost another SELECT
         self._held: dict[str, Job] = {}
         self.committed: list[Callable[[], None]] = []  # run after the commit (e.g. wake the outbox)
+        # told each batch of new changes as finish_changes collects them, while the jobs are as
+        # those versions show them (forwarded messages, gateway.forward); set by Store.transaction
+        self.owing: Sequence[Callable[[Any, Sequence[Change]], None]] = ()
+        self._owed = 0  # changes[:_owed] were handed to ``owing``
 
     @property
     def session(self) -> Session:
@@ -156,6 +160,10 @@ class Unit:
                 detail = {**detail, "version": job.version}
             self._rows.append((sql.TRACE, {"job_id": entry.job_id, "at": entry.at, "what": entry.what, "detail": detail or None}))
         self._traces.clear()
+        new, self._owed = self.changes[self._owed:], len(self.changes)
+        if new:
+            for owe in self.owing:  # now, not at the close: a later event may change the job again
+                owe(self, new)
 
     def version_of(self, job_id: str | None) -> int | None:
         """The job's version as this transaction sees it."""
@@ -170,7 +178,7 @@ class Unit:
 
     # -- the closing writes ------------------------------------------------------------------------
 
-    def close(self, bus: Bus, owing: Sequence[Callable[[Any], None]] = ()) -> None:
+    def close(self, bus: Bus) -> None:
         """The transaction's closing writes, then (on PostgreSQL) its COMMIT.
 
         Changed job rows become plain UPDATEs of the columns that changed (the session is told
@@ -179,9 +187,6 @@ class Unit:
         one script in one round trip (fastpath.py); the session's own commit then finds
         nothing left to do."""
         self.finish_changes()
-        if self.changes:
-            for owe in owing:
-                owe(self)
         conn = self.conn
         for job in self._held.values():
             state = inspect(job)
