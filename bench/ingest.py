@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -81,11 +82,20 @@ def measured(srv: Server, **kw: Any) -> dict[str, Any]:
     return run
 
 
+def batches(srv: Server) -> tuple[float, float]:
+    """The gateway's group commits so far, summed over its workers: (batches, webhooks in them)."""
+    status, text = Http(srv.port).request("GET", "/metrics")
+    assert status == 200
+    found = dict(re.findall(r"^gateway_ingest_batch_size_(count|sum) ([0-9.e+]+)$", text.decode(), re.M))
+    return float(found.get("count", 0)), float(found.get("sum", 0))
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of each figure over the rounds (errors summed), with every round's rate kept."""
     out: dict[str, Any] = {}
-    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "worker_cpu_ms_per_request"):
-        out[key] = round(statistics.median(r[key] for r in runs), 2)
+    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "worker_cpu_ms_per_request", "mean_batch"):
+        if key in runs[0]:
+            out[key] = round(statistics.median(r[key] for r in runs), 2)
     for key in ("errors", "requests", "pool_wrapped"):
         out[key] = sum(r[key] for r in runs)
     out["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
@@ -127,11 +137,16 @@ def ingest(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs:
             pools = {name: signed_pool("/hook", jobs[name], size, clock) for name in variants}
             clock += size / 1000 + 1
             for name, srv in servers.items():
-                if name in variants:
-                    pool = [e.replace(b"POST /hook ", b"POST /webhooks/worker ", 1) for e in pools[name]]
-                else:
-                    pool = pools["gateway"]
-                runs[name].append(measured(srv, seconds=seconds, connections=connections, pool=pool, workdir=workdir))
+                if name not in variants:
+                    runs[name].append(measured(srv, seconds=seconds, connections=connections, pool=pools["gateway"], workdir=workdir))
+                    continue
+                pool = [e.replace(b"POST /hook ", b"POST /webhooks/worker ", 1) for e in pools[name]]
+                before = batches(srv)
+                run = measured(srv, seconds=seconds, connections=connections, pool=pool, workdir=workdir)
+                after = batches(srv)
+                # webhooks per commit (a batch of one when grouping is off: it is not counted then)
+                run["mean_batch"] = round((after[1] - before[1]) / (after[0] - before[0]), 2) if after[0] > before[0] else 1.0
+                runs[name].append(run)
         out = {name: median_of(rs) for name, rs in runs.items()}
         naive, noop = out["naive_sdk_insert_commit"]["requests_per_s"], out["noop_flask"]["requests_per_s"]
         for name in variants:

@@ -28,16 +28,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.store.unit import Change, is_transient
 from gateway.store.writer import Writer
 
-if TYPE_CHECKING:
-    from gateway.store.transaction import Store
-
 T = TypeVar("T")
+
+
+class Store(Protocol):
+    """What the group needs of ``gateway.store.Store`` (transaction.py, which owns the group)."""
+
+    def transaction(self) -> AbstractContextManager[Writer]: ...
+
+    def write(self, fn: Callable[[Writer], T], attempts: int = 3) -> tuple[T, list[Change]]: ...
+
+
 LockKeys = list[tuple[str, str, bool]]  # (source, external_id, the event may leave its job in a queue state)
 MAX_BATCH = 32
 
