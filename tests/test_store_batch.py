@@ -288,7 +288,7 @@ def test_each_version_of_a_job_changed_twice_in_a_batch_is_forwarded_as_it_was(d
     from tests.gwapp import gw_of, make_app
     from tests.test_forward_owed import ENDPOINT_SECRET, ENDPOINTS, forwarded
 
-    app = make_app(db_url, tmp_path, ENDPOINTS, BACKEND_SECRET=ENDPOINT_SECRET)
+    app = make_app(db_url, tmp_path, ENDPOINTS, "ingest_batch_window_ms = 1", BACKEND_SECRET=ENDPOINT_SECRET)
     store = gw_of(app).store
     job_id = own_queue(store)
     ext = store.get_job(job_id).external_id
