@@ -7,10 +7,12 @@ its rows. What changes is only whose transaction ``fn`` runs in.
 
 Leader and followers (per process; under gevent a "thread" is a greenlet):
 
-* a call that finds no batch in flight leads at once: no added wait at low load;
-* calls that arrive while a batch is in flight queue up; when it has committed, the first of
-  them leads the next batch, which is everything queued by then (at most ``max_batch``). Only
-  that leader, formed under load, lingers ``window`` seconds for more arrivals first;
+* a call that finds fewer than ``max_in_flight`` batches in flight leads at once, a batch of its
+  own: at low load webhooks are separate transactions, as without grouping;
+* calls that arrive while ``max_in_flight`` batches are in flight queue up; when one has
+  committed, the first of them leads the next batch, which is everything queued by then (at
+  most ``max_batch``). Only that leader, formed under load, lingers ``window`` seconds for more
+  arrivals first;
 * ``window = 0`` turns grouping off: every call is ``Store.write``.
 
 A batch's transaction first takes every lock its webhooks will take, in the one global order
@@ -48,6 +50,9 @@ class Store(Protocol):
 
 LockKeys = list[tuple[str, str, bool]]  # (source, external_id, the event may leave its job in a queue state)
 MAX_BATCH = 32
+#: transactions one worker runs at once before arrivals queue for a batch: below this, webhooks
+#: overlap their round trips as separate transactions (within the pool's 5 connections)
+IN_FLIGHT = 4
 
 
 @dataclass(eq=False)
@@ -59,6 +64,7 @@ class _Member(Generic[T]):
     done: threading.Event = field(default_factory=threading.Event)  # settled, or asked to lead
     lead: bool = False
     under_load: bool = False  # asked to lead by the batch before: it lingers for company
+    batch: list[_Member[Any]] = field(default_factory=list)  # handed with the lead: what was queued
     settled: bool = False
     alone: bool = False  # run fn through Store.write on its own
     result: Any = None
@@ -69,14 +75,15 @@ class _Member(Generic[T]):
 class GroupCommit:
     """One process's group commit in front of ``store``; see the module docstring."""
 
-    def __init__(self, store: Store, window_ms: int = 0, *, max_batch: int = MAX_BATCH):
+    def __init__(self, store: Store, window_ms: int = 0, *, max_batch: int = MAX_BATCH, max_in_flight: int = IN_FLIGHT):
         self.store = store
         self.window = window_ms / 1000
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
         self.on_batch: Callable[[int], None] | None = None  # told each batch's size (a metric)
         self._lock = threading.Lock()
         self._waiting: list[_Member[Any]] = []
-        self._busy = False
+        self._in_flight = 0  # batches being written now
         self.fallbacks = 0  # batches whose members all ran on their own (a conflict, a failed commit)
 
     @property
@@ -93,9 +100,11 @@ class GroupCommit:
             return self.store.write(fn)
         member: _Member[T] = _Member(fn, keys)
         with self._lock:
-            self._waiting.append(member)
-            if not self._busy:
-                self._busy = member.lead = True
+            if self._in_flight < self.max_in_flight:
+                self._in_flight += 1
+                member.lead = True
+            else:
+                self._waiting.append(member)
         if not member.lead:
             member.done.wait()
         if member.lead:
@@ -109,23 +118,26 @@ class GroupCommit:
     def _lead(self, leader: _Member[Any]) -> None:
         """Take what is queued (the leader first), commit it, hand the lead to the next caller
         in line, then wake this batch's callers."""
-        batch: list[_Member[Any]] = []
+        batch: list[_Member[Any]] = leader.batch or [leader]
         try:
             if leader.under_load:
                 time.sleep(self.window)
             with self._lock:
-                batch = self._waiting[: self.max_batch]
-                del self._waiting[: self.max_batch]
+                room = self.max_batch - len(batch)
+                batch = [*batch, *self._waiting[:room]]
+                del self._waiting[:room]
             self._commit(batch)
             if self.on_batch is not None:
                 self.on_batch(len(batch))
         finally:
             with self._lock:
                 successor = self._waiting[0] if self._waiting else None
-                if successor is not None:
+                if successor is not None:  # it leads everything queued now (the next to finish finds none)
                     successor.lead = successor.under_load = True
+                    successor.batch = self._waiting[: self.max_batch]
+                    del self._waiting[: self.max_batch]
                 else:
-                    self._busy = False
+                    self._in_flight -= 1
             if successor is not None:
                 successor.done.set()
             for member in batch:

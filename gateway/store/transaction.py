@@ -32,8 +32,9 @@ class Store:
         # called in every transaction once its changes are final, before the commit: what the
         # changes owe (forwarded messages, gateway.forward) is written in the same transaction
         self.owing: list[Callable[[Writer, Sequence[Change]], None]] = []
-        # webhooks that arrive together share a transaction (batch.py); off when the window is 0
-        self.group = GroupCommit(self, group_window_ms)
+        # webhooks that arrive together share a transaction (batch.py); off when the window is 0.
+        # SQLite admits one writer at a time: more transactions at once would only queue for it
+        self.group = GroupCommit(self, group_window_ms, **({} if self.postgres else {"max_in_flight": 1}))
 
     @contextmanager
     def transaction(self) -> Iterator[Writer]:
