@@ -14,13 +14,15 @@ gunicorn config) and are loaded by the same ``wrk`` (closed loop, 2 threads, C c
 
 Rounds are interleaved (gateway, naive, no-op, gateway, …) and medians reported, because the
 machine is shared. Options (environment): BENCH_INGEST_SECONDS (6), BENCH_ROUNDS_HTTP (3),
-BENCH_CONNECTIONS (16), BENCH_JOBS (400).
+BENCH_CONNECTIONS (16), BENCH_JOBS (400), BENCH_BATCH_WINDOWS (none: the gateway as configured by
+default; "0,2" adds it with group commit off and with a 2 ms window, each beside the baselines).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -81,48 +83,77 @@ def measured(srv: Server, **kw: Any) -> dict[str, Any]:
     return run
 
 
+def batches(srv: Server) -> tuple[float, float]:
+    """The gateway's group commits so far, summed over its workers: (batches, webhooks in them)."""
+    status, text = Http(srv.port).request("GET", "/metrics")
+    assert status == 200
+    found = dict(re.findall(r"^gateway_ingest_batch_size_(count|sum) ([0-9.e+]+)$", text.decode(), re.M))
+    return float(found.get("count", 0)), float(found.get("sum", 0))
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of each figure over the rounds (errors summed), with every round's rate kept."""
     out: dict[str, Any] = {}
-    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "worker_cpu_ms_per_request"):
-        out[key] = round(statistics.median(r[key] for r in runs), 2)
+    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "worker_cpu_ms_per_request", "mean_batch"):
+        if key in runs[0]:
+            out[key] = round(statistics.median(r[key] for r in runs), 2)
     for key in ("errors", "requests", "pool_wrapped"):
         out[key] = sum(r[key] for r in runs)
     out["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
     return out
 
 
+def batch_windows() -> dict[str, str]:
+    """The gateway as configured by default, and again with each ``ingest_batch_window_ms`` of
+    BENCH_BATCH_WINDOWS (e.g. "0,2"; 0 turns group commit off): server name -> [gateway] lines."""
+    variants = {"gateway": ""}
+    for ms in filter(None, os.environ.get("BENCH_BATCH_WINDOWS", "").split(",")):
+        variants[f"gateway_batch_window_{int(ms)}ms"] = f"ingest_batch_window_ms = {int(ms)}"
+    return variants
+
+
 def ingest(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs: int) -> dict[str, Any]:
-    """Webhooks/s through the gateway, the naive handler and the no-op endpoint."""
-    url, drop = make_database("postgres", workdir)
+    """Webhooks/s through the gateway (and its variants, ``batch_windows``), the naive handler
+    and the no-op endpoint. Each gateway has a database and jobs of its own."""
     naive_url, naive_drop = make_database("postgres", workdir)
     create_naive_table(naive_url)
-    servers = {
-        "gateway": gateway(url, workdir, "ingest-gateway"),
-        "naive_sdk_insert_commit": baseline("bench.baselines:naive_app", workdir, "ingest-naive", {"BENCH_NAIVE_DATABASE_URL": naive_url}),
-        "noop_flask": baseline("bench.baselines:noop_app", workdir, "ingest-noop"),
-    }
+    variants = batch_windows()
+    databases = {name: make_database("postgres", workdir) for name in variants}
+    servers = {name: gateway(databases[name][0], workdir, f"ingest-{name}", extra) for name, extra in variants.items()}
+    servers["naive_sdk_insert_commit"] = baseline("bench.baselines:naive_app", workdir, "ingest-naive", {"BENCH_NAIVE_DATABASE_URL": naive_url})
+    servers["noop_flask"] = baseline("bench.baselines:noop_app", workdir, "ingest-noop")
     try:
-        jobs = [register(servers["gateway"].port) for _ in range(n_jobs)]
-        warm = Http(servers["gateway"].port)
-        for reg in jobs:  # every job processing before the clock starts
-            body = json.dumps({"external_id": reg["job"]["external_id"], "state": "processing", "occurred_at": iso_at(time.time() - 3600)}).encode()
-            assert warm.request("POST", "/webhooks/worker", body, standard_headers(STANDARD_SECRET, body))[0] == 200
+        jobs = {name: [register(servers[name].port) for _ in range(n_jobs)] for name in variants}
+        for name in variants:
+            warm = Http(servers[name].port)
+            for reg in jobs[name]:  # every job processing before the clock starts
+                body = json.dumps({"external_id": reg["job"]["external_id"], "state": "processing", "occurred_at": iso_at(time.time() - 3600)}).encode()
+                assert warm.request("POST", "/webhooks/worker", body, standard_headers(STANDARD_SECRET, body))[0] == 200
         # enough distinct events that no run wraps around (a wrapped pool would send duplicates)
         size = int(os.environ.get("BENCH_POOL", "20000"))
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in servers}
         clock = time.time() - 1800
         for r in range(rounds):
             # fresh events (and timestamps inside the providers' 5-minute tolerance) every round
-            events = signed_pool("/hook", jobs, size, clock)
+            pools = {name: signed_pool("/hook", jobs[name], size, clock) for name in variants}
             clock += size / 1000 + 1
             for name, srv in servers.items():
-                pool = [e.replace(b"POST /hook ", b"POST /webhooks/worker ", 1) for e in events] if name == "gateway" else events
-                runs[name].append(measured(srv, seconds=seconds, connections=connections, pool=pool, workdir=workdir))
+                if name not in variants:
+                    runs[name].append(measured(srv, seconds=seconds, connections=connections, pool=pools["gateway"], workdir=workdir))
+                    continue
+                pool = [e.replace(b"POST /hook ", b"POST /webhooks/worker ", 1) for e in pools[name]]
+                before = batches(srv)
+                run = measured(srv, seconds=seconds, connections=connections, pool=pool, workdir=workdir)
+                after = batches(srv)
+                # webhooks per commit (a batch of one when grouping is off: it is not counted then)
+                run["mean_batch"] = round((after[1] - before[1]) / (after[0] - before[0]), 2) if after[0] > before[0] else 1.0
+                runs[name].append(run)
         out = {name: median_of(rs) for name, rs in runs.items()}
-        g, naive, noop = out["gateway"]["requests_per_s"], out["naive_sdk_insert_commit"]["requests_per_s"], out["noop_flask"]["requests_per_s"]
-        out["ratio_gateway_to_naive"] = round(g / naive, 3)
-        out["ratio_gateway_to_noop"] = round(g / noop, 3)
+        naive, noop = out["naive_sdk_insert_commit"]["requests_per_s"], out["noop_flask"]["requests_per_s"]
+        for name in variants:
+            tag = "gateway" if name == "gateway" else name
+            out[f"ratio_{tag}_to_naive"] = round(out[name]["requests_per_s"] / naive, 3)
+            out[f"ratio_{tag}_to_noop"] = round(out[name]["requests_per_s"] / noop, 3)
         cpu = {name: out[name]["worker_cpu_ms_per_request"] for name in servers}
         out["cpu_ratio_naive_to_gateway"] = round(cpu["naive_sdk_insert_commit"] / cpu["gateway"], 3)  # ≈ the rate ratio, without the drift
         out["setup"] = f"gunicorn -k gevent -w {WORKERS}; wrk -t2 -c{connections} -d{seconds}s, {rounds} interleaved rounds, medians; PostgreSQL; {n_jobs} jobs in processing, one distinct signed event per request"
@@ -130,7 +161,8 @@ def ingest(workdir: Path, seconds: float, rounds: int, connections: int, n_jobs:
     finally:
         for srv in servers.values():
             srv.stop()
-        drop()
+        for _, drop in databases.values():
+            drop()
         naive_drop()
 
 

@@ -50,7 +50,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body_bytes, 64 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # typed as JSONProvider; the default provider has sort_keys
-    store = Store(engine)
+    store = Store(engine, group_window_ms=config.ingest_batch_window_ms)
     gw = Gateway(
         config=config,
         registry=registry,
@@ -60,6 +60,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
         metrics=Metrics(),
     )
     app.extensions["gateway"] = gw
+    store.group.on_batch = gw.metrics.ingest_batch.observe
 
     app.register_blueprint(ingest.bp)
     app.register_blueprint(api.bp)

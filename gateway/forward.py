@@ -21,7 +21,7 @@ per endpoint and process, like the relay's announcements (gateway/relay/coalesce
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import update
 
@@ -31,7 +31,7 @@ from gateway.jobjson import iso, job_json
 from gateway.models import OutboxItem
 from gateway.owed import COALESCED, FORWARD, PENDING
 from gateway.services import Services
-from gateway.store import Store, Writer
+from gateway.store import Change, Store, Writer
 from gateway.tries import compact_json
 
 Enqueue = Callable[..., bool]  # Outbox.enqueue: a row in the writer's transaction, once per key
@@ -54,13 +54,14 @@ def row_key(endpoint: str, msg_id: str) -> str:
     return f"fwd:{endpoint}:{msg_id}"
 
 
-def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer) -> None:
-    """In ``w``'s transaction, before its commit: one outbox row per changed job version and
-    endpoint that wants it (events patterns, sources)."""
+def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer, changes: Sequence[Change]) -> None:
+    """In ``w``'s transaction, as its changes are collected (the job as the version shows it,
+    even when a later event of the transaction changes it again): one outbox row per changed
+    job version and endpoint that wants it (events patterns, sources)."""
     now = utcnow()
     replaced: list[str] = []  # keys of the previous version's job.progress rows a newer one replaces
     coalesce = gw.config.progress_interval_ms > 0
-    for change in w.changes:
+    for change in changes:
         job = w._known(change.job_id)
         if job is None:
             continue
@@ -99,4 +100,4 @@ def request_of(store: Store, row: OutboxItem) -> tuple[bytes, dict[str, str]]:
 def install(gw: Services, enqueue: Enqueue) -> None:
     """Make every transaction of ``gw.store`` owe forwarded messages, when endpoints are configured."""
     if gw.config.endpoints:
-        gw.store.owing.append(lambda w: owe_job_messages(gw, enqueue, w))
+        gw.store.owing.append(lambda w, changes: owe_job_messages(gw, enqueue, w, changes))

@@ -33,6 +33,7 @@ from gateway.ids import utcnow
 from gateway.limits import charge_source, webhook
 from gateway.recording import Recorded, answer_status, any_new, outcome_name, parse_verified, record_events, stored_headers
 from gateway.services import Source
+from gateway.states import State
 from gateway.storable import is_storable
 from gateway.store import Writer
 
@@ -173,6 +174,9 @@ def receive(source_name: str) -> Any:
     except GatewayError as exc:
         return _invalid(source, exc, len(body), received_at, kept)
 
+    # read here, not in record: in a group commit another request's greenlet may run it
+    remote_addr, request_id = request.remote_addr, g.request_id
+
     def record(w: Writer) -> list[Recorded]:
         recorded = record_events(gw, w, source, events, body=body, received_at=received_at)
         rows = [dict(
@@ -181,7 +185,7 @@ def receive(source_name: str) -> Any:
             state_before=r.outcome.state_before, state_after=r.outcome.state_after, version=r.version,
         ) for r in recorded] or [dict(outcome="ignored")]  # no event at all: the delivery is still recorded
         common = dict(received_at=received_at, source=source.name, status=200, size=len(body),
-                      remote_addr=request.remote_addr, request_id=g.request_id, **kept)
+                      remote_addr=remote_addr, request_id=request_id, **kept)
         if forward_delivery.wanted(gw, source.name) and any_new(recorded):
             delivery_id = w.insert_delivery(**common, **rows[0])  # the message's webhook-id is dlv_<this id>
             job_id = next((r.outcome.job_id for r in recorded if r.outcome.job_id), None)
@@ -193,7 +197,8 @@ def receive(source_name: str) -> Any:
         return recorded
 
     try:
-        recorded, changes = gw.store.write(record)
+        # one transaction per webhook, or shared with webhooks arriving together (store/batch.py)
+        recorded, changes = gw.store.group.write(record, [(source.name, pe.external_id, pe.state in _QUEUE_STATES) for pe in events])
     except DataError:  # e.g. a NUL character, which PostgreSQL text and jsonb cannot hold
         unstorable = PayloadError("the body holds a value the database cannot store (such as a NUL character)", code="unstorable_value")
         return _invalid(source, unstorable, len(body), received_at, kept)
@@ -215,6 +220,10 @@ def _wake_senders() -> None:
     for sender in current_app.extensions.get("forward_senders", {}).values():
         sender.wake.set()
 
+
+#: an event in one of these states may leave its job in a queue state (a failed job may be
+#: queued again): a group commit takes that queue's lock up front (gateway/store/batch.py)
+_QUEUE_STATES = (State.QUEUED, State.FAILED)
 
 # the acknowledgement bodies, encoded once
 _ACKS = {status: json.dumps({"status": status}).encode() for status in ("accepted", "duplicate", "ignored")}

@@ -19,6 +19,10 @@ class Metrics:
             "gateway_ingest_seconds", "Time from request to acknowledgement", ["source"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self.ingest_batch = Histogram(
+            "gateway_ingest_batch_size", "Webhooks per group commit (one transaction, one commit)", registry=r,
+            buckets=(1, 2, 4, 8, 16, 32),
+        )
         self.polls = Counter("gateway_polls", "Job status reads by kind (poll, long_poll) and answer", ["kind", "status"], registry=r)
         self.ws_connections = Gauge("gateway_ws_connections", "Open WebSocket connections", registry=r, multiprocess_mode="livesum")
         self.ws_subscriptions = Gauge("gateway_ws_subscriptions", "Active WebSocket subscriptions", registry=r, multiprocess_mode="livesum")

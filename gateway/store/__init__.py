@@ -9,6 +9,7 @@
 | ``rows.py`` | job rows and stored events to and from the pure fold (gateway.states) |
 | ``statements.py`` | every write statement, once, from the SQLAlchemy tables |
 | ``fastpath.py`` | PostgreSQL: a known job's webhook in two round trips of psycopg |
+| ``batch.py`` | group commit: webhooks arriving together in one transaction and one commit |
 """
 
 from gateway.store.rows import event_of, links_of, view_of

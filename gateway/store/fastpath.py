@@ -102,6 +102,16 @@ def insert_and_lock(conn: Connection[Any], event: dict[str, Any], *, may_queue: 
     )
 
 
+def lock_batch(conn: Connection[Any], keys: Sequence[tuple[str, str, bool]]) -> None:
+    """A group commit's locks in the one order (statements.LOCK_BATCH_QUEUES, LOCK_BATCH_ROWS),
+    as the transaction's first script: BEGIN, the queue locks, the row locks; one round trip."""
+    values = {"sources": [k[0] for k in keys], "external_ids": [k[1] for k in keys], "may_queue": [k[2] for k in keys]}
+    script = [statement(sql.LOCK_BATCH_QUEUES, values), statement(sql.LOCK_BATCH_ROWS, values)]
+    begin = _begin_here(conn)
+    with ClientCursor(conn) as cur:
+        cur.execute(begin + ";\n".join(text for text, _ in script), [p for _, params in script for p in params])
+
+
 def lock_queue(conn: Connection[Any], queue_name: str) -> None:
     """Take a queue's lock (statements.queue_lock) on the fast path's connection."""
     run(conn, [statement(sql.LOCK_QUEUE, {"queue_name": queue_name})])

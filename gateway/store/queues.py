@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, select
 from gateway.errors import NotFound
 from gateway.models import Job
 from gateway.states import JobView, Link, State
+from gateway.store import fastpath
 from gateway.store import statements as sql
 from gateway.store.rows import job_columns, queue_name_of
 from gateway.store.unit import Unit
@@ -79,6 +80,14 @@ class Queues(Unit):
                 self._touch(job)
                 shown.update(position=new_pos, total=new_total, name=shown.get("name") or reported.get("name") or queue_name)
                 job.queue = shown
+
+    def lock_batch(self, keys: list[tuple[str, str, bool]]) -> None:
+        """Before a group commit's webhooks run (batch.py): every lock they will take, in the one
+        order (statements.LOCK_BATCH_QUEUES); keys are (source, external_id, the event may leave
+        the job in a queue state). PostgreSQL only: SQLite's BEGIN IMMEDIATE already lets one writer in at a time."""
+        if self.postgres and keys:
+            with fastpath.driver_errors(self.conn):
+                fastpath.lock_batch(self._driver_connection(), keys)
 
     def lock_job(self, job_id: str) -> Job:
         """The job, locked for this transaction; NotFound if there is none."""

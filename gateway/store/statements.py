@@ -11,10 +11,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Insert, Select, Table, Text, Update, bindparam, case, func, literal_column, select, true, update
+from sqlalchemy import Boolean, ColumnElement, Insert, Select, Table, Text, Update, bindparam, case, func, literal_column, select, true, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import psycopg
+from sqlalchemy.dialects.postgresql import ARRAY, psycopg
 from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
@@ -67,6 +67,32 @@ def lock_queue_if_needed(may_queue: bool) -> Select[Any]:
     when = true() if may_queue else JOBS.c.state.in_([literal_column(repr(s)) for s in QUEUE_STATES])
     locked = case((when, sql_cast(queue_lock(JOBS.c.queue_name), Text))).is_not(None)
     return select(JOBS.c.queue_name, locked.label("locked")).where(JOBS.c.id == job_of_key())
+
+
+def _batch_keys() -> Any:
+    """The (source, external_id, may_queue) triples of a batch, from three array parameters."""
+    arrays = [sql_cast(bindparam(name), ARRAY(kind)) for name, kind in (("sources", Text), ("external_ids", Text), ("may_queue", Boolean))]
+    return func.unnest(*arrays).table_valued("source", "external_id", "may_queue").render_derived(name="batch_keys")
+
+
+def _lock_batch() -> tuple[Select[Any], Select[Any]]:
+    keys = _batch_keys()
+    of_keys = JOB_KEYS.join(keys, (keys.c.source == JOB_KEYS.c.source) & (keys.c.external_id == JOB_KEYS.c.external_id))
+    queued = JOBS.c.state.in_([literal_column(repr(s)) for s in QUEUE_STATES])
+    queues = select(JOBS.c.queue_name).select_from(JOBS.join(of_keys, JOB_KEYS.c.job_id == JOBS.c.id)).where(keys.c.may_queue | queued).distinct().subquery()
+    # PostgreSQL evaluates a volatile function of the select list after the ORDER BY: in name order
+    lock_queues = select(queues.c.queue_name, queue_lock(queues.c.queue_name)).order_by(queues.c.queue_name)
+    lock_rows = locking(select(JOBS.c.id).where(JOBS.c.id.in_(select(JOB_KEYS.c.job_id).select_from(of_keys))).order_by(JOBS.c.id))
+    return lock_queues, lock_rows
+
+
+#: a group commit's locks, taken before its webhooks run (gateway/store/batch.py): the queue locks
+#: of its jobs (a job in a queue state, or whose event may leave it in one: queued, or failed, so
+#: that the batch's next event of that job finds the lock already held) in name order, then its
+#: jobs' rows in id order. Every batch takes them in this one order, and a single writer takes
+#: one queue then one row, so no two writers wait for each other in a circle. Parameters:
+#: ``sources``, ``external_ids``, ``may_queue`` (arrays, one entry per event).
+LOCK_BATCH_QUEUES, LOCK_BATCH_ROWS = _lock_batch()
 
 
 def insert_event(dialect: str, job_id: ColumnElement[Any] | None = None) -> Insert:

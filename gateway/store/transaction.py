@@ -1,10 +1,10 @@
 """Transactions and their retries: ``Store`` hands out one ``Writer`` per webhook or API call,
 runs it again from the start on a transient conflict, and tells the bus about its changes with
-the commit, never before."""
+the commit, never before. Webhooks arriving together may share one (``Store.group``, batch.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -14,34 +14,38 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db import READ_ONLY
 from gateway.models import Job
-from gateway.store.unit import Bus, Change, NullBus, RetryTransaction
+from gateway.store.batch import GroupCommit
+from gateway.store.unit import Bus, Change, NullBus, RetryTransaction, is_transient
 from gateway.store.writer import Writer
 
 T = TypeVar("T")
-TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 
 
 class Store:
     """Owns the session factory; hands out one transaction per webhook or API call."""
 
-    def __init__(self, engine: Engine, bus: Bus | None = None):
+    def __init__(self, engine: Engine, bus: Bus | None = None, *, group_window_ms: int = 0):
         self.engine = engine
         self.bus: Bus = bus or NullBus()
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.postgres = engine.dialect.name == "postgresql"
         # called in every transaction once its changes are final, before the commit: what the
         # changes owe (forwarded messages, gateway.forward) is written in the same transaction
-        self.owing: list[Callable[[Writer], None]] = []
+        self.owing: list[Callable[[Writer, Sequence[Change]], None]] = []
+        # webhooks that arrive together share a transaction (batch.py); off when the window is 0.
+        # SQLite admits one writer at a time: more transactions at once would only queue for it
+        self.group = GroupCommit(self, group_window_ms, **({} if self.postgres else {"max_in_flight": 1}))
 
     @contextmanager
     def transaction(self) -> Iterator[Writer]:
         """One database transaction; changes reach the bus with the commit, never before."""
         with self.engine.connect() as conn:
             writer = Writer(conn, self.sessions, self.postgres)
+            writer.owing = self.owing
             try:
                 with conn.begin():
                     yield writer
-                    writer.close(self.bus, self.owing)
+                    writer.close(self.bus)
             finally:
                 writer.release()  # after the commit or the rollback
         if notices := writer.notices:
@@ -58,13 +62,8 @@ class Store:
                 with self.transaction() as writer:
                     result = fn(writer)
                 return result, writer.changes
-            except RetryTransaction:
-                if attempt + 1 < attempts:
-                    continue
-                raise
-            except DBAPIError as exc:
-                transient = getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES or exc.connection_invalidated
-                if attempt + 1 < attempts and transient:
+            except (RetryTransaction, DBAPIError) as exc:
+                if attempt + 1 < attempts and is_transient(exc):
                     continue
                 raise
         raise AssertionError("unreachable")

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Table, inspect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -71,6 +72,19 @@ class RetryTransaction(Exception):
     """Another transaction changed what this one read between two statements: run it again."""
 
 
+TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same transaction again may succeed: a transient conflict (deadlock,
+    serialization failure, ``RetryTransaction``) or a pooled connection found dead."""
+    if isinstance(exc, RetryTransaction):
+        return True
+    if isinstance(exc, DBAPIError):
+        return getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES or bool(exc.connection_invalidated)
+    return False
+
+
 class Unit:
     """What one transaction has changed and still has to write."""
 
@@ -94,6 +108,10 @@ class Unit:
         # and reading one again (version_of, traces) must not cost another SELECT
         self._held: dict[str, Job] = {}
         self.committed: list[Callable[[], None]] = []  # run after the commit (e.g. wake the outbox)
+        # told each batch of new changes as finish_changes collects them, while the jobs are as
+        # those versions show them (forwarded messages, gateway.forward); set by Store.transaction
+        self.owing: Sequence[Callable[[Any, Sequence[Change]], None]] = ()
+        self._owed = 0  # changes[:_owed] were handed to ``owing``
 
     @property
     def session(self) -> Session:
@@ -186,6 +204,10 @@ class Unit:
                 detail = {**detail, "version": job.version}
             self._rows.append((sql.TRACE, {"job_id": entry.job_id, "at": entry.at, "what": entry.what, "detail": detail or None}))
         self._traces.clear()
+        new, self._owed = self.changes[self._owed:], len(self.changes)
+        if new:
+            for owe in self.owing:  # now, not at the close: a later event may change the job again
+                owe(self, new)
 
     def version_of(self, job_id: str | None) -> int | None:
         """The job's version as this transaction sees it."""
@@ -200,7 +222,7 @@ class Unit:
 
     # -- the closing writes ------------------------------------------------------------------------
 
-    def close(self, bus: Bus, owing: Sequence[Callable[[Any], None]] = ()) -> None:
+    def close(self, bus: Bus) -> None:
         """The transaction's closing writes, then (on PostgreSQL) its COMMIT.
 
         Changed job rows become plain UPDATEs of the columns that changed (the session is told
@@ -210,8 +232,6 @@ class Unit:
         nothing left to do."""
         self.finish_changes()
         if self.changes:
-            for owe in owing:
-                owe(self)
             self._encode_snapshots()
         conn = self.conn
         for job in self._held.values():

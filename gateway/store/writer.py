@@ -73,7 +73,6 @@ class Writer(Queues):
         """Record one event exactly once and apply it to its job, if the job is known yet.
         ``digest`` (of the signed content) dedups too, for providers whose event id is unsigned."""
         received_at = received_at or utcnow()
-        self._catch_up()
         values = dict(
             source=source,
             event_id=pe.event_id,
@@ -89,6 +88,7 @@ class Writer(Queues):
         )
         if job_id is None and self.postgres and kind is Kind.PROVIDER:
             return self._record_by_key(pe, values, auto_register=auto_register)
+        self._catch_up()
         seen: Any = None  # (queue_name, state) read with the key: saves a round trip before the lock
         if job_id is None:
             seen = self.session.execute(_JOB_OF_KEY, {"source": source, "external_id": pe.external_id}).first()
@@ -114,6 +114,10 @@ class Writer(Queues):
         if not found.inserted:
             return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id, values["digest"]))
         job, event = found.job, fold_event(source, pe, Kind.PROVIDER)
+        if job is not None and job.id in self._raw_jobs:
+            # an earlier event of this transaction (a group commit's, or the same body's) moved
+            # the job: its row is this one, its UPDATE still to be written (under the lock held)
+            job = self._raw_jobs[job.id]
         if job is None or found.event_job_id != job.id:
             if job is not None or found.event_job_id is not None:
                 raise RetryTransaction("the key was registered between two statements")
@@ -133,6 +137,7 @@ class Writer(Queues):
             if not may_move_a_queue(job.state, after.state):
                 return self._write_by_key(job, after, links, decision)
         # late, queue-bound or already in this session's hands: the ORM path, from here
+        self._catch_up()  # it reads the job from the database
         return self._apply(job.id, event, may_queue=may_queue, seen=job)
 
     def _write_by_key(self, job: Any, view: states.JobView, links: list[states.Link], decision: Decision) -> Outcome:
