@@ -22,6 +22,7 @@ per endpoint and process, like the relay's announcements (gateway/relay/coalesce
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import update
 
@@ -59,24 +60,32 @@ def owe_job_messages(gw: Services, enqueue: Enqueue, w: Writer, changes: Sequenc
     even when a later event of the transaction changes it again): one outbox row per changed
     job version and endpoint that wants it (events patterns, sources)."""
     now = utcnow()
-    replaced: list[str] = []  # keys of the previous version's job.progress rows a newer one replaces
-    coalesce = gw.config.progress_interval_ms > 0
+    owed: list[tuple[str, dict[str, Any]]] = []  # (endpoint, payload) with the job as this version shows it
     for change in changes:
         job = w._known(change.job_id)
         if job is None:
             continue
         kind = message_type(job.state, change.state_changed)
         wanting = [e for e in gw.config.endpoints.values() if e.wants(kind, job.source)]
-        if not wanting:
-            continue
         msg_id = webhook_id(job.id, change.version)
         payload = {"type": kind, "timestamp": iso(now), "data": job_json(job), "version": change.version,
                    "webhook_id": msg_id}
-        for endpoint in wanting:
-            enqueue(w, kind=FORWARD, key=row_key(endpoint.name, msg_id), source=job.source, job_id=job.id,
-                    payload=payload, target=endpoint.name)
-            if coalesce and kind == PROGRESS and change.version > 1:
-                replaced.append(row_key(endpoint.name, webhook_id(job.id, change.version - 1)))
+        owed += [(endpoint.name, payload) for endpoint in wanting]
+    if owed:  # written at the close: after the delivery that caused them (gateway/forward_delivery.py)
+        w.at_close(lambda: _write_owed(gw, enqueue, w, owed))
+
+
+def _write_owed(gw: Services, enqueue: Enqueue, w: Writer, owed: list[tuple[str, dict[str, Any]]]) -> None:
+    """The outbox rows of ``owe_job_messages``; a ``job.progress`` row of the version just
+    before, not tried yet, is coalesced away by the newer one."""
+    replaced: list[str] = []  # keys of the previous version's job.progress rows a newer one replaces
+    coalesce = gw.config.progress_interval_ms > 0
+    for endpoint, payload in owed:
+        job = payload["data"]
+        enqueue(w, kind=FORWARD, key=row_key(endpoint, payload["webhook_id"]), source=job["source"], job_id=job["id"],
+                payload=payload, target=endpoint)
+        if coalesce and payload["type"] == PROGRESS and payload["version"] > 1:
+            replaced.append(row_key(endpoint, webhook_id(job["id"], payload["version"] - 1)))
     if replaced:
         w.session.execute(
             update(OutboxItem)

@@ -112,6 +112,7 @@ class Unit:
         # those versions show them (forwarded messages, gateway.forward); set by Store.transaction
         self.owing: Sequence[Callable[[Any, Sequence[Change]], None]] = ()
         self._owed = 0  # changes[:_owed] were handed to ``owing``
+        self._at_close: list[Callable[[], None]] = []  # writes deferred to the close (``at_close``)
 
     @property
     def session(self) -> Session:
@@ -209,6 +210,12 @@ class Unit:
             for owe in self.owing:  # now, not at the close: a later event may change the job again
                 owe(self, new)
 
+    def at_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in this transaction at its close, after everything its operations wrote:
+        rows whose content is fixed now but whose place (their id order) must follow this
+        transaction's other rows, e.g. a job's messages after the delivery that caused them."""
+        self._at_close.append(fn)
+
     def version_of(self, job_id: str | None) -> int | None:
         """The job's version as this transaction sees it."""
         if not job_id:
@@ -231,6 +238,9 @@ class Unit:
         one script in one round trip (fastpath.py); the session's own commit then finds
         nothing left to do."""
         self.finish_changes()
+        deferred, self._at_close = self._at_close, []
+        for fn in deferred:
+            fn()
         if self.changes:
             self._encode_snapshots()
         conn = self.conn
