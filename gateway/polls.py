@@ -96,12 +96,13 @@ def from_database(gw: Gateway, job_id: str, if_none_match: str | None) -> Answer
 
 def long_poll(gw: Gateway, job_id: str, if_none_match: str, seconds: float) -> Answer | None:
     """The job once it no longer matches ``if_none_match`` (a 200), or a 304 after ``seconds``;
-    None when there is no such job."""
-    job = gw.relay.wait_for_change(job_id, if_none_match, seconds)
-    if job is None:
+    None when there is no such job. Answered from the relay's snapshot, as a subscription is."""
+    snap = gw.relay.wait_for_change(job_id, if_none_match, seconds)
+    if snap is None:
         gw.metrics.count_poll("long_poll", "404")
         return None
-    answer = Answer(304, etag_of(job)) if tag_matches(if_none_match, etag_of(job)) else job_answer(job)
+    tag = etag(job_id, snap.version)
+    answer = Answer(304, tag) if tag_matches(if_none_match, tag) else Answer(200, tag, (snap.text + "\n").encode())
     gw.metrics.count_poll("long_poll", str(answer.status))
     return answer
 

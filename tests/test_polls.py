@@ -8,12 +8,15 @@ B through the bus as it would reach another worker or host."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from gateway.jobjson import job_text
 from tests.conftest import TEST_ENV, register, write_config
@@ -113,3 +116,41 @@ def test_a_200_poll_is_the_database_json_and_comes_from_memory(apps: tuple[Any, 
     # Redis the JSON
     webhook(a, ext, "complete", 6, result={"url": "https://example.com/r", "ü": [1.5, None, {"b": 1, "a": 2}], "blob": "x" * 9000})
     poll(bus != "postgres", "complete, over 8,000 bytes")
+
+
+def test_long_polls_share_one_read_and_wake_with_the_database_json(apps: tuple[Any, Any, str]) -> None:
+    """Twenty long-polls of one job on one process read it as one subscription would, not once
+    each to start and once each to answer: the first poll's read, and the hub's fetch for each
+    notice whose JSON the bus did not carry (SQLite: the registration's and the change's). Every
+    answer is the job as the database holds it."""
+    a, b, bus = apps
+    reg = register(a.test_client())
+    job_id, ext = reg["job"]["id"], reg["job"]["external_id"]
+    headers = {"Authorization": f"Bearer {reg['token']}", "If-None-Match": f'"{job_id}.{reg["job"]["version"]}"'}
+    job_reads = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM jobs" in statement and "jobs.state" in statement:  # a whole job, not the resync's versions
+            job_reads.append(statement)
+
+    engine = b.extensions["gateway"].store.engine
+    event.listen(engine, "before_cursor_execute", count)
+    answers: list[Any] = []
+    polls = [threading.Thread(target=lambda: answers.append(b.test_client().get(f"/api/jobs/{job_id}?wait=20", headers=headers)))
+             for _ in range(20)]
+    try:
+        for p in polls:
+            p.start()
+        hub = b.extensions["gateway"].relay.hub
+        deadline = time.monotonic() + 15
+        while len(hub.watchers.get(job_id, ())) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(hub.watchers.get(job_id, ())) == 20, "the long-polls are not all waiting"
+        webhook(a, ext, "processing", 1, progress={"current": 1, "total": 4})
+        for p in polls:
+            p.join(20)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [r.status_code for r in answers] == [200] * 20
+    assert all(r.get_data() == in_database(a, job_id) for r in answers)
+    assert len(job_reads) <= 3, f"{bus}: {len(job_reads)} reads of the job for 20 long-polls"

@@ -15,13 +15,13 @@ from sqlalchemy import select
 
 from gateway.config import Config
 from gateway.errors import ConfigError
-from gateway.http import job_matches
+from gateway.http import etag, tag_matches
 from gateway.jobjson import job_json, job_text
 from gateway.models import Job
 from gateway.relay.bus import LocalBus, RelayBus
 from gateway.relay.expiry import Expiries
 from gateway.relay.fresh import VersionCache
-from gateway.relay.hub import Hub, Mailbox, Watcher
+from gateway.relay.hub import Hub, Mailbox, Snapshot, Watcher
 from gateway.services import Services
 from gateway.store import Store
 
@@ -184,24 +184,32 @@ class Relay:
 
     # -- long-poll ---------------------------------------------------------------------------------
 
-    def wait_for_change(self, job_id: str, if_none_match: str, seconds: float) -> Job | None:
-        """The job once it no longer matches ``if_none_match``, or as it is after ``seconds``.
+    def wait_for_change(self, job_id: str, if_none_match: str, seconds: float) -> Snapshot | None:
+        """The job once it no longer matches ``if_none_match``, or as it is after ``seconds``;
+        None when there is no such job.
 
-        Waits on the hub, holding no database connection; reads the job before and after."""
+        Holds no database connection while it waits, and reads like a subscription: the first
+        look is the hub's snapshot (one read per process however many long-polls ask at once,
+        none while the job is watched here), the wake-up is the snapshot the notice brought."""
         box = Mailbox()
         self.watch(job_id, box)
         try:
-            job = self.store.get_job(job_id)
-            if job is None or not job_matches(if_none_match, job):
-                return job
+            snap = self.hub.current(job_id)
+            if snap is None:
+                return None
+            heard = self.hub.seen.get(job_id)
+            if heard is not None and heard > snap.version:
+                # a shared read that began before a change this process has already heard of
+                found = self.hub.load([job_id]).get(job_id)
+                snap = Snapshot(found) if found is not None else snap
+            if not tag_matches(if_none_match, etag(job_id, snap.version)):
+                return snap
             deadline = time.monotonic() + seconds
             while (left := deadline - time.monotonic()) > 0:
-                snap = box.wait(left)
-                if snap is not None and snap.version != job.version:
-                    fresh = self.store.get_job(job_id)
-                    if fresh is not None and not job_matches(if_none_match, fresh):
-                        return fresh
-            return job
+                news = box.wait(left)
+                if news is not None and news.version > snap.version:
+                    return news
+            return snap
         finally:
             self.unwatch(job_id, box)
 
