@@ -90,7 +90,7 @@ _ORDER = {"delivery": 0, "registered": 1}  # a held delivery and the registratio
 
 def _delivery(d: Delivery) -> dict[str, Any]:
     return {
-        "at": iso(d.received_at), "what": "delivery", "source": d.source, "event_id": d.event_id,
+        "at": iso(d.received_at), "what": "delivery", "delivery_id": d.id, "source": d.source, "event_id": d.event_id,
         "event_type": d.event_type, "external_id": d.external_id,
         "signature": "valid" if d.status not in (401,) else "invalid",
         "status": d.status, "outcome": d.outcome, "decision": d.decision or d.outcome,

@@ -12,6 +12,7 @@ from tests.gwapp import post_standard
 from tests.signing import STANDARD_SECRET
 
 LABEL_RE = re.compile(r"Signed in as (key:[0-9a-f]{10})")
+REPLAY_RE = re.compile(r"/console/deliveries/([0-9]+)/replay")
 SECRETS = [v for k, v in TEST_ENV.items() if k != "GATEWAY_SECRET_KEY"] + [API_KEY, "second-api-key-abcdefgh"]
 
 
@@ -230,3 +231,31 @@ secret_env = "BACKEND_SECRET"
         assert re.search(r"<dt>Pending</dt><dd>0</dd>", after)
     finally:
         receiver.stop()
+
+
+def test_a_stored_delivery_is_replayed_from_the_job_page(client: Any) -> None:
+    job = failed_job(client)
+    forged = post_standard(client, "worker", "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=", job["external_id"], "complete")
+    assert forged.status_code == 401
+    sign_in(client)
+    page = client.get(f"/console/jobs/{job['id']}").get_data(as_text=True)
+    actions = REPLAY_RE.findall(page)
+    assert len(actions) == 1, "one verified delivery, one Replay button"
+    delivery_id = actions[0]
+    listed = client.get("/console/deliveries", query_string={"source": "worker"}).get_data(as_text=True)
+    assert delivery_id in REPLAY_RE.findall(listed)
+    rejected = client.get("/console/deliveries", query_string={"source": "worker", "outcome": "rejected"}).get_data(as_text=True)
+    assert "rejected (401)" in rejected and not REPLAY_RE.findall(rejected), "Replay on verified deliveries only"
+    label = LABEL_RE.search(page).group(1)  # type: ignore[union-attr]
+    assert client.post(f"/console/deliveries/{delivery_id}/replay", data={"job": job["id"]}).status_code == 403
+    assert client.post("/console/deliveries/not-a-number/replay", data={"csrf": csrf_of(page)}).status_code == 404
+
+    done = client.post(f"/console/deliveries/{delivery_id}/replay", data={"csrf": csrf_of(page), "job": job["id"]})
+    assert done.status_code == 303 and done.headers["Location"].endswith(f"/console/jobs/{job['id']}#story")
+    trace = client.get(f"/api/jobs/{job['id']}/trace", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()
+    replays = [e for e in trace["timeline"] if e["what"] == "replay"]
+    assert [(e["delivery_id"], e["by"], e["outcome"]) for e in replays] == [(int(delivery_id), "console:" + label, "duplicate")]
+    after = client.get(f"/console/jobs/{job['id']}").get_data(as_text=True)
+    assert f"replay of delivery dlv_{delivery_id} requested by console:{label}: duplicate" in after
+    # the job is as it was: the replayed event was already applied
+    assert client.get(f"/api/jobs/{job['id']}", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()["state"] == "failed"

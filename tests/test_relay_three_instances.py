@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ARTIFACTS, register, server_env, write_config
 from tests.relay_helpers import SSEReader, Watcher, job_frame, post_webhook
@@ -34,6 +35,15 @@ def three(db_url: str, redis_url: str, tmp_path: Any) -> Iterator[list[Server]]:
             list(pool.map(Server.stop, servers))
 
 
+def relay_reads(servers: list[Server]) -> float:
+    """``gateway_relay_reads_total`` summed over every worker of every instance."""
+    total = 0.0
+    for s in servers:
+        for family in text_string_to_metric_families(requests.get(f"{s.url}/metrics", timeout=10).text):
+            total += sum(x.value for x in family.samples if x.name == "gateway_relay_reads_total")
+    return total
+
+
 def test_three_instances_on_the_redis_bus_agree_on_every_job(three: list[Server]) -> None:
     regs = [register(three[n % 3].url) for n in range(4)]
     watchers = [Watcher(s.url) for s in three]
@@ -42,6 +52,10 @@ def test_three_instances_on_the_redis_bus_agree_on_every_job(three: list[Server]
             for reg in regs:
                 w.subscribe(reg["job"]["id"], reg["token"])
         sse = SSEReader(three[2].url, regs[0]["job"]["id"], regs[0]["token"])
+        for w in watchers:  # every process holding watchers has read each job once to start
+            w.wait_for_all(*(job_frame(reg["job"]["id"], version=reg["job"]["version"]) for reg in regs), timeout=30)
+        sse.wait_for(lambda e: e["json"]["version"] == regs[0]["job"]["version"], timeout=30)
+        reads_before = relay_reads(three)
         # each report goes to the next instance: the changes of one job come from all three
         n = 0
         for step in range(1, STEPS + 1):
@@ -69,6 +83,8 @@ def test_three_instances_on_the_redis_bus_agree_on_every_job(three: list[Server]
         event = sse.wait_for(lambda e: e["json"]["version"] == final[first]["version"], timeout=30)
         assert event["json"] == final[first]
         sse.close()
+        # every change reached every watcher with its JSON on the bus: no instance read a job for it
+        assert relay_reads(three) == reads_before, "a change was read from the database to reach watchers"
     finally:
         for w in watchers:
             w.close()

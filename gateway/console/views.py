@@ -11,8 +11,9 @@ from flask import abort, current_app, redirect, render_template, request, url_fo
 from gateway.console.auth import bp, by, current, gateway_response, signed_in
 from gateway.context import gateway
 from gateway.errors import NotFound
-from gateway.ids import utcnow
+from gateway.ids import JOB_ID_RE, utcnow
 from gateway.messages import endpoint_status, list_messages, resend
+from gateway.replay import replay
 from gateway.signals import job_retried
 from gateway.support import find_jobs, list_deliveries, source_activity
 from gateway.trace import build_trace
@@ -57,6 +58,8 @@ def _summary(e: dict[str, Any]) -> str:
         return f"{what} {e.get('type') or ''}{to}: try {e.get('try', '?')}, {e.get('outcome', '?')}{why}".replace("  ", " ")
     if what == "forward_resend":
         return f"re-send of message {e.get('message')} to {e.get('endpoint')} requested by {e.get('by', '?')}"
+    if what == "replay":
+        return f"replay of delivery dlv_{e.get('delivery_id')} requested by {e.get('by', '?')}: {e.get('outcome', '?')}"
     if what == "stalled":
         return f"watchdog: no word since {e.get('quiet_since')} (stall after {e.get('stall_after')} s)"
     if e.get("state_after") or e.get("state"):
@@ -97,8 +100,26 @@ def job(job_id: str) -> Any:
     if data is None:
         abort(404, "no such job")
     token, _ = gw.auth.issue(data["job"]["id"], ["read"])
-    timeline = [{"summary": _summary(e), "at": e.get("at"), "what": e.get("what"), "detail": _masked(e)} for e in data["timeline"]]
+    timeline = [{"summary": _summary(e), "at": e.get("at"), "what": e.get("what"), "detail": _masked(e),
+                 "replayable": e.get("what") == "delivery" and bool(e.get("verified")) and e.get("delivery_id") is not None,
+                 "delivery_id": e.get("delivery_id")} for e in data["timeline"]]
     return _page("console/job.html", job=data["job"], timeline=timeline, token=token)
+
+
+@bp.post("/deliveries/<delivery_id>/replay")
+@signed_in
+def replay_delivery(delivery_id: str) -> Any:
+    """The API's replay of a stored delivery, taken by a person from the job's story: the trace
+    says console:<key label>; back to the job the form came from."""
+    if not delivery_id.isdigit() or len(delivery_id) > 18:
+        raise NotFound(f"no stored delivery {delivery_id[:40]}", code="delivery_not_found")
+    answer = replay(gateway(), int(delivery_id), by=by())
+    job_id = request.form.get("job", "")
+    log.info("delivery replayed from the console", extra={"delivery_id": int(delivery_id), "status": answer["status"],
+                                                          "job_id": job_id if JOB_ID_RE.match(job_id) else None})
+    if JOB_ID_RE.match(job_id):
+        return redirect(url_for("console.job", job_id=job_id, _anchor="story"), 303)
+    return redirect(url_for("console.deliveries"), 303)
 
 
 @bp.post("/jobs/<job_id>/retry")

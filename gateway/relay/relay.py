@@ -44,6 +44,11 @@ class Relay:
             "gateway_relay_polls_from_memory", "Conditional polls answered 304 from the version cache, with no database read",
             registry=gw.metrics.registry,
         )
+        self.reads = Counter(
+            "gateway_relay_reads", "Jobs the relay read from the database for its watchers: a first subscription in this "
+            "process, a notice that did not carry the job's JSON, a resync that found one behind",
+            registry=gw.metrics.registry,
+        )
         self.hub = Hub(load=self._load, versions=self._versions, on_fanout=self.fanout_seconds.observe,
                        seen=VersionCache(bodies=gw.config.poll_memory_jobs))
         self.bus: RelayBus = make_bus(
@@ -59,7 +64,9 @@ class Relay:
 
     def _load(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self.store.reading() as session:
-            return {job.id: job_json(job) for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+            found = {job.id: job_json(job) for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+        self.reads.inc(len(ids))
+        return found
 
     def _versions(self, ids: Sequence[str]) -> dict[str, int]:
         with self.store.reading() as session:
