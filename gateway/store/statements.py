@@ -61,9 +61,11 @@ def locking(stmt: S) -> S:
     return stmt.with_for_update(key_share=True)
 
 
+@lru_cache(maxsize=2)
 def lock_queue_if_needed(may_queue: bool) -> Select[Any]:
     """The queue lock of the job of (source, external_id), taken only when needed: the job is in
-    a queue state, or the event may queue it. Answers the queue's name and whether it was locked."""
+    a queue state, or the event may queue it. Answers the queue's name and whether it was locked.
+    One object per ``may_queue``: ``for_psycopg`` caches its SQL by the statement object."""
     when = true() if may_queue else JOBS.c.state.in_([literal_column(repr(s)) for s in QUEUE_STATES])
     locked = case((when, sql_cast(queue_lock(JOBS.c.queue_name), Text))).is_not(None)
     return select(JOBS.c.queue_name, locked.label("locked")).where(JOBS.c.id == job_of_key())
@@ -136,7 +138,10 @@ _PSYCOPG.bind_typing = BindTyping.NONE  # parameters are bound on the client (fa
 def for_psycopg(stmt: ClauseElement) -> tuple[str, tuple[str, ...]]:
     """``stmt`` as PostgreSQL SQL with ``%s`` placeholders for psycopg's client-side binding in
     the fast path's scripts, and the names of its parameters in placeholder order (scripts join
-    statements and their parameter lists). Constants are inlined above: every parameter is named."""
+    statements and their parameter lists). Constants are inlined above: every parameter is named.
+
+    Cached by the statement object (compiling costs more than the rest of a webhook's Python
+    work): pass the statements of this module, each built once, never one built per call."""
     compiled = cast(SQLCompiler, stmt.compile(dialect=_PSYCOPG))
     order = tuple(compiled.positiontup or ())
     assert all(compiled.params[name] is None for name in order), f"a constant bound in {compiled}"
