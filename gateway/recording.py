@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -75,7 +74,7 @@ def parse_verified(source: Source, wreq: WebhookRequest) -> list[ProviderEvent]:
     except Exception as exc:
         log.exception("adapter parse raised an undeclared error", extra={"source": source.name})
         raise PayloadError(f"unreadable body ({type(exc).__name__})") from None
-    if not all(is_storable(dataclasses.astuple(pe)) for pe in events):
+    if not all(is_storable(pe) for pe in events):
         raise PayloadError(STORABLE_MESSAGE, code="unstorable_value")
     return events
 

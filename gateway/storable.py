@@ -8,6 +8,7 @@ value is a 400 ``unstorable_value`` before any write, on both databases.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -18,7 +19,8 @@ MESSAGE = "the request holds a value the database cannot store (a lone UTF-16 su
 
 
 def is_storable(value: Any) -> bool:
-    """True when no string in ``value`` (keys included, at any depth) holds a surrogate or NUL."""
+    """True when no string in ``value`` (keys included, at any depth, dataclass fields too) holds
+    a surrogate or NUL. Reads in place: nothing is copied."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -30,6 +32,8 @@ def is_storable(value: Any) -> bool:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
     return True
 
 

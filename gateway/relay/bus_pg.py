@@ -30,6 +30,7 @@ log = logging.getLogger("gateway.relay")
 CHANNEL = "gateway_jobs"
 LISTENER_NAME = "gateway-relay-listener"  # application_name: operators (and tests) can find it
 _NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"
+_NOTIFY_ONE = "SELECT pg_notify(%s, %s)"  # the common case: quoting one string is libpq's, an array's is Python's
 
 
 def libpq_dsn(engine: Engine) -> str:
@@ -90,7 +91,11 @@ class PostgresBus(ListeningBus):
         trailing notice (coalesce.py)."""
         now = self.coalescer.split(changes)
         if now:
-            writer.closing_sql(_NOTIFY, [CHANNEL, notices(now)])
+            payloads = notices(now)
+            if len(payloads) == 1:
+                writer.closing_sql(_NOTIFY_ONE, [CHANNEL, payloads[0]])
+            else:
+                writer.closing_sql(_NOTIFY, [CHANNEL, payloads])
 
     def published(self, changes: Sequence[Change]) -> None:
         """After commit: this process's hub, except for progress held for the trailing notice."""
