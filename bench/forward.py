@@ -183,7 +183,11 @@ def latency(workdir: Path, rate: int, seconds: float) -> dict[str, Any]:
     try:
         n = int(rate * seconds)
         regs: list[dict[str, Any]] = []
-        registering = [threading.Thread(target=lambda: regs.extend(register(srv.port) for _ in range(n // 4))) for _ in range(4)]
+        # each job in a queue of its own: leaving it moves no other job (in one shared queue of n
+        # jobs every change would also rewrite the position of every job still waiting, each a
+        # job.progress message: a figure for deep queues, not for forwarding's latency)
+        registering = [threading.Thread(target=lambda t=t: regs.extend(register(srv.port, queue=f"bench-{t}-{k}") for k in range(n // 4)))
+                       for t in range(4)]
         for t in registering:
             t.start()
         for t in registering:

@@ -106,6 +106,8 @@ class Http:
 
 def register(port: int, queue: str | None = None) -> dict[str, Any]:
     body = {"source": "worker", "external_id": "bench-" + uuid.uuid4().hex[:12]}
+    if queue is not None:
+        body["queue"] = queue
     status, data = Http(port).request("POST", "/api/jobs", json.dumps(body).encode(), {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
     assert status in (200, 201), data
     return json.loads(data)
