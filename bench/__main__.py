@@ -14,8 +14,11 @@ Suites (each module also runs alone, ``python -m bench.<name>``):
   the naive ``send`` loop. The same for SSE (bench.sse): webhook → SSE latency, idle streams on
   one worker and memory per stream, fan-out to 1,000 streams, against a naive SSE relay (a
   generator per connection waiting on its own queue).
+* ``pipeline`` (bench.pipeline): webhook → WebSocket frame latency on one instance with two
+  gevent workers, 200 webhooks/s, 1,000 watchers over 50 jobs, against the naive pipeline
+  (SDK verify, INSERT, COMMIT, loop of ``ws.send`` over the job's sockets; one worker).
 
-``BENCH_SUITES`` picks suites ("ingest,polling,relay"); each module's own options apply.
+``BENCH_SUITES`` picks suites ("ingest,polling,relay,pipeline"); each module's own options apply.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, relay, sse, storm
+from bench import ingest, pipeline, relay, sse, storm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -57,6 +60,11 @@ AIMS = (
     ("relay_pg_50_webhook_to_sse_p99_ms", 20, "max"),
     ("sse_idle_memory_gateway_to_naive", 0.5, "max"),
     ("sse_fanout_1000_gateway_to_naive", 0.5, "max"),
+    # the pipeline: webhook → frame on one two-worker instance, 200/s, 1,000 watchers
+    ("pipeline_200_gateway_p50_ms", 10, "max"),
+    ("pipeline_200_gateway_p99_ms", 40, "max"),
+    ("pipeline_gateway_to_naive_p50", 1, "max"),
+    ("pipeline_gateway_to_naive_p99", 1, "max"),
 )
 
 
@@ -119,6 +127,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             flat[f"{tag}_notices"] = run["bus_notices_for_the_job"]
             flat[f"{tag}_max_frames_per_s"] = run["max_progress_frames_in_one_second"]
             flat[f"{tag}_final_progress_delivered"] = run["last_progress_frame_is_final"]
+    pipe = ok.get("pipeline")
+    if pipe:
+        flat.update(pipeline_figures(pipe))
     aims = {}
     for name, aim, kind in AIMS:
         if name in flat:
@@ -150,6 +161,30 @@ def sse_figures(run: dict[str, Any] | None) -> dict[str, Any]:
         flat["sse_fanout_1000_naive_first_to_last_ms"] = fn["first_to_last_ms"]["p50"]
         flat["sse_fanout_1000_gateway_to_naive"] = round(fg["first_to_last_ms"]["p50"] / fn["first_to_last_ms"]["p50"], 3)
     return flat
+
+
+def pipeline_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """bench.pipeline's figures, flattened: webhook → frame p50/p99 of each side, and the ratios."""
+    flat: dict[str, Any] = {}
+    tag = f"pipeline_{run['rate_per_s']}"
+    for side, key in (("gateway", "gateway"), ("naive", "naive_pipeline")):
+        lat = (run.get(key) or {}).get("webhook_to_frame_ms")
+        if lat:
+            flat[f"{tag}_{side}_p50_ms"] = lat["p50"]
+            flat[f"{tag}_{side}_p99_ms"] = lat["p99"]
+            flat[f"{tag}_{side}_achieved_webhooks_per_s"] = run[key]["achieved_rate_per_s"]
+    for p in ("p50", "p99"):
+        if run.get(f"ratio_gateway_to_naive_{p}") is not None:
+            flat[f"pipeline_gateway_to_naive_{p}"] = run[f"ratio_gateway_to_naive_{p}"]
+    return flat
+
+
+def run_pipeline(workdir: Path) -> dict[str, Any]:
+    """bench.pipeline at the issue's load: 200 webhooks/s, 1,000 watchers over 50 jobs."""
+    return pipeline.run(workdir, rate=int(os.environ.get("BENCH_PIPELINE_RATE", "200")),
+                        seconds=float(os.environ.get("BENCH_PIPELINE_SECONDS", "8")),
+                        watchers=int(os.environ.get("BENCH_PIPELINE_WATCHERS", "1000")),
+                        jobs=int(os.environ.get("BENCH_PIPELINE_JOBS", "50")))
 
 
 def run_relay(workdir: Path) -> dict[str, Any]:
@@ -185,7 +220,7 @@ def run_relay(workdir: Path) -> dict[str, Any]:
 def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the gunicorn workers inherit it
-    suites = os.environ.get("BENCH_SUITES", "ingest,polling,storm,relay").split(",")
+    suites = os.environ.get("BENCH_SUITES", "ingest,polling,storm,relay,pipeline").split(",")
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -203,6 +238,7 @@ def main() -> None:
         "polling": lambda: ingest.polling(workdir, seconds, rounds, connections),
         "storm": lambda: storm.run(workdir),
         "relay": lambda: run_relay(workdir),
+        "pipeline": lambda: run_pipeline(workdir),
     }
     for name, fn in runs.items():
         if name not in suites:

@@ -6,6 +6,11 @@
   (``standardwebhooks.Webhook.verify``), insert the event, commit, 200. SQLAlchemy Core with
   the same pool settings as the gateway's engine; ``BENCH_NAIVE_DATABASE_URL`` names the
   database (the table is created on first use).
+* ``bench.baselines:naive_pipeline_app`` — the naive webhook → WebSocket pipeline (bench.pipeline):
+  the same verify-insert-commit handler, then a loop of ``ws.send`` over the sockets watching
+  that job, in the same process. ``GET /ws`` (flask-sock) takes ``{"type": "subscribe", "job":
+  <external id>}`` and answers ``{"type": "subscribed"}``; each frame is ``{"type": "job", "job":
+  {...}}`` as the gateway's. One worker only: its sockets live in that process's memory.
 """
 
 from __future__ import annotations
@@ -95,10 +100,83 @@ def create_naive() -> Flask:
     return app
 
 
+def create_naive_pipeline() -> Flask:
+    """The naive pipeline: SDK verify, insert, commit, then ``ws.send`` to the job's sockets."""
+    from flask_sock import Sock
+    from simple_websocket import ConnectionClosed
+    from sqlalchemy import insert
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    from gateway.db import make_engine
+
+    app = Flask("naive_pipeline")
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": int(os.environ.get("NAIVE_PING_INTERVAL", "25"))}
+    sock = Sock(app)
+    hook = Webhook(os.environ["WORKER_SECRETS"].split(",")[0])
+    events = naive_table()
+    watchers: dict[str, set[Any]] = {}
+    state: dict[str, Any] = {}
+
+    def engine() -> Any:
+        if "engine" not in state:  # after the fork, in the worker
+            state["engine"] = make_engine(os.environ["BENCH_NAIVE_DATABASE_URL"])
+        return state["engine"]
+
+    @sock.route("/ws")
+    def ws(conn: Any) -> None:
+        jobs: list[str] = []
+        try:
+            while (text := conn.receive()) is not None:
+                try:
+                    msg = json.loads(text)
+                except ValueError:
+                    continue
+                if isinstance(msg, dict) and msg.get("type") == "subscribe" and isinstance(msg.get("job"), str):
+                    watchers.setdefault(msg["job"], set()).add(conn)
+                    jobs.append(msg["job"])
+                    conn.send(json.dumps({"type": "subscribed", "job": msg["job"]}))
+        except ConnectionClosed:
+            pass
+        finally:
+            for job in jobs:
+                watchers.get(job, set()).discard(conn)
+
+    @app.post("/hook")
+    def receive() -> Any:
+        body = request.get_data()
+        try:
+            payload = hook.verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            return {"error": "bad signature"}, 401
+        with engine().begin() as conn:
+            conn.execute(insert(events).values(event_id=request.headers["webhook-id"], payload=payload))
+        job = str(payload.get("external_id"))
+        message = json.dumps({"type": "job", "job": {"id": job, "external_id": job, "state": payload.get("state"),
+                                                     "progress": payload.get("progress")}})
+        for ws in list(watchers.get(job, ())):
+            try:
+                ws.send(message)
+            except Exception:
+                watchers[job].discard(ws)
+        return {"status": "ok"}
+
+    @app.get("/count")
+    def count() -> Any:
+        return {"sockets": sum(len(s) for s in watchers.values())}
+
+    @app.get("/readyz")
+    def ready() -> Any:
+        return {"status": "ok"}
+
+    return app
+
+
 def __getattr__(name: str) -> Any:
     # gunicorn imports ``bench.baselines:noop_app``; built on first access, no import-time app
     if name == "noop_app":
         return create_noop()
     if name == "naive_app":
         return create_naive()
+    if name == "naive_pipeline_app":
+        return create_naive_pipeline()
     raise AttributeError(name)

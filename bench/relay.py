@@ -150,12 +150,12 @@ def make_database(backend: str, workdir: Path) -> tuple[str, Any]:
     return url, drop
 
 
-def gateway_server(url: str, workdir: Path, name: str, connections: int = 2000, bus: str | None = None) -> Server:
+def gateway_server(url: str, workdir: Path, name: str, connections: int = 2000, bus: str | None = None, workers: int = 1) -> Server:
     cfg = workdir / f"{name}.toml"
     bus = bus or os.environ.get("BENCH_BUS")
     cfg.write_text(CONFIG.replace("[sources.worker]", f'bus = "{bus}"\n\n[sources.worker]') if bus else CONFIG)
     env = {**ENV, "GATEWAY_CONFIG": str(cfg), "DATABASE_URL": url}
-    return Server(env, workers=1, extra_args=("--worker-connections", str(connections)), log_path=workdir / f"{name}.log").start()
+    return Server(env, workers=workers, extra_args=("--worker-connections", str(connections)), log_path=workdir / f"{name}.log").start()
 
 
 # -- 1. latency under a steady webhook load -------------------------------------------------------------------

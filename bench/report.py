@@ -70,6 +70,7 @@ def render(r: dict[str, Any]) -> str:
                            for name, x in (("gateway, webhook to the watchers' worker", fg), ("gateway, webhook to another instance", fo),
                                            ("naive loop of ws.send", fn)) if x])]
     out += sse_tables(rel.get("sse") if rel else None)
+    out += pipeline_table(r.get("pipeline"))
     aims = r.get("summary", {}).get("aims", {})
     if aims:
         out += ["", "### Aims", "", table(["figure", "value", "aim", "met"],
@@ -102,6 +103,26 @@ def sse_tables(s: dict[str, Any] | None) -> list[str]:
                       [[name, y["server_send_loop_mean_ms"], y["trigger_to_last_ms"]["p50"], y["first_to_last_ms"]["p50"]]
                        for name, y in (("gateway, webhook to the streams' worker", fg), ("naive loop of queue puts", fn))])]
     return out
+
+
+def pipeline_table(p: dict[str, Any] | None) -> list[str]:
+    """bench.pipeline: webhook → frame on one instance with many watchers per job, beside the naive pipeline."""
+    if not p or "error" in p:
+        return ["", f"### Pipeline: not measured ({p['error']})"] if p else []
+    names = (("gateway (1 instance, 2 gevent workers)", "gateway"), ("naive: SDK verify, INSERT, COMMIT, loop of ws.send (1 worker)", "naive_pipeline"))
+    rows = []
+    for name, key in names:
+        x = p.get(key)
+        if not x:
+            continue
+        lat, ack = x.get("webhook_to_frame_ms") or {}, x.get("webhook_ack_ms") or {}
+        rows.append([name, x["target_rate_per_s"], x["achieved_rate_per_s"], x["webhook_errors"], ack.get("p50"), ack.get("p99"),
+                     lat.get("p50"), lat.get("p90"), lat.get("p99"), lat.get("max"), f"{x['frames_matched']} / {x['frames_expected']}"])
+    return ["", f"### Pipeline: webhook → WebSocket frame, same instance, {p['watchers']} watchers over {p['jobs']} jobs", "", p["setup"], "",
+            table(["server", "target/s", "achieved/s", "errors", "ack p50 ms", "ack p99 ms", "frame p50 ms", "p90 ms", "p99 ms", "max ms",
+                   "frames matched / expected"], rows),
+            "", f"gateway / naive: p50 = **{p.get('ratio_gateway_to_naive_p50')}**, p99 = **{p.get('ratio_gateway_to_naive_p99')}** (aim ≤ 1); "
+            "gateway aims: p50 ≤ 10 ms, p99 ≤ 40 ms"]
 
 
 def main() -> None:
