@@ -76,3 +76,27 @@ def test_a_dramatiq_retry_is_the_next_attempt(server, actors, worker):
     done = w.wait_for(job_frame(reg["job"]["id"], state="complete"), timeout=30)
     assert done["job"]["attempt"] == 2 and done["job"]["result"] == {"value": "ok on retry"}
     assert "failed" in states_in_order(w, reg["job"]["id"])
+
+
+def test_positions_follow_the_queue(server, actors, worker, broker_url):
+    """Five messages behind a busy worker (one thread) read 1..5 of 5, and move up as it takes them;
+    a message the worker has prefetched but not started is still queued."""
+    blocker = register(server.url, "worker", queue=QUEUE)
+    regs = [register(server.url, "worker", queue=QUEUE) for _ in range(5)]
+    keys = [f"go-{uuid.uuid4().hex}" for _ in range(6)]
+    w = watch(server, blocker)
+    for reg in regs:
+        w.subscribe(reg["job"]["id"], reg["token"])
+    worker()
+    actors.import_rows.send_with_options(args=(2,), kwargs={"go": keys[0]}, gateway_job=blocker["job"]["external_id"])
+    w.wait_for(job_frame(blocker["job"]["id"], state="processing"), timeout=30)
+    for reg, key in zip(regs, keys[1:], strict=True):
+        actors.import_rows.send_with_options(args=(2,), kwargs={"go": key}, gateway_job=reg["job"]["external_id"])
+    w.wait_for_all(*(job_frame(r["job"]["id"], state="queued", queue__position=i, queue__total=5) for i, r in enumerate(regs, 1)))
+    go(broker_url, keys[0])  # the worker finishes the blocker and takes the first of the five
+    w.wait_for_all(job_frame(regs[0]["job"]["id"], state="processing"),
+                   *(job_frame(r["job"]["id"], state="queued", queue__position=i, queue__total=4) for i, r in enumerate(regs[1:], 1)),
+                   timeout=30)
+    for key in keys[1:]:
+        go(broker_url, key)
+    w.wait_for_all(*(job_frame(r["job"]["id"], state="complete") for r in regs), timeout=60)
