@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import API_KEY, register
-from tests.integrations.conftest import ROOT, states_in_order
+from tests.integrations.conftest import ROOT, go, states_in_order
 from tests.relay_helpers import Watcher, job_frame
 from tests.signing import STANDARD_SECRET
 
@@ -75,3 +75,35 @@ def test_bridge_reporter_keeps_each_jobs_reports_in_order(node):
     run = subprocess.run([node, "--test", "test/reporter.test.mjs"], cwd=CLIENT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "# pass 2" in run.stdout
+
+
+@ON_POSTGRES
+def test_positions_follow_the_queue(server, broker_url, node, tmp_path: Path):
+    """Five jobs behind a busy worker (one at a time) read 1..5 of 5, and move up as it takes them."""
+    queue = f"bull-{uuid.uuid4().hex[:8]}"
+    regs = [register(server.url, "worker", queue=queue) for _ in range(6)]
+    keys = [f"go-{uuid.uuid4().hex}" for _ in regs]
+    blocker, behind = regs[0], regs[1:]
+    w = Watcher(server.url)
+    for reg in regs:
+        w.subscribe(reg["job"]["id"], reg["token"])
+    env = {**os.environ, "REDIS_URL": broker_url, "QUEUE": queue, "GATEWAY_URL": server.url, "WORKER_WEBHOOK_SECRET": STANDARD_SECRET,
+           "JOBS": json.dumps([{"ext": r["job"]["external_id"], "kind": "wait", "go": k} for r, k in zip(regs, keys, strict=True)])}
+    log = (tmp_path / "scenario.log").open("w")
+    run = subprocess.Popen([node, "test/scenario.mjs"], cwd=CLIENT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        w.wait_for_all(job_frame(blocker["job"]["id"], state="processing"),
+                       *(job_frame(r["job"]["id"], state="queued", queue__position=i, queue__total=5) for i, r in enumerate(behind, 1)), timeout=30)
+        go(broker_url, keys[0])  # the worker finishes the blocker and takes the first of the five
+        w.wait_for_all(job_frame(behind[0]["job"]["id"], state="processing"),
+                       *(job_frame(r["job"]["id"], state="queued", queue__position=i, queue__total=4) for i, r in enumerate(behind[1:], 1)),
+                       timeout=30)
+        for key in keys[1:]:
+            go(broker_url, key)
+        w.wait_for_all(*(job_frame(r["job"]["id"], state="complete") for r in behind), timeout=30)
+        assert run.wait(30) == 0, (tmp_path / "scenario.log").read_text()[-2000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+        log.close()
+        w.close()

@@ -1,6 +1,8 @@
 // Driven by tests/integrations/test_bullmq.py: a real BullMQ Queue and Worker on Redis, bridged to
-// a real gateway. JOBS (JSON) lists {ext, kind}: "ok" reports progress and returns, "fail" throws,
-// "retry" throws on its first attempt only. Exits once every job has finished for good.
+// a real gateway. JOBS (JSON) lists {ext, kind, go}: "ok" reports progress and returns, "fail" throws,
+// "retry" throws on its first attempt only, "wait" runs until the Redis key `go` is set (the test
+// decides when the worker is free again). The worker takes one job at a time. Exits once every
+// job has finished for good.
 import { Queue, Worker } from "bullmq";
 import { Reporter, bridge } from "../index.js";
 
@@ -15,7 +17,12 @@ let left = jobs.length;
 let finish;
 const finished = new Promise((resolve) => { finish = resolve; });
 const worker = new Worker(name, async (job) => {
-  const { kind } = job.data;
+  const { kind, go } = job.data;
+  if (kind === "wait") {
+    const client = await queue.client;
+    while (!(await client.get(go))) await new Promise((resolve) => setTimeout(resolve, 20));
+    return { imported: 1 };
+  }
   if (kind === "fail") {
     await job.updateProgress({ current: 1, total: 5, step: "importing rows" });
     throw new TypeError("Row 2: missing email");
@@ -30,8 +37,8 @@ const done = () => { if (--left === 0) finish(); };
 worker.on("completed", done);
 worker.on("failed", (job) => { if (job.attemptsMade >= (job.opts.attempts ?? 1)) done(); });
 
-for (const { ext, kind } of jobs) {
-  await queue.add(kind, { gatewayJob: ext, kind }, kind === "retry" ? { attempts: 2 } : {});
+for (const { ext, kind, go } of jobs) {
+  await queue.add(kind, { gatewayJob: ext, kind, go }, kind === "retry" ? { attempts: 2 } : {});
 }
 await reporter.flush();  // the queued reports are in before the worker starts
 worker.run();
