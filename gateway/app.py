@@ -76,6 +76,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     _install_error_handlers(app)
     app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]  # WSGI middleware replaces the method, as Flask's docs do
     fastpoll.init_app(app, gw)
+    gw.background.on_stop.append(engine.dispose)  # last: the pool's idle connections close with the app
     if background:
         gw.background.start()
     return app

@@ -58,6 +58,15 @@ class PostgresBus(ListeningBus):
         self._own_conn: psycopg.Connection | None = None
         self._own_lock = threading.Lock()
 
+    def stop(self) -> None:
+        """Let the listener end after its current wait, and close this process's NOTIFY connection
+        (a stopped app, in a test or at shutdown, holds no connection of its own)."""
+        super().stop()
+        with self._own_lock:
+            if self._own_conn is not None:
+                self._own_conn.close()
+                self._own_conn = None
+
     def _send_marker(self, marker: str) -> None:
         """A barrier marker to this process's own channel (``sync:<pid>-<hex>:<n>``: nothing to quote)."""
         self._notify_outside(f"NOTIFY {self.sync_channel}, '{marker}'")
@@ -114,5 +123,5 @@ class PostgresBus(ListeningBus):
             # anything committed before LISTEN took effect (first start, or while we were away)
             self.hub.resync()
             while not self._stopped.is_set():
-                for note in conn.notifies(timeout=5.0):
+                for note in conn.notifies(timeout=1.0):  # a stopped listener lets go of its connection within a second
                     self._deliver(note.payload)
