@@ -65,32 +65,42 @@ def create_naive_table(url: str) -> None:
     engine.dispose()
 
 
-def create_naive() -> Flask:
-    """The docs' handler: SDK verify, insert the event, commit."""
+def naive_store() -> Any:
+    """The docs' handler's work on the current request, as a function: SDK verify, insert the
+    event, commit; the verified payload, or None for a bad signature. Its engine is made on
+    first use (after the fork, in the worker)."""
     from sqlalchemy import insert
     from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
     from gateway.db import make_engine
 
-    app = Flask("naive")
     hook = Webhook(os.environ["WORKER_SECRETS"].split(",")[0])
     events = naive_table()
     state: dict[str, Any] = {}
 
-    def engine() -> Any:
-        if "engine" not in state:  # after the fork, in the worker
+    def store() -> Any:
+        try:
+            payload = hook.verify(request.get_data(), dict(request.headers))
+        except WebhookVerificationError:
+            return None
+        if "engine" not in state:
             state["engine"] = make_engine(os.environ["BENCH_NAIVE_DATABASE_URL"])
-        return state["engine"]
+        with state["engine"].begin() as conn:
+            conn.execute(insert(events).values(event_id=request.headers["webhook-id"], payload=payload))
+        return payload
+
+    return store
+
+
+def create_naive() -> Flask:
+    """The docs' handler: SDK verify, insert the event, commit."""
+    app = Flask("naive")
+    store = naive_store()
 
     @app.post("/hook")
     def receive() -> Any:
-        body = request.get_data()
-        try:
-            payload = hook.verify(body, dict(request.headers))
-        except WebhookVerificationError:
+        if store() is None:
             return {"error": "bad signature"}, 401
-        with engine().begin() as conn:
-            conn.execute(insert(events).values(event_id=request.headers["webhook-id"], payload=payload))
         return {"status": "ok"}
 
     @app.get("/readyz")
@@ -104,23 +114,12 @@ def create_naive_pipeline() -> Flask:
     """The naive pipeline: SDK verify, insert, commit, then ``ws.send`` to the job's sockets."""
     from flask_sock import Sock
     from simple_websocket import ConnectionClosed
-    from sqlalchemy import insert
-    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-
-    from gateway.db import make_engine
 
     app = Flask("naive_pipeline")
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": int(os.environ.get("NAIVE_PING_INTERVAL", "25"))}
     sock = Sock(app)
-    hook = Webhook(os.environ["WORKER_SECRETS"].split(",")[0])
-    events = naive_table()
+    store = naive_store()
     watchers: dict[str, set[Any]] = {}
-    state: dict[str, Any] = {}
-
-    def engine() -> Any:
-        if "engine" not in state:  # after the fork, in the worker
-            state["engine"] = make_engine(os.environ["BENCH_NAIVE_DATABASE_URL"])
-        return state["engine"]
 
     @sock.route("/ws")
     def ws(conn: Any) -> None:
@@ -143,13 +142,9 @@ def create_naive_pipeline() -> Flask:
 
     @app.post("/hook")
     def receive() -> Any:
-        body = request.get_data()
-        try:
-            payload = hook.verify(body, dict(request.headers))
-        except WebhookVerificationError:
+        payload = store()
+        if payload is None:
             return {"error": "bad signature"}, 401
-        with engine().begin() as conn:
-            conn.execute(insert(events).values(event_id=request.headers["webhook-id"], payload=payload))
         job = str(payload.get("external_id"))
         message = json.dumps({"type": "job", "job": {"id": job, "external_id": job, "state": payload.get("state"),
                                                      "progress": payload.get("progress")}})

@@ -30,14 +30,13 @@ import os
 import resource
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from bench.baselines import create_naive_table
-from bench.relay import Http, gateway_server, make_database, ms, percentile, register, subscribe_msg, webhook
+from bench.relay import Http, gateway_server, make_database, ms, paced_posts, percentile, register, subscribe_msg, webhook
 from bench.wsclient import Swarm, job_of
 from tests.servers import Server
 from tests.signing import STANDARD_SECRET
@@ -99,42 +98,8 @@ def measure(server: Server, hook_path: str, externals: list[str], subscribe: lis
     total = int(rate * seconds)
     base = time.time()
     prepared = [webhook(externals[k % len(externals)], k + 1, base + k / rate / 10) for k in range(total)]
-    sent: dict[int, float] = {}
-    acked: dict[int, float] = {}
-    acks: list[float] = []
-    errors = [0]
-    threads = 16
-    start = time.perf_counter() + 0.2
-
-    def sender(t: int) -> None:
-        http_ = Http(server.port)
-        for k in range(t, total, threads):
-            if time.perf_counter() > start + seconds + 2:
-                break  # overloaded: the run is bounded in time, not in count
-            delay = start + k / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            body, headers = prepared[k]
-            t0 = time.perf_counter()
-            try:
-                status, _ = http_.request("POST", hook_path, body, headers)
-            except OSError:
-                status = 0
-                http_ = Http(server.port)
-            t1 = time.perf_counter()
-            if status != 200:
-                errors[0] += 1
-                continue
-            sent[k + 1] = t0
-            acked[k + 1] = t1
-            acks.append(t1 - t0)
-
-    pool = [threading.Thread(target=sender, args=(t,)) for t in range(threads)]
-    for th in pool:
-        th.start()
-    for th in pool:
-        th.join()
-    elapsed = time.perf_counter() - start
+    paced = paced_posts(server.port, hook_path, prepared, rate, seconds)
+    sent, acked, acks, elapsed = paced.sent, paced.acked, paced.acks, paced.elapsed
     stop.set()
     report = parent.recv()
     proc.join(10)
@@ -154,7 +119,7 @@ def measure(server: Server, hook_path: str, externals: list[str], subscribe: lis
         "achieved_rate_per_s": round(len(sent) / elapsed, 1),
         "webhooks_scheduled": total,
         "webhooks_acknowledged": len(sent),
-        "webhook_errors": errors[0],
+        "webhook_errors": paced.errors,
         "webhook_ack_ms": {"p50": ms(percentile(acks, 50)), "p99": ms(percentile(acks, 99))} if acks else None,
         "frames_expected": len(sent) * per_job,
         "frames_matched": len(lat),

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,58 @@ def _receiver(port: int, subs: dict[str, list[Any]], ready: Any, stop: Any, out:
         swarm.close()
 
 
+@dataclass
+class Paced:
+    """What ``paced_posts`` saw: per webhook number (1-based) when it was sent and acknowledged."""
+
+    sent: dict[int, float]
+    acked: dict[int, float]
+    acks: list[float]
+    errors: int
+    elapsed: float
+
+
+def paced_posts(port: int, path: str, prepared: list[tuple[bytes, dict[str, str]]], rate: float, seconds: float,
+                threads: int = 16) -> Paced:
+    """POST ``prepared[k]`` at ``start + k / rate`` from ``threads`` keep-alive connections, for at
+    most ``seconds`` (+2): an overloaded server bounds the run in time, not in count. Only 200s
+    count as sent."""
+    out = Paced({}, {}, [], 0, 0.0)
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+
+    def sender(t: int) -> None:
+        http_ = Http(port)
+        for k in range(t, len(prepared), threads):
+            if time.perf_counter() > start + seconds + 2:
+                break
+            delay = start + k / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            body, headers = prepared[k]
+            t0 = time.perf_counter()
+            try:
+                status, _ = http_.request("POST", path, body, headers)
+            except OSError:
+                status = 0
+                http_ = Http(port)
+            t1 = time.perf_counter()
+            with lock:
+                if status != 200:
+                    out.errors += 1
+                    continue
+                out.sent[k + 1], out.acked[k + 1] = t0, t1
+                out.acks.append(t1 - t0)
+
+    pool = [threading.Thread(target=sender, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    out.elapsed = time.perf_counter() - start
+    return out
+
+
 def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | None = None,
             transports: tuple[str, ...] = ("ws",)) -> dict[str, Any]:
     """``bus="local"``: the same load with no cross-process bus, the ingest ceiling without the relay.
@@ -234,43 +287,8 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | N
         for k in range(total):
             reg = jobs[k % len(jobs)]
             prepared.append(webhook(reg["job"]["external_id"], k + 1, base + k / rate / 10))
-        sent: dict[int, float] = {}
-        acked: dict[int, float] = {}
-        acks: list[float] = []
-        errors = [0]
-        threads = 16
-        start = time.perf_counter() + 0.2
-
-        def sender(t: int) -> None:
-            http_ = Http(a.port)
-            for k in range(t, total, threads):
-                if time.perf_counter() > start + seconds + 2:
-                    break  # overloaded: the run is bounded in time, not in count
-                due = start + k / rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                body, headers = prepared[k]
-                t0 = time.perf_counter()
-                try:
-                    status, _ = http_.request("POST", "/webhooks/worker", body, headers)
-                except OSError:
-                    status = 0
-                    http_ = Http(a.port)
-                t1 = time.perf_counter()
-                if status != 200:
-                    errors[0] += 1
-                    continue
-                sent[k + 1] = t0
-                acked[k + 1] = t1
-                acks.append(t1 - t0)
-
-        pool = [threading.Thread(target=sender, args=(t,)) for t in range(threads)]
-        for th in pool:
-            th.start()
-        for th in pool:
-            th.join()
-        elapsed = time.perf_counter() - start
+        paced = paced_posts(a.port, "/webhooks/worker", prepared, rate, seconds)
+        sent, acked, acks, errors, elapsed = paced.sent, paced.acked, paced.acks, paced.errors, paced.elapsed
         stop.set()
         arrivals = parent.recv()
         proc.join(10)
@@ -282,7 +300,7 @@ def latency(backend: str, rate: int, seconds: float, workdir: Path, bus: str | N
             "achieved_rate_per_s": round(len(sent) / elapsed, 1),
             "webhooks_scheduled": total,
             "webhooks_acknowledged": len(sent),
-            "webhook_errors": errors[0],
+            "webhook_errors": errors,
             "note": "frames for versions superseded before the read are coalesced into the newer one",
             "baseline_webhook_ack_ms": {"p50": ms(percentile(acks, 50)), "p99": ms(percentile(acks, 99))} if acks else None,
         }

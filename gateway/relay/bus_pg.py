@@ -92,7 +92,7 @@ class PostgresBus(ListeningBus):
     def _announce_later(self, changes: list[Change]) -> None:
         """The trailing announcement of held progress: committed versions, to everyone."""
         self.hub.heard(changes)
-        self._notify_outside("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (CHANNEL, notices(changes)))
+        self._notify_outside(_NOTIFY, (CHANNEL, notices(changes)))
 
     def publish_in_transaction(self, writer: Unit, changes: Sequence[Change]) -> None:
         """Inside the writer's transaction: the notices go out with the commit, never before
