@@ -39,12 +39,13 @@ from bench import ingest, pipeline, relay, sse, storm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: the issue's aims: (figure, how it is computed from the results, the aim, "min" or "max")
+#: the issues' aims: (figure, the aim, "min" or "max"); issue 17 raised ingest to ≥ 1.0× the
+#: naive handler (from 0.8) and the 304 poll to ≥ 0.9× the no-op (from 0.7)
 AIMS = (
-    ("ingest_gateway_to_naive", 0.8, "min"),
+    ("ingest_gateway_to_naive", 1.0, "min"),
     ("ingest_gateway_to_noop", 0.35, "min"),
     ("ingest_gateway_errors", 0, "max"),
-    ("polling_304_to_noop", 0.7, "min"),
+    ("polling_304_to_noop", 0.9, "min"),
     ("polling_200_to_noop", 0.5, "min"),
     ("relay_pg_500_webhook_to_ws_p50_ms", 5, "max"),
     ("relay_pg_500_webhook_to_ws_p99_ms", 20, "max"),

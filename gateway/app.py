@@ -50,7 +50,7 @@ def create_app(config: Config | None = None, *, background: bool = True) -> Flas
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body_bytes, 64 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # typed as JSONProvider; the default provider has sort_keys
-    store = Store(engine, group_window_ms=config.ingest_batch_window_ms)
+    store = Store(engine, group_window_ms=config.ingest_batch_window_ms, prepare_statements=config.prepare_statements)
     gw = Gateway(
         config=config,
         registry=registry,

@@ -69,6 +69,7 @@ GATEWAY_KEYS: dict[str, tuple[type, Any]] = {
     "progress_interval_ms": (int, 100),
     "poll_memory_jobs": (int, 10_000),
     "ingest_batch_window_ms": (int, 0),  # group commit (gateway/store/batch.py); 0: off, one transaction per webhook
+    "prepare_statements": (bool, True),  # PostgreSQL: the write path's statements prepared per connection; false behind a transaction-pooling PgBouncer
     "support_email": (str, "support@example.com"),
     "demo": (bool, False),
     "outbox_interval": (int, 5),
@@ -203,6 +204,7 @@ class Config:
     progress_interval_ms: int = 100  # a storming job's progress is announced at most once per this; 0: every change
     poll_memory_jobs: int = 10_000  # jobs whose JSON each process keeps for 200 polls (relay/fresh.py); 0: each reads the database
     ingest_batch_window_ms: int = 0  # > 0: webhooks arriving together share a commit, a batch formed under load waits this for more; 0: off
+    prepare_statements: bool = True  # PostgreSQL: the fast path's statements PREPAREd once per connection (gateway/store/fastpath.py)
     support_email: str = "support@example.com"
     demo: bool = False
     outbox_interval: int = 5  # seconds between outbox sweeps (an enqueue in this process wakes it at once)

@@ -79,6 +79,9 @@ def make_engine(url: str, **kw: Any) -> Engine:
     kw.setdefault("pool_timeout", 5)
     connect_args = kw.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", 5)
+    # the write path prepares its statements itself, once per connection (gateway/store/fastpath.py);
+    # psycopg's own automatic preparation would DEALLOCATE ALL on every rollback, theirs included
+    connect_args.setdefault("prepare_threshold", None)
     engine = create_engine(url, connect_args=connect_args, **kw)
     _ping_when_idle(engine, PING_AFTER_IDLE_S)
     return engine

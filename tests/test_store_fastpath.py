@@ -148,3 +148,70 @@ def test_the_fast_path_compiles_each_statement_once(pg):
     for _ in range(3):
         history()
     assert sql.for_psycopg.cache_info().misses == misses
+
+
+def _prepared_on_server(store: Store) -> dict[str, int]:
+    """The gateway's statements prepared on the pool's one connection: name -> times run."""
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements WHERE name LIKE 'gw\\_%%'").all()
+        conn.rollback()
+    return {name: runs for name, runs in rows}
+
+
+def test_the_fast_path_runs_prepared_statements_prepared_once_per_connection(pg):
+    """The scripts EXECUTE statements the connection PREPAREd the first time it needed them:
+    the server neither parses nor plans them per webhook. Rollbacks (an error, a read-only
+    transaction's reset) do not take them away, and nothing prepares them twice."""
+    ext = "prep-" + uuid.uuid4().hex[:10]
+    job_id = _register(pg, ext)
+    for n in range(1, 4):
+        with pg.transaction() as w:
+            w.record_event("worker", _event(ext, n, State.PROCESSING, progress={"current": n}))
+    first = _prepared_on_server(pg)
+    assert len(first) >= 4  # queue lock, event insert, row lock, job update, delivery, notify
+    with pytest.raises(RuntimeError), pg.transaction() as w:
+        w.record_event("worker", _event(ext, 4, State.PROCESSING, progress={"current": 4}))
+        raise RuntimeError("rolled back")
+    for _ in range(6):  # ORM statements run often enough for psycopg to prepare its own (5 runs):
+        _register(pg, "other-" + uuid.uuid4().hex[:10])  # it would then DEALLOCATE ALL on a rollback
+    pg.get_job(job_id)  # a read-only transaction, reset by a rollback on return to the pool
+    for n in range(5, 25):
+        with pg.transaction() as w:
+            assert w.record_event("worker", _event(ext, n, State.PROCESSING, progress={"current": n})).decision is Decision.APPLIED
+    later = _prepared_on_server(pg)
+    assert set(later) == set(first)
+    assert sum(later.values()) - sum(first.values()) >= 3 * 21  # every webhook's script 1 ran them
+    assert pg.get_job(job_id).progress == {"current": 24}
+
+
+def test_statements_travel_as_text_when_preparing_is_off(pg_url):
+    """``prepare_statements = false`` (a transaction-pooling PgBouncer): nothing is prepared."""
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    store = Store(engine, prepare_statements=False)
+    try:
+        ext = "text-" + uuid.uuid4().hex[:10]
+        job_id = _register(store, ext)
+        for n in range(1, 4):
+            with store.transaction() as w:
+                w.record_event("worker", _event(ext, n, State.PROCESSING, progress={"current": n}))
+        assert _prepared_on_server(store) == {}
+        assert store.get_job(job_id).progress == {"current": 3}
+    finally:
+        engine.dispose()
+
+
+def test_a_session_that_lost_its_prepared_statements_prepares_them_again(pg):
+    """Something ran DEALLOCATE ALL on the connection (a pooler's reset, an operator): the
+    webhook's transaction is run again, prepares again, and is applied once."""
+    ext = "lost-" + uuid.uuid4().hex[:10]
+    job_id = _register(pg, ext)
+    pg.write(lambda w: w.record_event("worker", _event(ext, 1, State.PROCESSING, progress={"current": 1})))
+    assert _prepared_on_server(pg)
+    with pg.engine.connect() as conn:
+        conn.exec_driver_sql("DEALLOCATE ALL")
+        conn.commit()
+    outcome, _ = pg.write(lambda w: w.record_event("worker", _event(ext, 2, State.PROCESSING, progress={"current": 2})))
+    assert outcome.decision is Decision.APPLIED
+    assert _prepared_on_server(pg)
+    assert pg.get_job(job_id).progress == {"current": 2}

@@ -23,14 +23,14 @@ from gateway.relay.bus import ListeningBus, notices
 from gateway.relay.coalesce import Coalescer
 from gateway.relay.fresh import SYNC_PREFIX, Barrier
 from gateway.relay.hub import Hub
-from gateway.store import Change, Unit
+from gateway.store import Change, Unit, fastpath
 
 log = logging.getLogger("gateway.relay")
 
 CHANNEL = "gateway_jobs"
 LISTENER_NAME = "gateway-relay-listener"  # application_name: operators (and tests) can find it
 _NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"
-_NOTIFY_ONE = "SELECT pg_notify(%s, %s)"  # the common case: quoting one string is libpq's, an array's is Python's
+_NOTIFY_ONE = fastpath.preparable("SELECT pg_notify(%s, %s)")  # the common case: quoting one string is libpq's, an array's is Python's
 
 
 def libpq_dsn(engine: Engine) -> str:

@@ -11,6 +11,14 @@ turning complete or failed. For those ``Writer.record_event`` (writer.py) leaves
 The statements are the ORM path's own (statements.py), compiled for psycopg: only how they
 travel differs, never what they do.
 
+Each of them is prepared on the server once per connection (``PREPARE``, the first time a
+connection needs it, in a round trip of its own) and the scripts send ``EXECUTE name(...)``:
+PostgreSQL then neither parses nor plans them again, which halved the database's CPU per
+webhook (docs/performance.md). A prepared statement belongs to its session and outlives
+transactions, so which ones a connection holds is kept with the pooled connection
+(``Link.prepared``). ``prepare_statements = false`` sends them as text instead, for a
+transaction-pooling PgBouncer, which hands each transaction another server session.
+
 A script is several statements sent at once with their parameters bound by psycopg on the
 client (``ClientCursor``, the simple query protocol): one round trip and one wait for all of
 them. Under gevent every wait costs a trip through the hub, which made separate statements,
@@ -23,10 +31,13 @@ stopped: the event is in, the locks are held.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
@@ -64,10 +75,72 @@ def driver_errors(conn: SAConnection) -> Iterator[None]:
         raise DBAPIError.instance(None, None, err, psycopg.Error, connection_invalidated=dead) from err
 
 
+@dataclass
+class Link:
+    """A transaction's psycopg connection, and the names of the statements prepared on it
+    (kept with the pooled connection, which they outlive no longer than the server session);
+    ``prepared`` is None when statements travel as text (``prepare_statements = false``)."""
+
+    conn: Connection[Any]
+    prepared: set[str] | None = None
+
+
 def statement(stmt: Any, values: dict[str, Any]) -> Statement:
     """A statement of statements.py with its parameters from ``values``, ready for a script."""
     text, order = sql.for_psycopg(stmt)
+    _PREPARABLE.add(text)
     return text, _bind(order, values)
+
+
+def preparable(text: str) -> str:
+    """Mark a statement written as text (``%s`` placeholders; SELECT, INSERT, UPDATE or DELETE)
+    as one the scripts may prepare, as they do those of statements.py; returns it."""
+    _PREPARABLE.add(text)
+    return text
+
+
+#: the texts that may be prepared: bounded by the statements (and their column variants) there are
+_PREPARABLE: set[str] = set()
+
+
+@lru_cache(maxsize=1024)
+def _prepared_forms(text: str) -> tuple[str, str, str]:
+    """(name, ``PREPARE name AS ...`` with ``$n`` parameters, ``EXECUTE name(%s, ...)``): the name
+    is a digest of the text, so the same statement has the same name on every connection."""
+    count = 0
+
+    def number(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group(0) == "%%":
+            return "%"
+        count += 1
+        return f"${count}"
+
+    body = re.sub(r"%%|%s", number, text)
+    name = "gw_" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    execute = f"EXECUTE {name}(" + ", ".join(["%s"] * count) + ")" if count else f"EXECUTE {name}"
+    return name, f"PREPARE {name} AS {body}", execute
+
+
+def _script(link: Link, statements: Sequence[Statement], head: str = "") -> tuple[str, list[Any]]:
+    """The one message that runs ``statements`` in order (after ``head``), and its parameters:
+    each preparable statement as an EXECUTE, prepared first if this connection has not yet."""
+    texts = []
+    missing: dict[str, str] = {}  # name -> PREPARE
+    for text, _ in statements:
+        if link.prepared is None or text not in _PREPARABLE:
+            texts.append(text)
+            continue
+        name, prepare, execute = _prepared_forms(text)
+        if name not in link.prepared:
+            missing[name] = prepare
+        texts.append(execute)
+    if missing:
+        assert link.prepared is not None
+        with ClientCursor(link.conn) as cur:
+            cur.execute(";\n".join(missing.values()))  # no parameters: sent as written, "$1" and all
+        link.prepared.update(missing)
+    return head + ";\n".join(texts), [p for _, params in statements for p in params]
 
 
 @dataclass
@@ -80,13 +153,27 @@ class Locked:
     job: SimpleNamespace | None  # the job's row, locked, with aware datetimes; None: no job for the key
 
 
-def insert_and_lock(conn: Connection[Any], event: dict[str, Any], *, may_queue: bool) -> Locked:
+@contextmanager
+def _held_prepared(link: Link) -> Iterator[None]:
+    """A script whose prepared statement the server no longer holds (something ran DEALLOCATE or
+    DISCARD on the session): forget what this connection had prepared, so that the transaction's
+    retry (unit.TRANSIENT_SQLSTATES) prepares again."""
+    try:
+        yield
+    except psycopg.errors.InvalidSqlStatementName:
+        if link.prepared is not None:
+            link.prepared.clear()
+        raise
+
+
+def insert_and_lock(link: Link, event: dict[str, Any], *, may_queue: bool) -> Locked:
     """Script 1: the queue lock if needed, the event's insert, the job's row lock; and BEGIN,
     when the transaction has sent nothing yet."""
     script = [statement(sql.lock_queue_if_needed(may_queue), event), statement(_INSERT_EVENT, event), statement(_LOCK_JOB, event)]
-    begin = _begin_here(conn)
-    with ClientCursor(conn, row_factory=dict_row) as cur:
-        cur.execute(begin + ";\n".join(text for text, _ in script), [p for _, params in script for p in params])
+    begin = _begin_here(link.conn)
+    text, params = _script(link, script, begin)
+    with _held_prepared(link), ClientCursor(link.conn, row_factory=dict_row) as cur:
+        cur.execute(text, params)
         if begin:
             cur.nextset()
         queue_row = cur.fetchone()
@@ -102,19 +189,20 @@ def insert_and_lock(conn: Connection[Any], event: dict[str, Any], *, may_queue: 
     )
 
 
-def lock_batch(conn: Connection[Any], keys: Sequence[tuple[str, str, bool]]) -> None:
+def lock_batch(link: Link, keys: Sequence[tuple[str, str, bool]]) -> None:
     """A group commit's locks in the one order (statements.LOCK_BATCH_QUEUES, LOCK_BATCH_ROWS),
     as the transaction's first script: BEGIN, the queue locks, the row locks; one round trip."""
     values = {"sources": [k[0] for k in keys], "external_ids": [k[1] for k in keys], "may_queue": [k[2] for k in keys]}
     script = [statement(sql.LOCK_BATCH_QUEUES, values), statement(sql.LOCK_BATCH_ROWS, values)]
-    begin = _begin_here(conn)
-    with ClientCursor(conn) as cur:
-        cur.execute(begin + ";\n".join(text for text, _ in script), [p for _, params in script for p in params])
+    begin = _begin_here(link.conn)
+    text, params = _script(link, script, begin)
+    with _held_prepared(link), ClientCursor(link.conn) as cur:
+        cur.execute(text, params)
 
 
-def lock_queue(conn: Connection[Any], queue_name: str) -> None:
+def lock_queue(link: Link, queue_name: str) -> None:
     """Take a queue's lock (statements.queue_lock) on the fast path's connection."""
-    run(conn, [statement(sql.LOCK_QUEUE, {"queue_name": queue_name})])
+    run(link, [statement(sql.LOCK_QUEUE, {"queue_name": queue_name})])
 
 
 def update_job(job: SimpleNamespace) -> Statement | None:
@@ -132,17 +220,18 @@ def insert_delivery(values: dict[str, Any]) -> Statement:
     return statement(sql.insert_delivery(frozenset(c for c in sql.DELIVERY_COLUMNS if values.get(c) is not None)), values)
 
 
-def run(conn: Connection[Any], statements: Sequence[Statement]) -> None:
+def run(link: Link, statements: Sequence[Statement]) -> None:
     """Run statements as one script: one round trip."""
     if statements:
-        with ClientCursor(conn) as cur:
-            cur.execute(";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
+        text, params = _script(link, statements)
+        with _held_prepared(link), ClientCursor(link.conn) as cur:
+            cur.execute(text, params)
 
 
-def run_and_commit(conn: Connection[Any], statements: Sequence[Statement]) -> None:
+def run_and_commit(link: Link, statements: Sequence[Statement]) -> None:
     """Run statements and COMMIT as one script: the transaction's last round trip."""
-    run(conn, [*statements, ("COMMIT", [])])
-    end_own_begin(conn)
+    run(link, [*statements, ("COMMIT", [])])
+    end_own_begin(link.conn)
 
 
 def _begin_here(conn: Connection[Any]) -> str:

@@ -87,7 +87,7 @@ class Queues(Unit):
         the job in a queue state). PostgreSQL only: SQLite's BEGIN IMMEDIATE already lets one writer in at a time."""
         if self.postgres and keys:
             with fastpath.driver_errors(self.conn):
-                fastpath.lock_batch(self._driver_connection(), keys)
+                fastpath.lock_batch(self.fast(), keys)
 
     def lock_job(self, job_id: str) -> Job:
         """The job, locked for this transaction; NotFound if there is none."""

@@ -24,8 +24,9 @@ T = TypeVar("T")
 class Store:
     """Owns the session factory; hands out one transaction per webhook or API call."""
 
-    def __init__(self, engine: Engine, bus: Bus | None = None, *, group_window_ms: int = 0):
+    def __init__(self, engine: Engine, bus: Bus | None = None, *, group_window_ms: int = 0, prepare_statements: bool = True):
         self.engine = engine
+        self.prepare_statements = prepare_statements  # PostgreSQL: server-side prepared statements (fastpath.py)
         self.bus: Bus = bus or NullBus()
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.postgres = engine.dialect.name == "postgresql"
@@ -40,7 +41,7 @@ class Store:
     def transaction(self) -> Iterator[Writer]:
         """One database transaction; changes reach the bus with the commit, never before."""
         with self.engine.connect() as conn:
-            writer = Writer(conn, self.sessions, self.postgres)
+            writer = Writer(conn, self.sessions, self.postgres, prepare=self.prepare_statements)
             writer.owing = self.owing
             try:
                 with conn.begin():

@@ -72,7 +72,8 @@ class RetryTransaction(Exception):
     """Another transaction changed what this one read between two statements: run it again."""
 
 
-TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+# deadlock detected, serialization failure, a prepared statement gone from the session (fastpath.py)
+TRANSIENT_SQLSTATES = {"40P01", "40001", "26000"}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -88,8 +89,10 @@ def is_transient(exc: BaseException) -> bool:
 class Unit:
     """What one transaction has changed and still has to write."""
 
-    def __init__(self, conn: Connection, sessions: sessionmaker[Session], postgres: bool):
+    def __init__(self, conn: Connection, sessions: sessionmaker[Session], postgres: bool, *, prepare: bool = True):
         self.conn = conn
+        self._prepare = prepare  # PostgreSQL: the fast path's statements prepared per connection (fastpath.Link)
+        self._link: fastpath.Link | None = None
         self._sessions = sessions
         self._session: Session | None = None
         self.postgres = postgres
@@ -267,7 +270,7 @@ class Unit:
             bus.publish_in_transaction(self, notices)
         if self.postgres:
             with fastpath.driver_errors(self.conn):
-                fastpath.run_and_commit(self._driver_connection(), self._closing_sql)
+                fastpath.run_and_commit(self.fast(), self._closing_sql)
 
     def closing_sql(self, text: str, params: Sequence[Any]) -> None:
         """PostgreSQL: a statement (``%s`` placeholders) to run with the COMMIT, in its round trip."""
@@ -288,7 +291,7 @@ class Unit:
         """Write the fast path's rows now: what follows reads the jobs from the database."""
         if self._raw_jobs:
             with fastpath.driver_errors(self.conn):
-                fastpath.run(self._driver_connection(), [u for job in self._raw_jobs.values() if (u := fastpath.update_job(job))])
+                fastpath.run(self.fast(), [u for job in self._raw_jobs.values() if (u := fastpath.update_job(job))])
             self._raw_jobs.clear()
 
     def _driver_connection(self) -> Any:
@@ -296,3 +299,19 @@ class Unit:
         if self._raw is None:
             self._raw = self.conn.connection.driver_connection
         return self._raw
+
+    def fast(self) -> fastpath.Link:
+        """The psycopg connection with the statements prepared on its server session, which the
+        pool keeps with the connection (``info`` is cleared when the connection is replaced;
+        the backend's pid is checked too, so a set never outlives its session)."""
+        if self._link is None:
+            raw = self._driver_connection()
+            prepared: set[str] | None = None
+            if self._prepare:
+                pid = raw.info.backend_pid
+                kept = self.conn.connection.info.get("gateway_prepared")
+                if kept is None or kept[0] != pid:
+                    kept = self.conn.connection.info["gateway_prepared"] = (pid, set())
+                prepared = kept[1]
+            self._link = fastpath.Link(raw, prepared)
+        return self._link

@@ -110,7 +110,7 @@ class Writer(Queues):
             self._session.flush()  # the raw statements below must see what the ORM holds
         may_queue = pe.state is State.QUEUED
         with fastpath.driver_errors(self.conn):
-            found = fastpath.insert_and_lock(self._driver_connection(), values, may_queue=may_queue)
+            found = fastpath.insert_and_lock(self.fast(), values, may_queue=may_queue)
         if not found.inserted:
             return Outcome(Decision.DUPLICATE, job_id=self._job_of_event(source, pe.event_id, values["digest"]))
         job, event = found.job, fold_event(source, pe, Kind.PROVIDER)
@@ -127,7 +127,7 @@ class Writer(Queues):
             return Outcome(self._adopted.get(event.uid, Decision.APPLIED), registered.id, State.QUEUED.value, registered.state)
         if takes_queue_lock(job.state, may_queue=False) and found.queue_locked != job.queue_name:
             with fastpath.driver_errors(self.conn):
-                fastpath.lock_queue(self._driver_connection(), job.queue_name)  # it entered a queue just now
+                fastpath.lock_queue(self.fast(), job.queue_name)  # it entered a queue just now
         keys = (job.fold or {}).get("keys")
         view = view_of(job)
         newest = view.last is None or event.sort_key() > view.last
