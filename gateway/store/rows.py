@@ -132,8 +132,9 @@ def view_of(job: Any) -> states.JobView:
     )
 
 
-def event_of(row: Event) -> states.Event:
-    """A stored event as the fold sees it."""
+def event_of(row: Event | Any) -> states.Event:
+    """A stored event (an ORM object, or a row of its source, event id, external id, kind,
+    state, occurred_at and data) as the fold sees it."""
     data = row.data or {}
     kind = Kind(row.kind)
     key: states.Key | None = None

@@ -41,6 +41,8 @@ _JOB_OF_KEY = (
 )
 _LINKS = select(JobKey.id, JobKey.source, JobKey.external_id, JobKey.linked_at).where(JobKey.job_id == bindparam("job_id"))
 _INSERT_EVENT = {dialect: sql.insert_event(dialect) for dialect in ("postgresql", "sqlite")}
+_HISTORY = select(Event.source, Event.event_id, Event.external_id, Event.kind, Event.state, Event.occurred_at, Event.data).where(
+    Event.job_id == bindparam("job_id"))
 
 
 @dataclass
@@ -165,9 +167,15 @@ class Writer(Queues):
         return Outcome(decision, job_id, before, job.state, None)
 
     def _refold(self, job: Job, links: list[states.Link], uid: str | None) -> tuple[states.JobView, Decision]:
-        rows = self.session.scalars(select(Event).where(Event.job_id == job.id)).all()
-        view, decisions = states.fold(job.created_at, [event_of(r) for r in rows], links, job.registered_label)
+        view, decisions = states.fold(job.created_at, self._history(job.id), links, job.registered_label)
         return view, decisions.get(uid or "", Decision.APPLIED)
+
+    def _history(self, job_id: str) -> list[states.Event]:
+        """Every event filed under the job, as the fold sees them: read as plain rows of the
+        columns the fold uses, not as ORM objects (a late event re-folds the whole history, and
+        loading it into the identity map cost several times the fold itself)."""
+        rows = self.session.execute(_HISTORY, {"job_id": job_id}).all()
+        return [event_of(r) for r in rows]
 
     # -- registration, retry, attempts ------------------------------------------------------
 
@@ -287,8 +295,7 @@ class Writer(Queues):
         )
         self.session.flush()
         links = self._links(job.id)  # from the table: a key may have been added just now
-        rows = self.session.scalars(select(Event).where(Event.job_id == job.id)).all()
-        view, self._adopted = states.fold(job.created_at, [event_of(r) for r in rows], links, job.registered_label)
+        view, self._adopted = states.fold(job.created_at, self._history(job.id), links, job.registered_label)
         self._store_view(job, view, links)
 
     def job_for_key(self, source: str, external_id: str) -> str | None:
