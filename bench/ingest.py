@@ -15,7 +15,8 @@ gunicorn config) and are loaded by the same ``wrk`` (closed loop, 2 threads, C c
 Rounds are interleaved (gateway, naive, no-op, gateway, …) and medians reported, because the
 machine is shared. Options (environment): BENCH_INGEST_SECONDS (6), BENCH_ROUNDS_HTTP (3),
 BENCH_CONNECTIONS (16), BENCH_JOBS (400), BENCH_BATCH_WINDOWS (none: the gateway as configured by
-default; "0,2" adds it with group commit off and with a 2 ms window, each beside the baselines).
+default; "0,2" adds it with group commit off and with a 2 ms window, each beside the baselines),
+BENCH_UNPREPARED (1 adds the gateway with its statements sent as text, not prepared).
 """
 
 from __future__ import annotations
@@ -74,12 +75,33 @@ def cpu_seconds(srv: Server) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def database_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL process on this machine (the server is local)."""
+    out: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                comm, rest = fh.read().split(" (", 1)[1].rsplit(")", 1)
+        except OSError:
+            continue
+        if comm.startswith("postgres"):
+            fields = rest.split()
+            out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def measured(srv: Server, **kw: Any) -> dict[str, Any]:
     """One ``wrk`` run, with the workers' CPU per request: the cost that does not drift with
-    what else the shared machine is doing (requests/s does)."""
-    before = cpu_seconds(srv)
+    what else the shared machine is doing (requests/s does); and PostgreSQL's (its processes
+    that lived through the run)."""
+    before, db_before = cpu_seconds(srv), database_cpu()
     run = wrk.run(srv.port, **kw)
-    run["worker_cpu_ms_per_request"] = round((cpu_seconds(srv) - before) * 1000 / max(run["requests"], 1), 3)
+    db_after = database_cpu()
+    n = max(run["requests"], 1)
+    run["worker_cpu_ms_per_request"] = round((cpu_seconds(srv) - before) * 1000 / n, 3)
+    run["database_cpu_ms_per_request"] = round(sum(t - db_before[pid] for pid, t in db_after.items() if pid in db_before) * 1000 / n, 3)
     return run
 
 
@@ -94,7 +116,7 @@ def batches(srv: Server) -> tuple[float, float]:
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of each figure over the rounds (errors summed), with every round's rate kept."""
     out: dict[str, Any] = {}
-    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "worker_cpu_ms_per_request", "mean_batch"):
+    for key in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "worker_cpu_ms_per_request", "database_cpu_ms_per_request", "mean_batch"):
         if key in runs[0]:
             out[key] = round(statistics.median(r[key] for r in runs), 2)
     for key in ("errors", "requests", "pool_wrapped"):
@@ -105,8 +127,11 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def batch_windows() -> dict[str, str]:
     """The gateway as configured by default, and again with each ``ingest_batch_window_ms`` of
-    BENCH_BATCH_WINDOWS (e.g. "0,2"; 0 turns group commit off): server name -> [gateway] lines."""
+    BENCH_BATCH_WINDOWS (e.g. "0,2"; 0 turns group commit off), and with its statements sent as
+    text (``prepare_statements = false``) when BENCH_UNPREPARED=1: server name -> [gateway] lines."""
     variants = {"gateway": ""}
+    if os.environ.get("BENCH_UNPREPARED") == "1":
+        variants["gateway_unprepared"] = "prepare_statements = false"
     for ms in filter(None, os.environ.get("BENCH_BATCH_WINDOWS", "").split(",")):
         variants[f"gateway_batch_window_{int(ms)}ms"] = f"ingest_batch_window_ms = {int(ms)}"
     return variants

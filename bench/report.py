@@ -26,9 +26,12 @@ def render(r: dict[str, Any]) -> str:
     if ing:
         names = {"gateway": "gateway (verify, dedup, fold, commit, NOTIFY)", "naive_sdk_insert_commit": "naive: SDK verify, INSERT, COMMIT",
                  "noop_flask": "no-op Flask endpoint"}
+        variants = {k: f"gateway, variant: {k.removeprefix('gateway_').replace('_', ' ')}" for k, v in ing.items() if k.startswith("gateway_") and isinstance(v, dict)}
+        names = {"gateway": names["gateway"], **variants, **{k: v for k, v in names.items() if k != "gateway"}}
         out += ["", "### Ingest (webhooks/s, PostgreSQL)", "", ing["setup"], "",
-                table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "worker CPU ms / request", "errors"],
-                      [[names[k], ing[k]["requests_per_s"], ing[k]["rounds_requests_per_s"], ing[k]["p50_ms"], ing[k]["p99_ms"], ing[k].get("worker_cpu_ms_per_request"), ing[k]["errors"]] for k in names]),
+                table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "worker CPU ms / request", "PostgreSQL CPU ms / request", "errors"],
+                      [[names[k], ing[k]["requests_per_s"], ing[k]["rounds_requests_per_s"], ing[k]["p50_ms"], ing[k]["p99_ms"], ing[k].get("worker_cpu_ms_per_request"),
+                        ing[k].get("database_cpu_ms_per_request"), ing[k]["errors"]] for k in names]),
                 "", f"gateway / naive = **{ing['ratio_gateway_to_naive']}** (aim ≥ 1.0); gateway / no-op = **{ing['ratio_gateway_to_noop']}** (aim ≥ 0.35); "
                 f"naive's worker CPU per webhook / the gateway's = {ing.get('cpu_ratio_naive_to_gateway')}"]
     poll = r.get("polling")
