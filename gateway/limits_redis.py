@@ -17,7 +17,6 @@ from typing import Any
 
 import redis
 
-from gateway.batched import Batched
 from gateway.errors import RateLimited
 
 log = logging.getLogger("gateway.limits")
@@ -39,34 +38,21 @@ return tostring(wait)
 
 
 class RedisRateLimiter:
-    """``RateLimiter``'s interface (take, check), with the buckets in Redis under ``prefix``.
-    Concurrent takes of one process share a round trip (one pipeline of the script's calls,
-    gateway/batched.py): under load a worker pays one wait for many requests' charges."""
+    """``RateLimiter``'s interface (take, check), with the buckets in Redis under ``prefix``."""
 
     def __init__(self, client: redis.Redis, prefix: str, rate: float, burst: float | None = None):
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else 2 * rate)
         self.prefix = prefix
-        self._client = client
         self._script = client.register_script(TAKE)
         self._warned_at = -math.inf
-        self.takes: Batched[str, float] = Batched(self._take_all)
-
-    def _take_all(self, keys: list[str]) -> list[float]:
-        """One token from each key's bucket, in one round trip (a pipeline loads the script if needed)."""
-        if len(keys) == 1:
-            return [float(self._script(keys=[self.prefix + keys[0]], args=[self.rate, self.burst]))]
-        pipe = self._client.pipeline(transaction=False)
-        for key in keys:
-            self._script(keys=[self.prefix + key], args=[self.rate, self.burst], client=pipe)
-        return [float(wait) for wait in pipe.execute()]
 
     def take(self, key: str) -> float:
         """Spend one token for ``key``; 0 when allowed, else the seconds until one is available."""
         if self.rate <= 0:
             return 0.0
         try:
-            return self.takes.call(key)
+            return float(self._script(keys=[self.prefix + key], args=[self.rate, self.burst]))
         except redis.RedisError as exc:
             if time.monotonic() - self._warned_at > 60:
                 self._warned_at = time.monotonic()

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import redis
 from sqlalchemy import Engine
 
-from gateway.batched import Batched
 from gateway.relay.bus import ListeningBus, notices
 from gateway.relay.coalesce import Coalescer
 from gateway.relay.fresh import Barrier
@@ -58,7 +57,6 @@ class RedisBus(ListeningBus):
         self._client: redis.Redis | None = None
         self.barrier = Barrier(self._publish_marker)
         self.coalescer = Coalescer(self._announce, progress_interval)
-        self.publisher: Batched[list[str], None] = Batched(self._send)  # concurrent requests share a round trip
 
     def _publish_marker(self, marker: str) -> None:
         self._publisher().publish(self.channel, marker)
@@ -86,18 +84,12 @@ class RedisBus(ListeningBus):
             return
         super().published(changes)
         try:
-            self.publisher.call(notices(changes, limit=MESSAGE_LIMIT))
+            pipe = self._publisher().pipeline(transaction=False)  # one round trip, in order
+            for payload in notices(changes, limit=MESSAGE_LIMIT):
+                pipe.publish(self.channel, payload)
+            pipe.execute()
         except redis.RedisError as exc:
             log.warning("relay: could not publish to Redis; the resync will catch up", extra={"error": type(exc).__name__})
-
-    def _send(self, batch: list[list[str]]) -> list[None]:
-        """One round trip, in order: the notices of every request in the batch (gateway/batched.py)."""
-        pipe = self._publisher().pipeline(transaction=False)
-        for payloads in batch:
-            for payload in payloads:
-                pipe.publish(self.channel, payload)
-        pipe.execute()
-        return [None] * len(batch)
 
     def _listen(self) -> None:
         client = redis.Redis.from_url(
