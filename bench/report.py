@@ -33,7 +33,8 @@ def render(r: dict[str, Any]) -> str:
                       [[names[k], ing[k]["requests_per_s"], ing[k]["rounds_requests_per_s"], ing[k]["p50_ms"], ing[k]["p99_ms"], ing[k].get("worker_cpu_ms_per_request"),
                         ing[k].get("database_cpu_ms_per_request"), ing[k]["errors"]] for k in names]),
                 "", f"gateway / naive = **{ing['ratio_gateway_to_naive']}** (aim ≥ 1.0); gateway / no-op = **{ing['ratio_gateway_to_noop']}** (aim ≥ 0.35); "
-                f"naive's worker CPU per webhook / the gateway's = {ing.get('cpu_ratio_naive_to_gateway')}"]
+                f"naive's worker CPU per webhook / the gateway's = {ing.get('cpu_ratio_naive_to_gateway')}. PostgreSQL's CPU counts its processes "
+                "that lived through a run: a pool's short-lived overflow connections are missed (the naive handler's 0.0)"]
     poll = r.get("polling")
     if poll:
         names = {"gateway_304": "gateway, conditional GET → 304", "gateway_200": "gateway, GET → 200 from memory",
